@@ -1,0 +1,146 @@
+"""LoRI: LoRA with Reduced Interference (frozen random A; LoRI-S adds a sparse B).
+
+* LoRI-D: ``A`` is drawn per module from a ``torch.Generator`` seeded by (adapter seed, module
+  name), so it is bit-exactly regenerable and independent of module order; only ``B`` trains.
+* LoRI-S: a mask over ``B`` from a LoRI-D run (top ``1 - sparsity`` of ``|B|``), the same A seed,
+  a fresh ``B = 0`` and gradients outside the mask zeroed every step, so those entries stay 0.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from tunelab.adapters import storage
+from tunelab.adapters.projection import generate_a, new_seed
+from tunelab.adapters.base import (
+    AdapterMethod,
+    AdapterSettings,
+    PreparedModel,
+    layer_index,
+    lora_layers,
+    wrap_lora,
+)
+from tunelab.errors import TunelabError
+
+GRANULARITIES = ("global", "layer", "matrix")
+
+
+def _freeze_a(model: Any, adapter_seed: int, rank: int) -> None:
+    for key, layer in lora_layers(model):
+        a = layer.lora_A["default"].weight
+        with torch.no_grad():
+            a.copy_(generate_a(adapter_seed, key, rank, a.shape[1]))
+            layer.lora_B["default"].weight.zero_()
+        a.requires_grad_(False)
+
+
+def compute_masks(b: dict[str, torch.Tensor], sparsity: float, granularity: str = "global") -> dict[str, torch.Tensor]:
+    """Keep the top ``1 - sparsity`` fraction of ``|B|`` (entries ``>=`` the k-th largest).
+
+    ``granularity`` picks the pool the top-k runs over: all modules together, each
+    transformer block, or each matrix.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise TunelabError(f"--sparsity must be in [0, 1), got {sparsity}")
+    if granularity not in GRANULARITIES:
+        raise TunelabError(f"--mask-granularity must be one of {', '.join(GRANULARITIES)}, got '{granularity}'")
+    groups: dict[str, list[str]] = {}
+    for key in b:
+        group = {"global": "all", "layer": layer_index(key), "matrix": key}[granularity]
+        groups.setdefault(group, []).append(key)
+    masks: dict[str, torch.Tensor] = {}
+    for keys in groups.values():
+        scores = torch.cat([b[k].abs().flatten().float() for k in keys])
+        k = max(1, int((1.0 - sparsity) * scores.numel()))
+        threshold = torch.topk(scores, k, sorted=False).values.min()
+        for key in keys:
+            masks[key] = b[key].abs().float() >= threshold
+    return masks
+
+
+def _load_source(mask_from: str, settings: AdapterSettings) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read a LoRI-D (or LoRI-S) run and check it fits the model and rank being trained."""
+    src = Path(mask_from)
+    meta_path = src / "tunelab.json"
+    if not meta_path.is_file():
+        raise TunelabError(f"--mask-from {src}: not a finished tunelab run (no tunelab.json)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("method") not in ("lori-d", "lori-s"):
+        raise TunelabError(f"--mask-from {src}: a '{meta.get('method')}' run; a mask needs a lori-d (or lori-s) run")
+    if meta.get("base_model") != settings.base_model:
+        raise TunelabError(
+            f"--mask-from {src}: trained on base model '{meta.get('base_model')}', not '{settings.base_model}'"
+        )
+    if meta.get("rank") != settings.rank:
+        raise TunelabError(f"--mask-from {src}: rank {meta.get('rank')}, but this run uses --rank {settings.rank}")
+    if sorted(meta.get("target_modules", [])) != sorted(settings.target_modules):
+        raise TunelabError(f"--mask-from {src}: adapts {meta.get('target_modules')}, not {list(settings.target_modules)}")
+    return meta, storage.lora_b_from_peft_file(src / "adapter_model.safetensors")
+
+
+class LoRID(AdapterMethod):
+    name = "lori-d"
+    default_lr = 5e-5
+
+    def prepare(self, model: Any, settings: AdapterSettings) -> PreparedModel:
+        seed = settings.seed if settings.seed is not None else new_seed()
+        return self._prepare_with_seed(model, settings, seed)
+
+    def _prepare_with_seed(self, model: Any, settings: AdapterSettings, seed: int) -> PreparedModel:
+        peft_model = wrap_lora(model, settings)
+        _freeze_a(peft_model, seed, settings.rank)
+        record = {"a_seed": str(seed), "rank": settings.rank, "alpha": settings.alpha}
+        return PreparedModel(peft_model, record)
+
+
+class LoRIS(LoRID):
+    name = "lori-s"
+    default_lr = 5e-4
+
+    def prepare(self, model: Any, settings: AdapterSettings) -> PreparedModel:
+        if not settings.mask_from:
+            raise TunelabError("--method lori-s needs --mask-from DIR (a finished lori-d run to take the mask from)")
+        meta, source_b = _load_source(settings.mask_from, settings)
+        prepared = self._prepare_with_seed(model, settings, int(meta["a_seed"]))
+        keys = [key for key, _ in lora_layers(prepared.model)]
+        if sorted(keys) != sorted(source_b):
+            raise TunelabError(f"--mask-from {settings.mask_from}: its modules do not match this model's")
+        masks = compute_masks(source_b, settings.sparsity, settings.mask_granularity)
+        for key, layer in lora_layers(prepared.model):
+            weight = layer.lora_B["default"].weight
+            if masks[key].shape != weight.shape:
+                raise TunelabError(f"--mask-from {settings.mask_from}: {key} has shape {tuple(masks[key].shape)}, model has {tuple(weight.shape)}")
+            mask = masks[key].to(weight.dtype)
+            # Zero the gradient outside the mask: with B starting at 0, AdamW keeps those
+            # entries at exactly 0 (zero moments give a zero step; decay of 0 is 0).
+            weight.register_hook(lambda grad, m=mask: grad * m)
+        prepared.masks = masks
+        kept = sum(int(m.sum()) for m in masks.values())
+        total = sum(m.numel() for m in masks.values())
+        prepared.record.update(
+            sparsity=settings.sparsity,
+            mask_granularity=settings.mask_granularity,
+            mask_from=str(Path(settings.mask_from).resolve()),
+            mask_density=kept / total,
+        )
+        return prepared
+
+    def trainable_parameters(self, prepared: PreparedModel) -> int:
+        assert prepared.masks is not None
+        return sum(int(m.sum()) for m in prepared.masks.values())
+
+    def verify(self, prepared: PreparedModel) -> None:
+        assert prepared.masks is not None
+        for key, layer in lora_layers(prepared.model):
+            outside = layer.lora_B["default"].weight.detach()[~prepared.masks[key]]
+            if outside.numel() and outside.abs().max().item() != 0.0:
+                raise RuntimeError(f"LoRI-S invariant broken: {key} has non-zero B entries outside its mask")
+
+    def save(self, prepared: PreparedModel, tokenizer: Any, out_dir: Path) -> None:
+        super().save(prepared, tokenizer, out_dir)
+        assert prepared.masks is not None
+        storage.save_masks(prepared.masks, out_dir / storage.MASK_FILE)
+        storage.pack(out_dir, int(prepared.record["a_seed"]))

@@ -1,0 +1,134 @@
+"""On-disk forms of sparse adapters: masks, and LoRI-S's compact file.
+
+The compact file holds the A seed, B's values at mask positions and the mask as a bitmap.
+A is regenerated from the seed, so ``unpack`` rebuilds PEFT's ``adapter_model.safetensors``
+bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from tunelab.adapters.base import module_key
+from tunelab.adapters.projection import generate_a
+from tunelab.errors import TunelabError
+
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+MASK_FILE = "mask.safetensors"
+COMPACT_FILE = "adapter_compact.safetensors"
+COMPACT_FORMAT = "tunelab-lori-compact/1"
+_A, _B = ".lora_A.weight", ".lora_B.weight"
+
+
+def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors`` save through a temp file + rename, so a crash never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text through a temp file + rename."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def lora_b_from_peft_file(path: Path) -> dict[str, torch.Tensor]:
+    """``{module key: B}`` from a PEFT ``adapter_model.safetensors``."""
+    if not path.is_file():
+        raise TunelabError(f"{path}: adapter weights not found")
+    return {module_key(k.removesuffix(_B)): v for k, v in load_file(path).items() if k.endswith(_B)}
+
+
+def save_masks(masks: dict[str, torch.Tensor], path: Path) -> None:
+    """Masks as bool tensors keyed by module key (True = trainable entry of B)."""
+    atomic_save_file({k: m.to(torch.bool) for k, m in masks.items()}, path)
+
+
+def load_masks(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path)
+
+
+def pack(run_dir: Path, a_seed: int) -> Path:
+    """Write ``adapter_compact.safetensors`` next to a LoRI-S run's PEFT files and mask."""
+    run_dir = Path(run_dir)
+    weights = load_file(run_dir / PEFT_WEIGHTS)
+    masks = load_masks(run_dir / MASK_FILE)
+    tensors: dict[str, torch.Tensor] = {}
+    modules: dict[str, dict[str, object]] = {}
+    for name, tensor in weights.items():
+        if name.endswith(_A):
+            continue  # regenerated from the seed
+        if not name.endswith(_B):
+            tensors[f"dense/{name}"] = tensor  # anything non-LoRA (none for our methods) stays dense
+            continue
+        prefix = name.removesuffix(_B)
+        key = module_key(prefix)
+        mask = masks[key]
+        a = weights[prefix + _A]
+        outside = tensor[~mask]
+        if outside.numel() and outside.abs().max().item() != 0.0:
+            raise TunelabError(f"{run_dir}: B of {key} has non-zero entries outside its mask; cannot pack")
+        tensors[f"{key}.values"] = tensor[mask]
+        tensors[f"{key}.bitmap"] = torch.from_numpy(np.packbits(mask.flatten().numpy()))
+        modules[key] = {"peft_prefix": prefix, "a_shape": list(a.shape), "b_shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
+    metadata = {
+        "format": COMPACT_FORMAT,
+        "a_seed": str(a_seed),
+        "adapter_config": (run_dir / PEFT_CONFIG).read_text(),
+        "modules": json.dumps(modules),
+    }
+    out = run_dir / COMPACT_FILE
+    atomic_save_file(tensors, out, metadata)
+    return out
+
+
+def unpack(compact_path: Path, out_dir: Path) -> Path:
+    """Rebuild PEFT's ``adapter_config.json`` + ``adapter_model.safetensors`` from a compact file."""
+    compact_path = Path(compact_path)
+    if compact_path.is_dir():
+        compact_path = compact_path / COMPACT_FILE
+    if not compact_path.is_file():
+        raise TunelabError(f"{compact_path}: compact adapter file not found")
+    with safe_open(compact_path, framework="pt") as fh:
+        metadata = fh.metadata() or {}
+        if metadata.get("format") != COMPACT_FORMAT:
+            raise TunelabError(f"{compact_path}: not a tunelab compact adapter (format {metadata.get('format')!r})")
+        stored = {k: fh.get_tensor(k) for k in fh.keys()}
+    a_seed = int(metadata["a_seed"])
+    weights: dict[str, torch.Tensor] = {k.removeprefix("dense/"): v for k, v in stored.items() if k.startswith("dense/")}
+    for key, info in json.loads(metadata["modules"]).items():
+        rank, in_features = info["a_shape"]
+        b_shape = info["b_shape"]
+        n = b_shape[0] * b_shape[1]
+        mask = torch.from_numpy(np.unpackbits(stored[f"{key}.bitmap"].numpy(), count=n).astype(bool)).reshape(b_shape)
+        b = torch.zeros(b_shape, dtype=getattr(torch, info["dtype"]))
+        b[mask] = stored[f"{key}.values"]
+        a = generate_a(a_seed, key, rank, in_features).to(b.dtype)
+        weights[info["peft_prefix"] + _A] = a
+        weights[info["peft_prefix"] + _B] = b
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / PEFT_CONFIG, metadata["adapter_config"])
+    atomic_save_file(weights, out_dir / PEFT_WEIGHTS, {"format": "pt"})
+    return out_dir

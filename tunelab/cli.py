@@ -1,0 +1,217 @@
+"""The ``tunelab`` command line (typer). Bad input → one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from tunelab.errors import TunelabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sparse, safe and private fine-tuning of language models.")
+tasks_app = typer.Typer(no_args_is_help=True, help="Built-in tasks: list them, export their data.")
+app.add_typer(tasks_app, name="tasks")
+console = Console()
+err = Console(stderr=True)
+
+
+def _quiet_libraries() -> None:
+    # Library progress bars/warnings drown our own output; errors still surface.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@app.command()
+def train(
+    model: Annotated[Optional[str], typer.Option(help="alias (smollm2-135m, tiny-random), local dir or hub id")] = None,
+    data: Annotated[Optional[str], typer.Option(help="JSONL/CSV/Parquet file or saved HF dataset dir")] = None,
+    method: Annotated[Optional[str], typer.Option(help="lora, lori-d, lori-s or full")] = None,
+    output: Annotated[Optional[str], typer.Option(help="run directory")] = None,
+    mask_from: Annotated[Optional[str], typer.Option(help="lori-s: the lori-d run to take the mask from")] = None,
+    sparsity: Annotated[Optional[float], typer.Option(help="lori-s: fraction of B held at zero")] = None,
+    mask_granularity: Annotated[Optional[str], typer.Option(help="lori-s: global, layer or matrix top-k")] = None,
+    rank: Annotated[Optional[int], typer.Option()] = None,
+    alpha: Annotated[Optional[float], typer.Option()] = None,
+    dropout: Annotated[Optional[float], typer.Option()] = None,
+    target_modules: Annotated[Optional[str], typer.Option(help="comma-separated module names")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="default: the method's (lora 2e-4, lori-d 5e-5, lori-s 5e-4)")] = None,
+    epochs: Annotated[Optional[int], typer.Option()] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="overrides --epochs")] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="gradient accumulation steps")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="truncate examples to this many tokens")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="constant, linear or cosine")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option()] = None,
+    weight_decay: Annotated[Optional[float], typer.Option()] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="max grad norm; 0 disables")] = None,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 autocast (default: on if the hardware has it)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="default: fresh random seed (recorded)")] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="checkpoint every N steps; 0 disables")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --output from its last checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a finished run in --output")] = False,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="run.yaml; flags override it")] = None,
+) -> None:
+    """Fine-tune a model with LoRA, LoRI-D, LoRI-S or full fine-tuning."""
+    from tunelab.train import TrainConfig
+    from tunelab.train import train as run_training
+    from tunelab.train.trainer import CONFIG_FILE
+
+    _quiet_libraries()
+    if resume and output and config is None and (Path(output) / CONFIG_FILE).is_file():
+        config = Path(output) / CONFIG_FILE
+    cfg = TrainConfig.from_sources(
+        config, model=model, data=data, method=method, output=output, mask_from=mask_from,
+        sparsity=sparsity, mask_granularity=mask_granularity, rank=rank, alpha=alpha, dropout=dropout,
+        target_modules=target_modules.split(",") if target_modules else None, lr=lr, epochs=epochs,
+        max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
+        scheduler=scheduler, warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
+        bf16=bf16, seed=seed, save_every=save_every, resume=resume or None, overwrite=overwrite or None,
+        trust_remote_code=trust_remote_code or None,
+    )
+    out = run_training(cfg)
+    run = json.loads((out / "tunelab.json").read_text())
+    console.print(
+        f"[green]done[/] {out}: {run['steps']} steps, final loss {run['losses'][-1]:.4f}, "
+        f"{run['trainable_params']:,} trainable params, {run['tokens_per_s']:.0f} tokens/s"
+    )
+
+
+@app.command()
+def generate(
+    prompt: Annotated[Optional[list[str]], typer.Argument(help="prompt(s); or use --prompts-file")] = None,
+    model: Annotated[str, typer.Option()] = "smollm2-135m",
+    adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter or tunelab run dir")] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option(help="one prompt per line")] = None,
+    max_new_tokens: Annotated[int, typer.Option()] = 128,
+    sample: Annotated[bool, typer.Option("--sample", help="sample instead of greedy")] = False,
+    temperature: Annotated[float, typer.Option()] = 0.7,
+    top_p: Annotated[float, typer.Option()] = 0.9,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    batch_size: Annotated[int, typer.Option()] = 16,
+) -> None:
+    """Generate text from a model with an optional adapter."""
+    from tunelab.evaluate import generate as run_generate
+    from tunelab.evaluate import load_with_adapter
+
+    _quiet_libraries()
+    prompts = list(prompt or [])
+    if prompts_file is not None:
+        if not prompts_file.is_file():
+            raise TunelabError(f"prompts file not found: {prompts_file}")
+        prompts += [line.rstrip("\n") for line in prompts_file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise TunelabError("no prompts: pass them as arguments or with --prompts-file")
+    lm, tokenizer = load_with_adapter(model, adapter)
+    outputs = run_generate(lm, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           do_sample=sample, temperature=temperature, top_p=top_p, seed=seed)
+    for p, o in zip(prompts, outputs):
+        console.print(f">>> {p}\n{o}\n", highlight=False, markup=False)
+
+
+@app.command("eval")
+def evaluate(
+    model: Annotated[str, typer.Option()] = "smollm2-135m",
+    adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter or tunelab run dir")] = None,
+    task: Annotated[str, typer.Option(help="built-in task name (see `tunelab tasks list`)")] = "arithmetic",
+    limit: Annotated[int, typer.Option(help="number of test examples")] = 100,
+    seed: Annotated[int, typer.Option()] = 0,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    output: Annotated[Optional[Path], typer.Option(help="write metrics.json and outputs.jsonl here")] = None,
+) -> None:
+    """Score a model (+ adapter) on a built-in task's test split."""
+    from tunelab.adapters.storage import atomic_write_text
+    from tunelab.evaluate import evaluate_task, load_with_adapter
+    from tunelab.tasks import get_task
+
+    _quiet_libraries()
+    get_task(task)  # fail on a bad name before loading a model
+    lm, tokenizer = load_with_adapter(model, adapter)
+    result = evaluate_task(lm, tokenizer, task, limit=limit, seed=seed, batch_size=batch_size)
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output / "outputs.jsonl", "".join(json.dumps(r) + "\n" for r in result["records"]))
+        atomic_write_text(output / "metrics.json", json.dumps({k: v for k, v in result.items() if k != "records"} | {"model": model, "adapter": adapter}, indent=2))
+    console.print(f"{task}: accuracy {result['accuracy']:.3f} on {result['n']} test examples")
+
+
+@app.command()
+def unpack(
+    run_dir: Annotated[Path, typer.Argument(help="LoRI-S run dir (or its adapter_compact.safetensors)")],
+    output: Annotated[Optional[Path], typer.Option(help="where to write the PEFT adapter (default: the run dir)")] = None,
+) -> None:
+    """Rebuild the PEFT adapter from a LoRI-S compact file, exactly."""
+    from tunelab.adapters.storage import unpack as run_unpack
+
+    target = output or (run_dir if run_dir.is_dir() else run_dir.parent)
+    run_unpack(run_dir, target)
+    console.print(f"unpacked to {target}")
+
+
+@tasks_app.command("list")
+def tasks_list() -> None:
+    """List built-in tasks."""
+    from tunelab.tasks import TASKS
+
+    for name, task in TASKS.items():
+        console.print(f"{name:12s} {task.description}")
+
+
+@tasks_app.command("export")
+def tasks_export(
+    name: Annotated[str, typer.Argument(help="task name")],
+    output: Annotated[Path, typer.Option(help="directory for train.jsonl and test.jsonl")],
+    n_train: Annotated[int, typer.Option()] = 1000,
+    n_test: Annotated[int, typer.Option()] = 200,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write a task's train/test splits as JSONL for `tunelab train --data`."""
+    from tunelab.tasks import export_task
+
+    paths = export_task(name, output, n_train=n_train, n_test=n_test, seed=seed)
+    console.print(f"wrote {paths['train']} ({n_train}) and {paths['test']} ({n_test})")
+
+
+@app.command()
+def demo(
+    quick: Annotated[bool, typer.Option("--quick", help="a much shorter run")] = False,
+    output: Annotated[Path, typer.Option(help="where the demo writes its runs and table")] = Path("runs/demo"),
+    model: Annotated[str, typer.Option()] = "smollm2-135m",
+) -> None:
+    """Fine-tune LoRA, LoRI-D and LoRI-S side by side on a built-in task; print one table."""
+    from tunelab.demo import run_demo
+
+    _quiet_libraries()
+    run_demo(output, quick=quick, model=model, console=console)
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except TunelabError as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

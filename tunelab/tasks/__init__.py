@@ -1,0 +1,76 @@
+"""Built-in fine-tuning tasks: registry, lookup and JSONL export."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.tasks.arithmetic import ArithmeticTask
+from tunelab.tasks.base import SCORERS, Task, score_exact, score_numeric
+from tunelab.tasks.reverse_words import ReverseWordsTask
+
+TASKS: dict[str, Task] = {
+    "arithmetic": ArithmeticTask(),
+    "reverse_words": ReverseWordsTask(),
+}
+
+__all__ = [
+    "SCORERS",
+    "TASKS",
+    "Task",
+    "export_task",
+    "get_task",
+    "score_exact",
+    "score_numeric",
+]
+
+
+def get_task(name: str) -> Task:
+    """Return the built-in task called ``name``; raise TunelabError listing the known ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise TunelabError(
+            f"unknown task '{name}'; built-in tasks: {', '.join(sorted(TASKS))}"
+        ) from None
+
+
+def _write_jsonl_atomic(path: Path, records: list[dict[str, str]]) -> None:
+    # Temp file in the same directory so os.replace is an atomic rename, never a copy.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_task(
+    name: str,
+    out_dir: str | Path,
+    n_train: int = 1000,
+    n_test: int = 200,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write ``out_dir/train.jsonl`` and ``out_dir/test.jsonl`` for a built-in task.
+
+    Each line is ``{"prompt": ..., "response": ...}``. Returns ``{"train": path, "test": path}``.
+    """
+    task = get_task(name)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TunelabError(f"cannot create output directory '{out}': {e}") from e
+    paths: dict[str, Path] = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        path = out / f"{split}.jsonl"
+        _write_jsonl_atomic(path, task.examples(split, n, seed=seed))
+        paths[split] = path
+    return paths

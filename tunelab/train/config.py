@@ -1,0 +1,132 @@
+"""``TrainConfig``: everything one ``tunelab train`` run needs, from YAML and/or flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from tunelab.adapters import DEFAULT_TARGET_MODULES, METHODS, AdapterSettings
+from tunelab.errors import TunelabError
+
+SCHEDULERS = ("constant", "linear", "cosine")
+
+
+def bf16_supported() -> bool:
+    """bf16 autocast pays off: a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")() in ("AVX512", "AMX")) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Field names are the YAML keys and (with dashes) the CLI flags."""
+
+    model: str = "smollm2-135m"
+    data: str = ""
+    method: str = "lora"
+    output: str = ""
+    # adapter
+    rank: int = 32
+    alpha: float = 64.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    mask_from: str | None = None
+    sparsity: float = 0.9
+    mask_granularity: str = "global"
+    # optimisation
+    lr: float | None = None  # None: the method's default
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 512
+    scheduler: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    bf16: bool | None = None  # None: on where the hardware supports it
+    seed: int | None = None  # None: a fresh random seed, recorded in the run
+    # bookkeeping
+    save_every: int = 50
+    log_every: int = 1
+    overwrite: bool = False
+    resume: bool = False
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_sources(cls, yaml_path: str | Path | None = None, **overrides: Any) -> "TrainConfig":
+        """Defaults, then a YAML file, then explicit overrides (``None`` values are ignored)."""
+        values: dict[str, Any] = {}
+        if yaml_path:
+            values.update(load_yaml(yaml_path))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ``TunelabError`` for values that cannot work."""
+        if not self.data:
+            raise TunelabError("no training data: pass --data FILE (or 'data:' in the config)")
+        if not self.output:
+            raise TunelabError("no output directory: pass --output DIR (or 'output:' in the config)")
+        if self.method not in METHODS:
+            raise TunelabError(f"unknown method '{self.method}'; choose one of: {', '.join(METHODS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise TunelabError(f"unknown scheduler '{self.scheduler}'; choose one of: {', '.join(SCHEDULERS)}")
+        positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "max_length": self.max_length, "epochs": self.epochs, "rank": self.rank}
+        for name, value in positive.items():
+            if value < 1:
+                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise TunelabError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise TunelabError(f"--sparsity must be in [0, 1), got {self.sparsity}")
+        if self.lr is not None and self.lr <= 0:
+            raise TunelabError(f"--lr must be > 0, got {self.lr}")
+
+    def adapter_settings(self) -> AdapterSettings:
+        return AdapterSettings(
+            method=self.method,
+            rank=self.rank,
+            alpha=self.alpha,
+            dropout=self.dropout,
+            target_modules=tuple(self.target_modules),
+            seed=self.seed,
+            sparsity=self.sparsity,
+            mask_granularity=self.mask_granularity,
+            mask_from=self.mask_from,
+            base_model=self.model,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a run config; keys may use dashes or underscores. Unknown keys are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunelabError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise TunelabError(f"{where}: malformed YAML") from None
+    if not isinstance(raw, dict):
+        raise TunelabError(f"{path}: a config must be a mapping of option: value")
+    known = {f.name for f in fields(TrainConfig)}
+    values = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise TunelabError(f"{path}: unknown option '{key}'")
+        values[name] = value
+    return values

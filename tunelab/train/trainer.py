@@ -1,0 +1,274 @@
+"""The training loop: accelerate for devices/mixed precision/DDP/FSDP, one readable function.
+
+``train(cfg)`` loads the model and data, attaches the method's adapter, runs AdamW with the
+chosen schedule, logs to ``metrics.jsonl`` (and TensorBoard if installed), checkpoints
+atomically every ``save_every`` steps, and writes the finished run. ``tunelab.json`` is written
+last: a directory without it is not a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import Accelerator
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+from transformers import get_scheduler
+
+import tunelab
+from tunelab.adapters import PreparedModel, get_method
+from tunelab.adapters.storage import atomic_write_text
+from tunelab.data import Collator, data_sha256, length_grouped_batches, read_records, tokenize_records
+from tunelab.errors import TunelabError
+from tunelab.models import load_model
+from tunelab.train.checkpoint import CHECKPOINT_DIR, find_checkpoint, load_checkpoint, save_checkpoint
+from tunelab.train.config import TrainConfig, bf16_supported
+from tunelab.train.objectives import CausalLMLoss, count_tokens
+
+RUN_FILE = "tunelab.json"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+_SCHEDULER_NAMES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+
+
+def _versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+
+    return {
+        "tunelab": tunelab.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _check_output_dir(cfg: TrainConfig) -> Path | None:
+    """Refuse to clobber a finished run; return the checkpoint to resume from, if any."""
+    out = Path(cfg.output)
+    finished = (out / RUN_FILE).is_file()
+    checkpoint = find_checkpoint(out) if out.is_dir() else None
+    if cfg.resume:
+        if finished:
+            raise TunelabError(f"{out} already holds a finished run; nothing to resume")
+        if checkpoint is None:
+            raise TunelabError(f"{out} has no checkpoint to resume from")
+        return checkpoint
+    if cfg.overwrite:
+        return None
+    if finished:
+        raise TunelabError(f"{out} already holds a finished run; pass --overwrite to replace it")
+    if checkpoint is not None:
+        raise TunelabError(f"{out} holds an unfinished run; pass --resume to continue it or --overwrite to restart")
+    return None
+
+
+def _clear_output_dir(out: Path) -> None:
+    # The completion marker goes first, so an interrupted clean-up never looks finished.
+    (out / RUN_FILE).unlink(missing_ok=True)
+    for child in out.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def resolved_config(cfg: TrainConfig) -> TrainConfig:
+    """Fill the ``None``s a run must pin down: seed, learning rate, bf16."""
+    method = get_method(cfg.method)
+    values = cfg.to_dict()
+    if values["seed"] is None:
+        values["seed"] = random.SystemRandom().randrange(2**31)
+    if values["lr"] is None:
+        values["lr"] = method.default_lr
+    if values["bf16"] is None:
+        values["bf16"] = bf16_supported()
+    return TrainConfig(**values)
+
+
+def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Console | None = None) -> Path:
+    """Run one training job; return the output directory.
+
+    ``stop_after_step`` ends the loop early right after that step's checkpoint, as if the
+    process had been killed there (used to test ``--resume``).
+    """
+    console = console or Console(stderr=True)
+    out = Path(cfg.output)
+    resume_from = _check_output_dir(cfg)
+    if resume_from is not None:
+        saved = TrainConfig.from_sources(out / CONFIG_FILE)
+        cfg = TrainConfig(**{**saved.to_dict(), "resume": True})
+    cfg = resolved_config(cfg)
+    method = get_method(cfg.method)
+
+    # Everything that can fail on bad input happens before the output dir is touched.
+    chats = read_records(cfg.data)
+    model, tokenizer = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    examples, dropped = tokenize_records(chats, tokenizer, cfg.max_length)
+    if not examples:
+        raise TunelabError(f"{cfg.data}: every record lost its response to --max-length {cfg.max_length}")
+    if cfg.method != "lori-s" and cfg.mask_from:
+        raise TunelabError(f"--mask-from only applies to --method lori-s, not {cfg.method}")
+    torch.manual_seed(cfg.seed)
+    prepared: PreparedModel = method.prepare(model, cfg.adapter_settings())
+
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite and resume_from is None:
+        _clear_output_dir(out)
+    atomic_write_text(out / CONFIG_FILE, yaml.safe_dump({**cfg.to_dict(), "resume": False, "overwrite": False}, sort_keys=False))
+
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
+    net = CausalLMLoss(prepared.model)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    # One flat, seeded list of micro-batches over all epochs: resuming = skipping a prefix.
+    lengths = [len(ex.input_ids) for ex in examples]
+    per_epoch = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, 0)
+    micro_per_step = cfg.grad_accum * accelerator.num_processes
+    steps_per_epoch = max(1, len(per_epoch) // micro_per_step)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
+    batches = [b for epoch in range(n_epochs) for b in length_grouped_batches(lengths, cfg.batch_size, cfg.seed, epoch)]
+    batches = batches[: total_steps * micro_per_step]
+    loader = DataLoader(range(len(examples)), batch_sampler=batches, collate_fn=Collator(examples, tokenizer.pad_token_id))
+    scheduler = get_scheduler(
+        _SCHEDULER_NAMES[cfg.scheduler], optimizer,
+        num_warmup_steps=cfg.warmup_steps * accelerator.num_processes,
+        num_training_steps=total_steps * accelerator.num_processes,
+    )
+    net, optimizer, loader, scheduler = accelerator.prepare(net, optimizer, loader, scheduler)
+    unwrapped = accelerator.unwrap_model(net)
+    trainable_names = [n for n, p in unwrapped.named_parameters() if p.requires_grad]
+
+    progress_state: dict[str, Any] = {"step": 0, "losses": [], "tokens": 0, "loss_tokens": 0, "train_seconds": 0.0}
+    if resume_from is not None:
+        progress_state = load_checkpoint(resume_from, unwrapped, optimizer, scheduler)
+        loader = accelerator.skip_first_batches(loader, progress_state["step"] * cfg.grad_accum)
+        console.print(f"resuming {out} from step {progress_state['step']}/{total_steps}")
+
+    writer = _tensorboard_writer(out) if accelerator.is_main_process else None
+    metrics_fh = (out / METRICS_FILE).open("a" if resume_from else "w") if accelerator.is_main_process else None
+    step = progress_state["step"]
+    window_loss, window_n = 0.0, 0
+    start = time.perf_counter() - progress_state["train_seconds"]
+    net.train()
+    bar = Progress(
+        TextColumn(f"[bold]{cfg.method}[/]"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not accelerator.is_main_process,
+    )
+    try:
+        with bar:
+            task = bar.add_task("train", total=total_steps, completed=step, loss=float("nan"), tps=0.0)
+            for batch in loader:
+                with accelerator.accumulate(net):
+                    loss = net(**batch)
+                    accelerator.backward(loss)
+                    grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip) if accelerator.sync_gradients and cfg.grad_clip > 0 else None
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                tokens, loss_tokens = count_tokens(batch)
+                progress_state["tokens"] += tokens * accelerator.num_processes
+                progress_state["loss_tokens"] += loss_tokens * accelerator.num_processes
+                window_loss, window_n = window_loss + loss.item(), window_n + 1
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                step_loss = accelerator.reduce(torch.tensor(window_loss / window_n), "mean").item()
+                window_loss, window_n = 0.0, 0
+                elapsed = time.perf_counter() - start
+                progress_state.update(step=step, train_seconds=elapsed)
+                progress_state["losses"].append(step_loss)
+                tps = progress_state["tokens"] / max(elapsed, 1e-9)
+                bar.update(task, completed=step, loss=step_loss, tps=tps)
+                if metrics_fh and (step % cfg.log_every == 0 or step == total_steps):
+                    row = {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": None if grad_norm is None else float(grad_norm), "tokens": progress_state["tokens"], "elapsed_s": round(elapsed, 3)}
+                    metrics_fh.write(json.dumps(row) + "\n")
+                    metrics_fh.flush()
+                    if writer:
+                        writer.add_scalar("train/loss", step_loss, step)
+                        writer.add_scalar("train/lr", row["lr"], step)
+                if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                    _checkpoint(accelerator, out, unwrapped, trainable_names, optimizer, scheduler, progress_state)
+                if stop_after_step is not None and step >= stop_after_step:
+                    _checkpoint(accelerator, out, unwrapped, trainable_names, optimizer, scheduler, progress_state)
+                    return out
+    except KeyboardInterrupt:
+        _checkpoint(accelerator, out, unwrapped, trainable_names, optimizer, scheduler, progress_state)
+        console.print(f"interrupted at step {step}; continue with: tunelab train --output {out} --resume")
+        raise
+    finally:
+        if metrics_fh:
+            metrics_fh.close()
+        if writer:
+            writer.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        prepared.model = accelerator.unwrap_model(net).model
+        _finish(cfg, method, prepared, tokenizer, out, progress_state, len(examples), dropped)
+    return out
+
+
+def _checkpoint(accelerator: Accelerator, out: Path, model: torch.nn.Module, names: list[str], optimizer: Any, scheduler: Any, progress: dict[str, Any]) -> None:
+    if accelerator.is_main_process:
+        params = dict(model.named_parameters())
+        save_checkpoint(out, {n: params[n] for n in names}, optimizer, scheduler, progress)
+    accelerator.wait_for_everyone()
+
+
+def _tensorboard_writer(out: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
+
+
+def _finish(cfg: TrainConfig, method: Any, prepared: PreparedModel, tokenizer: Any, out: Path, progress: dict[str, Any], n_examples: int, dropped: int) -> None:
+    """Verify invariants, write the artefacts, then ``tunelab.json`` last."""
+    method.verify(prepared)
+    staging = out / ".final-tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    method.save(prepared, tokenizer, staging)
+    for item in staging.iterdir():
+        os.replace(item, out / item.name)
+    staging.rmdir()
+    seconds = progress["train_seconds"]
+    record = {
+        "method": cfg.method,
+        "base_model": cfg.model,
+        **prepared.record,
+        "target_modules": list(cfg.target_modules),
+        "data": str(cfg.data),
+        "data_sha256": data_sha256(cfg.data),
+        "examples": n_examples,
+        "examples_truncated_away": dropped,
+        "seed": cfg.seed,
+        "steps": progress["step"],
+        "losses": progress["losses"],
+        "trainable_params": method.trainable_parameters(prepared),
+        "tokens": progress["tokens"],
+        "loss_tokens": progress["loss_tokens"],
+        "tokens_per_s": progress["tokens"] / seconds if seconds else None,
+        "wall_time_s": seconds,
+        "bf16": cfg.bf16,
+        "versions": _versions(),
+        "config": cfg.to_dict(),
+    }
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2))
