@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import tiny_config
+from tunelab.errors import TunelabError
+from tunelab.train import TrainConfig, train
+from tunelab.train.checkpoint import find_checkpoint
+
+
+@pytest.mark.parametrize("method", ["lora", "lori-d"])
+def test_resumed_run_equals_uninterrupted(qa_file: Path, tmp_path: Path, method: str):
+    kw = dict(max_steps=6, save_every=2, scheduler="cosine", warmup_steps=1, grad_accum=2, batch_size=2)
+    full = train(tiny_config(qa_file, tmp_path / "full", method, **kw))
+    part = tiny_config(qa_file, tmp_path / "part", method, **kw)
+    train(part, stop_after_step=3)  # "killed" after step 3
+    assert not (tmp_path / "part" / "tunelab.json").exists()
+    assert find_checkpoint(tmp_path / "part") is not None
+    train(TrainConfig(**{**part.to_dict(), "resume": True}))
+    a = load_file(full / "adapter_model.safetensors")
+    b = load_file(tmp_path / "part" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ra = json.loads((full / "tunelab.json").read_text())
+    rb = json.loads((tmp_path / "part" / "tunelab.json").read_text())
+    assert ra["losses"] == rb["losses"] and ra["steps"] == rb["steps"] == 6
+    assert not (tmp_path / "part" / "checkpoint").exists()  # cleaned up once finished
+
+
+def test_finished_run_is_refused_unless_overwrite(qa_file: Path, tmp_path: Path):
+    cfg = tiny_config(qa_file, tmp_path / "run", max_steps=1)
+    train(cfg)
+    with pytest.raises(TunelabError, match="already holds a finished run; pass --overwrite"):
+        train(cfg)
+    with pytest.raises(TunelabError, match="nothing to resume"):
+        train(TrainConfig(**{**cfg.to_dict(), "resume": True}))
+    train(TrainConfig(**{**cfg.to_dict(), "overwrite": True, "seed": 5}))
+    assert json.loads((tmp_path / "run" / "tunelab.json").read_text())["seed"] == 5
+
+
+def test_unfinished_run_needs_resume_or_overwrite(qa_file: Path, tmp_path: Path):
+    cfg = tiny_config(qa_file, tmp_path / "run", max_steps=3)
+    train(cfg, stop_after_step=1)
+    with pytest.raises(TunelabError, match="unfinished run; pass --resume"):
+        train(cfg)
+
+
+def test_run_record_has_what_reproduces_it(qa_file: Path, tmp_path: Path):
+    out = train(tiny_config(qa_file, tmp_path / "run", "lori-d", max_steps=2))
+    run = json.loads((out / "tunelab.json").read_text())
+    for key in ("method", "base_model", "a_seed", "data_sha256", "steps", "losses", "tokens_per_s", "wall_time_s", "versions", "trainable_params"):
+        assert run[key] is not None, key
+    assert run["steps"] == 2 and len(run["losses"]) == 2
+    assert run["versions"]["peft"] and run["versions"]["torch"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    resolved = TrainConfig.from_sources(out / "config.yaml")
+    assert resolved.seed == 123 and resolved.method == "lori-d"
+
+
+def test_training_lowers_the_loss(qa_file: Path, tmp_path: Path):
+    # Full fine-tuning: tiny-random's random embeddings leave low-rank adapters little to move.
+    out = train(tiny_config(qa_file, tmp_path / "run", "full", max_steps=12, lr=3e-3))
+    losses = json.loads((out / "tunelab.json").read_text())["losses"]
+    assert sum(losses[-3:]) / 3 < losses[0] - 1.0
+
+
+def test_full_finetune_writes_a_loadable_model(qa_file: Path, tmp_path: Path):
+    from tunelab.models import load_model
+
+    out = train(tiny_config(qa_file, tmp_path / "full", "full", max_steps=1, lr=1e-3))
+    assert not (out / "adapter_config.json").exists()
+    model, _ = load_model(str(out))
+    base, _ = load_model("tiny-random")
+    changed = [n for (n, p), (_, q) in zip(model.named_parameters(), base.named_parameters()) if not torch.equal(p, q)]
+    assert changed
+
+
+def test_yaml_config_and_unknown_keys(tmp_path: Path, qa_file: Path):
+    good = tmp_path / "run.yaml"
+    good.write_text(f"model: tiny-random\ndata: {qa_file}\nmethod: lori-d\noutput: {tmp_path / 'o'}\nmax-steps: 3\n")
+    cfg = TrainConfig.from_sources(good, rank=2)
+    assert cfg.method == "lori-d" and cfg.max_steps == 3 and cfg.rank == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: tiny-random\nlearning_rate: 1\n")
+    with pytest.raises(TunelabError, match="bad.yaml: unknown option 'learning_rate'"):
+        TrainConfig.from_sources(bad)
+
+
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        ({"method": "dora"}, "unknown method 'dora'"),
+        ({"batch_size": 0}, "--batch-size must be >= 1"),
+        ({"sparsity": 1.0}, r"--sparsity must be in \[0, 1\)"),
+        ({"data": ""}, "no training data"),
+    ],
+)
+def test_bad_config_values(qa_file: Path, tmp_path: Path, overrides: dict, pattern: str):
+    with pytest.raises(TunelabError, match=pattern):
+        TrainConfig.from_sources(None, **{**tiny_config(qa_file, tmp_path / "o").to_dict(), **overrides})
+
+
+def test_bad_data_leaves_no_output(tmp_path: Path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
+    with pytest.raises(TunelabError, match=r"bad\.jsonl:2: field 'response' missing"):
+        train(tiny_config(bad, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
