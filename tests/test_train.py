@@ -113,3 +113,34 @@ def test_bad_data_leaves_no_output(tmp_path: Path):
     with pytest.raises(TunelabError, match=r"bad\.jsonl:2: field 'response' missing"):
         train(tiny_config(bad, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_bf16_frozen_storage_changes_nothing_under_autocast(tiny):
+    """Storing frozen linears in bf16 gives the same loss and grads as autocast's own casts."""
+    from tunelab.adapters import AdapterSettings, get_method
+    from tunelab.models import load_model
+    from tunelab.train.objectives import CausalLMLoss
+    from tunelab.train.trainer import prepare_for_bf16
+
+    model, _ = load_model("tiny-random")
+    net = CausalLMLoss(get_method("lora").prepare(model, AdapterSettings(method="lora", rank=4, alpha=8, seed=0)).model)
+    for p in net.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.02)
+    ids = torch.randint(0, 1000, (2, 12))
+    labels = ids.clone()
+    labels[:, :6] = -100
+
+    def loss_and_grads():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = net(ids, torch.ones_like(ids), labels)
+        loss.backward()
+        grads = [p.grad.clone() for p in net.parameters() if p.requires_grad]
+        net.zero_grad()
+        return loss.detach(), grads
+
+    loss32, grads32 = loss_and_grads()
+    assert prepare_for_bf16(net.model) > 0
+    loss16, grads16 = loss_and_grads()
+    assert torch.equal(loss32, loss16)
+    assert all(torch.equal(a, b) for a, b in zip(grads32, grads16))
