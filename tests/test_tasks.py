@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tunelab.errors import TunelabError
-from tunelab.tasks import SCORERS, TASKS, export_task, get_task
+from tunelab.tasks import SCORERS, TASKS, Task, export_task, get_task
+from tunelab.tasks import base
 from tunelab.tasks.arithmetic import evaluate
 from tunelab.tasks.base import normalize_text, score_exact, score_numeric, split_of
 
@@ -116,11 +119,46 @@ def test_arithmetic_reference_matches_prompt() -> None:
         tokens = expr.split()
         operands = [int(t) for t in tokens[::2]]
         operators = tokens[1::2]
-        assert 2 <= len(operators) <= 3
+        assert len(operators) == 2
         assert operators.count("*") <= 1
-        assert all(0 < v < 100 for v in operands)
+        assert all(1 <= v <= 9 for v in operands)
+        assert int(r["response"]) >= 0
         # Python's own precedence is the oracle for our tiny evaluator.
         assert evaluate(operands, operators) == int(r["response"]) == eval(expr)  # noqa: S307
+
+
+def test_evaluate_precedence() -> None:
+    assert evaluate([2, 3, 4], ["+", "*"]) == 14
+    assert evaluate([2, 3, 4], ["*", "-"]) == 2
+    assert evaluate([2, 3, 4], ["-", "-"]) == -5
+    assert evaluate([5, 2, 3, 4], ["-", "*", "+"]) == 3
+
+
+@dataclass(frozen=True)
+class _TinyTask(Task):
+    """A task with only 10 possible prompts, to exercise exhaustion."""
+
+    name: str = "tiny"
+    description: str = "tiny"
+    scorer: str = "exact"
+
+    def draw(self, rng: random.Random) -> tuple[str, str]:
+        k = rng.randrange(10)
+        return f"say {k}", str(k)
+
+
+def test_exhausted_problem_space_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(base, "MAX_CONSECUTIVE_MISSES", 500)
+    task = _TinyTask()
+    available = sum(split_of(f"say {k}") == "train" for k in range(10))
+    assert len(task.examples("train", available)) == available
+    with pytest.raises(TunelabError, match="could only generate"):
+        task.examples("train", available + 1)
+
+
+def test_unknown_scorer_rejected() -> None:
+    with pytest.raises(TunelabError, match="unknown scorer 'fuzzy'"):
+        _TinyTask(scorer="fuzzy")
 
 
 def test_reverse_words_reference_matches_prompt() -> None:

@@ -13,6 +13,7 @@ from tunelab.errors import TunelabError
 SPLITS = ("train", "test")
 # Fraction of the problem space (by prompt hash) reserved for the test split, in percent.
 TEST_PERCENT = 20
+MAX_CONSECUTIVE_MISSES = 100_000
 
 # A number is an optional sign, digits with optional thousands groups, optional decimals.
 # The sign only counts when it does not follow a word character or ')', so "5-3" yields 3, not -3.
@@ -96,17 +97,19 @@ class Task:
         rng = random.Random(f"{self.name}/{split}/{seed}")
         records: list[dict[str, str]] = []
         seen: set[str] = set()
-        budget = 1000 * n + 10_000
+        misses = 0
         while len(records) < n:
-            if budget == 0:
-                raise TunelabError(
-                    f"task '{self.name}' could only generate {len(records)} distinct "
-                    f"{split} examples, {n} requested"
-                )
-            budget -= 1
             prompt, response = self.draw(rng)
             if prompt in seen or split_of(prompt) != split:
+                misses += 1
+                # A long run of misses means the split's problem space is (nearly) exhausted.
+                if misses >= MAX_CONSECUTIVE_MISSES:
+                    raise TunelabError(
+                        f"task '{self.name}' could only generate {len(records)} distinct "
+                        f"{split} examples, {n} requested"
+                    )
                 continue
+            misses = 0
             seen.add(prompt)
             records.append({"prompt": prompt, "response": response})
         return records

@@ -128,7 +128,7 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
         _clear_output_dir(out)
     atomic_write_text(out / CONFIG_FILE, yaml.safe_dump({**cfg.to_dict(), "resume": False, "overwrite": False}, sort_keys=False))
 
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
+    accelerator = _accelerator(cfg)
     if cfg.bf16:
         prepare_for_bf16(prepared.model)
     net = CausalLMLoss(prepared.model)
@@ -223,6 +223,20 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
         prepared.model = accelerator.unwrap_model(net).model
         _finish(cfg, method, prepared, tokenizer, out, progress_state, len(examples), dropped)
     return out
+
+
+def _accelerator(cfg: TrainConfig) -> Accelerator:
+    """An Accelerator for this run, also when an earlier one in this process chose another precision."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    precision = "bf16" if cfg.bf16 else "no"
+    state = AcceleratorState._shared_state
+    if state and str(state.get("_mixed_precision", precision)) != precision and not AcceleratorState().use_distributed:
+        # accelerate keeps one process-wide state; a single-process program (tests, benchmarks,
+        # the demo) may train several runs with different precision one after another.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
 
 
 def prepare_for_bf16(model: torch.nn.Module) -> int:
