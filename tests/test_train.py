@@ -100,6 +100,7 @@ def test_yaml_config_and_unknown_keys(tmp_path: Path, qa_file: Path):
         ({"batch_size": 0}, "--batch-size must be >= 1"),
         ({"sparsity": 1.0}, r"--sparsity must be in \[0, 1\)"),
         ({"data": ""}, "no training data"),
+        ({"mask_from": "/x"}, "--mask-from only applies to --method lori-s"),
     ],
 )
 def test_bad_config_values(qa_file: Path, tmp_path: Path, overrides: dict, pattern: str):

@@ -27,7 +27,8 @@ def load_with_adapter(model: str, adapter: str | Path | None = None, merge: bool
     if not path.is_dir():
         raise TunelabError(f"adapter directory not found: {path}")
     run = json.loads((path / "tunelab.json").read_text()) if (path / "tunelab.json").is_file() else {}
-    if run.get("method") == "full" or (path / "config.json").is_file() and not (path / storage.PEFT_CONFIG).is_file():
+    is_full_model = (path / "config.json").is_file() and not (path / storage.PEFT_CONFIG).is_file()
+    if run.get("method") == "full" or is_full_model:
         return load_model(str(path))
     base, tokenizer = load_model(model)
     if not (path / storage.PEFT_WEIGHTS).is_file() and (path / storage.COMPACT_FILE).is_file():

@@ -88,6 +88,8 @@ class TrainConfig:
             raise TunelabError(f"--max-steps must be >= 1, got {self.max_steps}")
         if not 0.0 <= self.sparsity < 1.0:
             raise TunelabError(f"--sparsity must be in [0, 1), got {self.sparsity}")
+        if self.mask_from and self.method != "lori-s":
+            raise TunelabError(f"--mask-from only applies to --method lori-s, not {self.method}")
         if self.lr is not None and self.lr <= 0:
             raise TunelabError(f"--lr must be > 0, got {self.lr}")
 

@@ -118,8 +118,6 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
     examples, dropped = tokenize_records(chats, tokenizer, cfg.max_length)
     if not examples:
         raise TunelabError(f"{cfg.data}: every record lost its response to --max-length {cfg.max_length}")
-    if cfg.method != "lori-s" and cfg.mask_from:
-        raise TunelabError(f"--mask-from only applies to --method lori-s, not {cfg.method}")
     torch.manual_seed(cfg.seed)
     prepared: PreparedModel = method.prepare(model, cfg.adapter_settings())
 
