@@ -118,8 +118,8 @@ def validate_record(record: Any, where: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]
 
 
-def read_records(path: str | Path) -> list[list[dict[str, str]]]:
-    """Read and validate a data file (or HF dataset dir); return one chat per record."""
+def read_rows(path: str | Path) -> list[tuple[str, Any]]:
+    """Raw rows of a data file (or HF dataset dir), each with its location ("file:line") for errors."""
     path = Path(path)
     if not path.exists():
         raise TunelabError(f"data file not found: {path}")
@@ -138,10 +138,15 @@ def read_records(path: str | Path) -> list[list[dict[str, str]]]:
         rows = _read_parquet(path)
     else:
         raise TunelabError(f"{path}: unknown data format '{suffix}' (use .jsonl, .json, .csv, .parquet or a saved HF dataset dir)")
-    chats = [validate_record(row, where) for where, row in rows]
-    if not chats:
+    rows = list(rows)
+    if not rows:
         raise TunelabError(f"{path}: no records (the dataset is empty)")
-    return chats
+    return rows
+
+
+def read_records(path: str | Path) -> list[list[dict[str, str]]]:
+    """Read and validate a data file (or HF dataset dir); return one chat per record."""
+    return [validate_record(row, where) for where, row in read_rows(path)]
 
 
 def data_sha256(path: str | Path) -> str:

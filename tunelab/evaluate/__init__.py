@@ -1,37 +1,86 @@
-"""Evaluation: load a model with an optional adapter, generate, score."""
+"""Evaluation: load a model with an optional adapter, generate, score, judge.
+
+``evaluate_task`` scores a task from the registry (``tunelab.evaluate.tasks``);
+``run_eval`` is the ``tunelab eval`` command (tasks and suites, results written to disk).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from tunelab.evaluate.generation import generate
 from tunelab.evaluate.loading import load_with_adapter
-from tunelab.tasks import get_task
+from tunelab.evaluate.scorers import SCORERS, choice_loglikelihoods, get_scorer, pick_choice
+from tunelab.evaluate.tasks import EVAL_TASKS, EvalTask, resolve_task
 
 
 def evaluate_task(
     model: Any,
     tokenizer: Any,
-    task_name: str,
+    task: str | EvalTask,
     *,
-    limit: int = 100,
+    limit: int | None = 100,
     seed: int = 0,
     batch_size: int = 16,
-    max_new_tokens: int = 32,
+    max_new_tokens: int | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    n_samples: int = 1,
+    ks: Sequence[int] = (1,),
     bf16: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Greedy-generate answers for ``limit`` test examples of a built-in task and score them."""
-    task = get_task(task_name)
-    examples = task.examples("test", limit, seed)
-    outputs = generate(
-        model, tokenizer, [ex["prompt"] for ex in examples],
-        max_new_tokens=max_new_tokens, batch_size=batch_size, bf16=bf16, progress=progress,
-    )
-    scores = [task.score(out, ex["response"]) for out, ex in zip(outputs, examples)]
-    records = [{**ex, "output": out, "score": s} for ex, out, s in zip(examples, outputs, scores)]
-    return {"task": task_name, "n": len(scores), "accuracy": sum(scores) / len(scores), "records": records}
+    """Score ``model`` on ``limit`` examples of ``task``; greedy unless ``do_sample``.
+
+    Returns ``{"kind": "task", "task", "scorer", "n", "score", "metrics", "records"}`` where
+    ``score`` is the task's primary metric (accuracy, or pass@1 for code).
+    """
+    if isinstance(task, str):
+        task = resolve_task(task)
+    scorer = get_scorer(task.scorer)
+    records = task.load(limit, seed)
+    max_new = max_new_tokens or task.max_new_tokens
+    if scorer.kind == "code":
+        from tunelab.evaluate.humaneval import evaluate_humaneval
+
+        result = evaluate_humaneval(model, tokenizer, problems=records, n_samples=n_samples, ks=ks,
+                                    temperature=temperature if do_sample or n_samples > 1 else 0.2, top_p=top_p,
+                                    max_new_tokens=max_new, seed=seed, batch_size=batch_size, progress=progress)
+        metrics = {k: v for k, v in result.items() if k.startswith("pass@")}
+        out_records = result["records"]
+        score = metrics.get("pass@1", next(iter(metrics.values())))
+    elif scorer.kind == "choice":
+        lls = choice_loglikelihoods(model, tokenizer, [r["prompt"] for r in records], [r["choices"] for r in records],
+                                    batch_size=batch_size, bf16=bf16)
+        out_records = []
+        for r, ll in zip(records, lls):
+            pred, pred_norm = pick_choice(ll, r["choices"]), pick_choice(ll, r["choices"], normalize=True)
+            out_records.append({**r, "loglikelihoods": ll, "prediction": pred, "score": float(pred == r["answer"]),
+                                "score_norm": float(pred_norm == r["answer"])})
+        n = len(out_records)
+        metrics = {"accuracy": sum(r["score"] for r in out_records) / n,
+                   "accuracy_norm": sum(r["score_norm"] for r in out_records) / n}
+        score = metrics["accuracy"]
+    else:
+        outputs = generate(model, tokenizer, [r["prompt"] for r in records], max_new_tokens=max_new,
+                           batch_size=batch_size, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                           seed=seed, bf16=bf16, progress=progress)
+        assert scorer.text is not None
+        out_records = [{**r, "output": o, "score": scorer.text(o, r["response"])} for r, o in zip(records, outputs)]
+        metrics = {"accuracy": sum(r["score"] for r in out_records) / len(out_records)}
+        score = metrics["accuracy"]
+    return {"kind": "task", "task": task.name, "scorer": task.scorer, "n": len(out_records), "score": score,
+            **metrics, "metrics": metrics, "records": out_records}
 
 
-__all__ = ["evaluate_task", "generate", "load_with_adapter"]
+__all__ = [
+    "EVAL_TASKS",
+    "EvalTask",
+    "SCORERS",
+    "evaluate_task",
+    "generate",
+    "load_with_adapter",
+    "resolve_task",
+]

@@ -49,9 +49,17 @@ def score_exact(prediction: str, reference: str) -> float:
     return 1.0 if normalize_text(prediction) == normalize_text(reference) else 0.0
 
 
+def score_contains(prediction: str, reference: str) -> float:
+    """1.0 if the normalized reference occurs in the normalized prediction, else 0.0."""
+    return 1.0 if normalize_text(reference) in normalize_text(prediction) else 0.0
+
+
+# Scorers that compare generated text with a reference; tunelab.evaluate.scorers adds the
+# model-based ones (multiple choice by log-likelihood, code by execution).
 SCORERS: dict[str, Callable[[str, str], float]] = {
     "numeric": score_numeric,
     "exact": score_exact,
+    "contains": score_contains,
 }
 
 

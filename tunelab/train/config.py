@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from tunelab.adapters import DEFAULT_TARGET_MODULES, METHODS, AdapterSettings
+from tunelab.configs import from_sources
 from tunelab.errors import TunelabError
 
 SCHEDULERS = ("constant", "linear", "cosine")
@@ -62,13 +62,7 @@ class TrainConfig:
     @classmethod
     def from_sources(cls, yaml_path: str | Path | None = None, **overrides: Any) -> "TrainConfig":
         """Defaults, then a YAML file, then explicit overrides (``None`` values are ignored)."""
-        values: dict[str, Any] = {}
-        if yaml_path:
-            values.update(load_yaml(yaml_path))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
+        return from_sources(cls, yaml_path, **overrides)
 
     def validate(self) -> None:
         """Raise ``TunelabError`` for values that cannot work."""
@@ -109,26 +103,3 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a run config; keys may use dashes or underscores. Unknown keys are errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise TunelabError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise TunelabError(f"{where}: malformed YAML") from None
-    if not isinstance(raw, dict):
-        raise TunelabError(f"{path}: a config must be a mapping of option: value")
-    known = {f.name for f in fields(TrainConfig)}
-    values = {}
-    for key, value in raw.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
-            raise TunelabError(f"{path}: unknown option '{key}'")
-        values[name] = value
-    return values

