@@ -237,3 +237,17 @@ def test_cli_report(runs: Path, tmp_path: Path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "no such file or directory" in lines[0], proc.stderr
     assert not (tmp_path / "x.html").exists()
+
+
+def test_demo_writes_evaluations_and_a_report(tmp_path: Path):
+    from tunelab.demo import DemoPlan, run_demo
+
+    plan = DemoPlan(n_train=16, n_test=3, steps=2, batch_size=4, rank=2)
+    result = run_demo(tmp_path / "demo", model="tiny-random", plan=plan)
+    assert [r["method"] for r in result["rows"]] == ["lora", "lori-d", "lori-s"]
+    for sub in ("base", "lora", "lori-d", "lori-s"):
+        metrics = json.loads((tmp_path / "demo" / sub / "eval" / "reverse_words" / "metrics.json").read_text())
+        assert metrics["kind"] == "task" and metrics["n"] == 3
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert {"runs", "demo", "training", "tasks", "sizes"} <= section_ids(page)
+    assert "base: tiny-random" in page

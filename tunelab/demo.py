@@ -13,7 +13,10 @@ from rich.table import Table
 
 from tunelab.adapters.storage import COMPACT_FILE, PEFT_WEIGHTS, atomic_write_text
 from tunelab.evaluate import evaluate_task, load_with_adapter
+from tunelab.evaluate.runner import write_result
+from tunelab.layout import EVAL_DIR
 from tunelab.models import load_model
+from tunelab.report import build_report
 from tunelab.tasks import export_task
 from tunelab.train import TrainConfig, train
 
@@ -38,21 +41,29 @@ QUICK = DemoPlan(n_train=120, n_test=30, steps=10)
 LEARNING_RATES = {"lora": 1e-3, "lori-d": 1e-3, "lori-s": 1e-2}
 
 
+def _evaluate(lm: Any, tokenizer: Any, plan: DemoPlan, model: str, adapter: Path | None, out: Path) -> float:
+    """Score on the demo task, save the evaluation where the report finds it, return accuracy."""
+    result = evaluate_task(lm, tokenizer, plan.task, limit=plan.n_test, seed=plan.seed)
+    write_result({**result, "model": model, "adapter": str(adapter) if adapter else None}, out)
+    return result["accuracy"]
+
+
 def _adapter_bytes(run: Path, method: str) -> int:
     return (run / (COMPACT_FILE if method == "lori-s" else PEFT_WEIGHTS)).stat().st_size
 
 
-def run_demo(output: Path, quick: bool = False, model: str = "smollm2-135m", console: Console | None = None) -> dict[str, Any]:
-    """Train the three methods, score before/after, print and save the table."""
+def run_demo(output: Path, quick: bool = False, model: str = "smollm2-135m", console: Console | None = None,
+             plan: DemoPlan | None = None) -> dict[str, Any]:
+    """Train the three methods, score before/after, print and save the table and an HTML report."""
     console = console or Console()
-    plan = QUICK if quick else FULL
+    plan = plan or (QUICK if quick else FULL)
     output = Path(output)
     started = time.perf_counter()
     data = export_task(plan.task, output / "data", n_train=plan.n_train, n_test=plan.n_test, seed=plan.seed)
     console.print(f"[bold]tunelab demo[/]: {model} on '{plan.task}' — {plan.n_train} train examples, {plan.steps} steps, {plan.n_test} test prompts")
 
     base, tokenizer = load_model(model)
-    before = evaluate_task(base, tokenizer, plan.task, limit=plan.n_test, seed=plan.seed)["accuracy"]
+    before = _evaluate(base, tokenizer, plan, model, None, output / "base" / EVAL_DIR / plan.task)
     console.print(f"base model accuracy: {before:.1%}")
     del base
 
@@ -68,7 +79,7 @@ def run_demo(output: Path, quick: bool = False, model: str = "smollm2-135m", con
         train(cfg)
         run = json.loads((run_dir / "tunelab.json").read_text())
         lm, tok = load_with_adapter(model, run_dir)
-        after = evaluate_task(lm, tok, plan.task, limit=plan.n_test, seed=plan.seed)["accuracy"]
+        after = _evaluate(lm, tok, plan, model, run_dir, run_dir / EVAL_DIR / plan.task)
         rows.append({
             "method": method,
             "trainable_params": run["trainable_params"],
@@ -95,5 +106,6 @@ def run_demo(output: Path, quick: bool = False, model: str = "smollm2-135m", con
     md += [f"| {r['method']} | {r['trainable_params']:,} | {r['adapter_mb']:.2f} | {r['train_s']:.0f} | {r['tokens_per_s']:.0f} | "
            f"{r['accuracy_before']:.1%} → {r['accuracy_after']:.1%} |" for r in rows]
     atomic_write_text(output / "results.md", "\n".join(md) + "\n")
-    console.print(f"wrote {output / 'results.md'} (total {result['total_s']:.0f} s)")
+    report = build_report([output], output / "report.html", title=f"tunelab demo — {model} on {plan.task}")
+    console.print(f"wrote {output / 'results.md'} and {report} (total {result['total_s']:.0f} s)")
     return result

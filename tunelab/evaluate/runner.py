@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.adapters.storage import atomic_write_text
+from tunelab.layout import EVAL_DIR, EVAL_FILE, EVAL_OUTPUTS, atomic_write_text
 from tunelab.errors import TunelabError
 
 LM_EVAL_PREFIX = "lm-eval:"  # --task lm-eval:TASK[,TASK...] runs lm-evaluation-harness tasks
@@ -90,7 +90,7 @@ class EvalConfig:
         if self.output is not None:
             return Path(self.output)
         if self.adapter is not None:
-            return Path(self.adapter) / "eval" / self.name
+            return Path(self.adapter) / EVAL_DIR / self.name
         return None
 
 
@@ -160,9 +160,17 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[
                    "config": asdict(cfg)})
     out = cfg.output_dir()
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "outputs.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result["records"]))
-        # metrics.json last: its presence marks a finished evaluation.
-        atomic_write_text(out / "metrics.json", json.dumps({k: v for k, v in result.items() if k != "records"}, indent=2))
+        write_result(result, out)
         result["output_dir"] = str(out)
     return result
+
+
+def write_result(result: dict[str, Any], out: Path) -> None:
+    """``outputs.jsonl`` (the records) then ``metrics.json`` (everything else) into ``out``.
+
+    ``metrics.json`` goes last: its presence marks a finished evaluation.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    (out / EVAL_FILE).unlink(missing_ok=True)  # an old result must not pass for this one
+    atomic_write_text(out / EVAL_OUTPUTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.get("records", [])))
+    atomic_write_text(out / EVAL_FILE, json.dumps({k: v for k, v in result.items() if k != "records"}, indent=2))
