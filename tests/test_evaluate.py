@@ -284,3 +284,15 @@ def test_eval_cli_task_file_end_to_end(tmp_path: Path) -> None:
     assert "qa: accuracy" in proc.stdout
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["task"] == "qa" and metrics["scorer"] == "contains" and metrics["n"] == 3
+
+
+def test_code_task_file_runs_in_the_sandbox(tiny, tmp_path: Path) -> None:
+    # A user code task in HumanEval's shape goes through the same sandboxed checker.
+    problem = {"task_id": "t/0", "prompt": "def add(a, b):\n    \"\"\"Return a + b.\"\"\"\n",
+               "test": "def check(f):\n    assert f(2, 3) == 5\n", "entry_point": "add"}
+    path = _write_jsonl(tmp_path / "code.jsonl", [problem])
+    model, tok = tiny
+    result = evaluate_task(model, tok, resolve_task(str(path), "code"), max_new_tokens=4, progress=False)
+    assert result["kind"] == "task" and result["scorer"] == "code" and result["n"] == 1
+    assert result["score"] == result["metrics"]["pass@1"] == 0.0  # a random model does not write add()
+    assert result["records"][0]["status"] in {"failed", "blocked", "timeout"}

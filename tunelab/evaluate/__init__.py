@@ -45,9 +45,10 @@ def evaluate_task(
     if scorer.kind == "code":
         from tunelab.evaluate.humaneval import evaluate_humaneval
 
+        # One completion per problem is greedy; several are sampled with temperature / top_p.
         result = evaluate_humaneval(model, tokenizer, problems=records, n_samples=n_samples, ks=ks,
-                                    temperature=temperature if do_sample or n_samples > 1 else 0.2, top_p=top_p,
-                                    max_new_tokens=max_new, seed=seed, batch_size=batch_size, progress=progress)
+                                    temperature=temperature, top_p=top_p, max_new_tokens=max_new, seed=seed,
+                                    batch_size=batch_size, bf16=bf16, progress=progress)
         metrics = {k: v for k, v in result.items() if k.startswith("pass@")}
         out_records = result["records"]
         score = metrics.get("pass@1", next(iter(metrics.values())))
