@@ -22,7 +22,7 @@ def evaluate_task(
     *,
     limit: int | None = 100,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int = 32,
     max_new_tokens: int | None = None,
     do_sample: bool = False,
     temperature: float = 1.0,

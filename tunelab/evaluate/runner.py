@@ -40,7 +40,7 @@ class EvalConfig:
     top_p: float = 0.6
     n_samples: int = 1  # code tasks: completions per problem for pass@k
     ks: list[int] = field(default_factory=lambda: [1])
-    batch_size: int = 16
+    batch_size: int = 32
     bf16: bool = False
     judge: str = "keyword"
     judge_threshold: float = 0.5
