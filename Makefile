@@ -34,6 +34,7 @@ test-slow: install
 
 bench: install
 	$(PY) bench/train_throughput.py
+	$(PY) bench/generation_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -96,7 +96,7 @@ def generate(
     temperature: Annotated[float, typer.Option()] = 0.7,
     top_p: Annotated[float, typer.Option()] = 0.9,
     seed: Annotated[Optional[int], typer.Option()] = None,
-    batch_size: Annotated[int, typer.Option()] = 16,
+    batch_size: Annotated[int, typer.Option()] = 32,
 ) -> None:
     """Generate text from a model with an optional adapter."""
     from tunelab.evaluate import generate as run_generate
