@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.layout import atomic_write_text
 from tunelab.tasks.arithmetic import ArithmeticTask
 from tunelab.tasks.base import SCORERS, Task, score_exact, score_numeric
 from tunelab.tasks.reverse_words import ReverseWordsTask
@@ -38,19 +37,6 @@ def get_task(name: str) -> Task:
         ) from None
 
 
-def _write_jsonl_atomic(path: Path, records: list[dict[str, str]]) -> None:
-    # Temp file in the same directory so os.replace is an atomic rename, never a copy.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_task(
     name: str,
     out_dir: str | Path,
@@ -71,6 +57,7 @@ def export_task(
     paths: dict[str, Path] = {}
     for split, n in (("train", n_train), ("test", n_test)):
         path = out / f"{split}.jsonl"
-        _write_jsonl_atomic(path, task.examples(split, n, seed=seed))
+        records = task.examples(split, n, seed=seed)
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         paths[split] = path
     return paths
