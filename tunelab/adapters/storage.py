@@ -118,3 +118,60 @@ def unpack(compact_path: Path, out_dir: Path) -> Path:
     atomic_write_text(out_dir / PEFT_CONFIG, metadata["adapter_config"])
     atomic_save_file(weights, out_dir / PEFT_WEIGHTS, {"format": "pt"})
     return out_dir
+
+
+# --------------------------------------------------------------------------- sparse task vectors
+TASK_VECTOR_FILE = "task_vector.safetensors"
+TASK_VECTOR_FORMAT = "tunelab-task-vector/1"
+
+
+def save_task_vector(deltas: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """A sparse task vector as flat indices + values per weight (never dense masks).
+
+    ``deltas`` maps a parameter name of the base model (e.g.
+    ``model.layers.0.self_attn.q_proj.weight``) to its dense delta; only non-zero entries are
+    stored (``NAME.indices`` int64 into the flattened weight, ``NAME.values``), the shapes go
+    into the metadata.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    shapes: dict[str, list[int]] = {}
+    for name, delta in deltas.items():
+        flat = delta.detach().flatten()
+        idx = torch.nonzero(flat, as_tuple=True)[0]
+        tensors[f"{name}.indices"] = idx.to(torch.int64)
+        tensors[f"{name}.values"] = flat[idx].contiguous()
+        shapes[name] = list(delta.shape)
+    meta = {"format": TASK_VECTOR_FORMAT, "shapes": json.dumps(shapes), **(metadata or {})}
+    atomic_save_file(tensors, Path(path), meta)
+    return Path(path)
+
+
+def load_task_vector(path: Path, dense: bool = True) -> dict[str, torch.Tensor]:
+    """``{parameter name: delta}`` from a task-vector file (dense tensors, or sparse COO if ``dense=False``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TASK_VECTOR_FILE
+    if not path.is_file():
+        raise TunelabError(f"{path}: task vector file not found")
+    with safe_open(path, framework="pt") as fh:
+        metadata = fh.metadata() or {}
+        if metadata.get("format") != TASK_VECTOR_FORMAT:
+            raise TunelabError(f"{path}: not a tunelab task vector (format {metadata.get('format')!r})")
+        stored = {k: fh.get_tensor(k) for k in fh.keys()}
+    out: dict[str, torch.Tensor] = {}
+    for name, shape in json.loads(metadata["shapes"]).items():
+        idx, values = stored[f"{name}.indices"], stored[f"{name}.values"]
+        n = int(np.prod(shape))
+        if dense:
+            flat = torch.zeros(n, dtype=values.dtype)
+            flat[idx] = values
+            out[name] = flat.reshape(shape)
+        else:
+            out[name] = torch.sparse_coo_tensor(idx.unsqueeze(0), values, (n,)).coalesce()
+    return out
+
+
+def task_vector_metadata(path: Path) -> dict[str, str]:
+    """The metadata block of a task-vector file (format, shapes, base model, ...)."""
+    with safe_open(Path(path), framework="pt") as fh:
+        return dict(fh.metadata() or {})
