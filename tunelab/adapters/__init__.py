@@ -6,12 +6,14 @@ from tunelab.adapters.base import DEFAULT_TARGET_MODULES, AdapterMethod, Adapter
 from tunelab.adapters.full import Full
 from tunelab.adapters.lora import LoRA
 from tunelab.adapters.lori import LoRID, LoRIS
+from tunelab.adapters.lota import LoTA
 from tunelab.errors import TunelabError
 
 METHODS: dict[str, type[AdapterMethod]] = {
     "lora": LoRA,
     "lori-d": LoRID,
     "lori-s": LoRIS,
+    "lota": LoTA,
     "full": Full,
 }
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import abc
+import json
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -31,6 +33,16 @@ class AdapterSettings:
     mask_granularity: str = "global"
     mask_from: str | None = None
     base_model: str = ""
+    # continual learning: start from an earlier run (A frozen, B trained); lori-s/lota
+    # ``disjoint`` keeps the new mask off the positions the earlier run uses.
+    init_from: str | None = None
+    disjoint: bool = False
+    # lota: fraction of the data for the dense calibration fine-tune, and the function the
+    # trainer hands over to run it: ``calibrate(model, params)`` trains ``params`` in place.
+    calibration_fraction: float = 0.1
+    calibrate: Callable[[Any, list[torch.nn.Parameter]], None] | None = None
+    # lota: a run dir being resumed (its saved mask replaces a fresh calibration)
+    resume_dir: str | None = None
 
 
 @dataclass
@@ -39,8 +51,13 @@ class PreparedModel:
 
     model: Any
     record: dict[str, Any] = field(default_factory=dict)
-    # LoRI-S: module name -> bool mask over lora_B (True = trainable).
+    # LoRI-S: module key -> bool mask over lora_B; LoTA: parameter name -> mask over the
+    # weight (True = trainable).
     masks: dict[str, torch.Tensor] | None = None
+    # values the entries outside the masks must keep exactly (None: zero)
+    frozen_values: dict[str, torch.Tensor] | None = None
+    # anything else a method carries from prepare to save
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 class AdapterMethod(abc.ABC):
@@ -61,6 +78,9 @@ class AdapterMethod(abc.ABC):
 
     def verify(self, prepared: PreparedModel) -> None:
         """Check method invariants after training (e.g. exact zeros outside a mask)."""
+
+    def on_output_ready(self, prepared: PreparedModel, out_dir: Path) -> None:
+        """Called once the output dir exists, before training (e.g. to keep state a resume needs)."""
 
     def trainable_parameters(self, prepared: PreparedModel) -> int:
         """Parameters the method actually updates."""
@@ -110,3 +130,70 @@ def layer_index(key: str) -> str:
     """The transformer block a module belongs to (``"-"`` if none)."""
     match = _LAYER_RE.search(key)
     return match.group(1) if match else "-"
+
+
+# --------------------------------------------------------------------------- continual learning
+@dataclass
+class InitAdapter:
+    """An earlier LoRA-family run to continue from: its record and per-module A and B."""
+
+    path: Path
+    meta: dict[str, Any]
+    a: dict[str, torch.Tensor]
+    b: dict[str, torch.Tensor]
+
+
+def read_run_record(path: Path) -> dict[str, Any]:
+    """A finished run's ``tunelab.json`` ({} for a plain PEFT adapter dir)."""
+    record = Path(path) / "tunelab.json"
+    return json.loads(record.read_text()) if record.is_file() else {}
+
+
+def read_init_adapter(init_from: str, settings: AdapterSettings, methods: tuple[str, ...]) -> InitAdapter:
+    """Load the adapter ``--init-from`` names and check it fits this run (base, rank, alpha, modules)."""
+    from tunelab.adapters import storage  # storage imports this module
+
+    path = Path(init_from)
+    if not path.is_dir():
+        raise TunelabError(f"--init-from {path}: directory not found")
+    meta = read_run_record(path)
+    if meta and meta.get("method") not in methods:
+        raise TunelabError(f"--init-from {path}: a '{meta.get('method')}' run; --method {settings.method} continues from {' or '.join(methods)}")
+    if not meta and "lora" not in methods:
+        raise TunelabError(f"--init-from {path}: not a finished tunelab run (no tunelab.json); --method {settings.method} needs one")
+    if meta and meta.get("base_model") != settings.base_model:
+        raise TunelabError(f"--init-from {path}: trained on base model '{meta.get('base_model')}', not '{settings.base_model}'")
+    peft_dir = path
+    if not (path / storage.PEFT_WEIGHTS).is_file() and (path / storage.COMPACT_FILE).is_file():
+        peft_dir = storage.unpack(path, Path(tempfile.mkdtemp(prefix="tunelab-init-")))
+    if not (peft_dir / storage.PEFT_CONFIG).is_file():
+        raise TunelabError(f"--init-from {path}: no adapter_config.json (not a PEFT adapter or tunelab run)")
+    config = json.loads((peft_dir / storage.PEFT_CONFIG).read_text())
+    if config.get("r") != settings.rank or float(config.get("lora_alpha", 0)) != float(settings.alpha):
+        raise TunelabError(f"--init-from {path}: rank {config.get('r')} / alpha {config.get('lora_alpha')}; "
+                           f"pass --rank {config.get('r')} --alpha {config.get('lora_alpha')}")
+    if config.get("use_rslora") or config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise TunelabError(f"--init-from {path}: rsLoRA / per-module ranks are not supported for continual training")
+    weights = storage.load_file(peft_dir / storage.PEFT_WEIGHTS)
+    a = {module_key(k.removesuffix(".lora_A.weight")): v for k, v in weights.items() if k.endswith(".lora_A.weight")}
+    b = {module_key(k.removesuffix(".lora_B.weight")): v for k, v in weights.items() if k.endswith(".lora_B.weight")}
+    targets = {k.rsplit(".", 1)[-1] for k in b}
+    if targets != set(settings.target_modules):
+        raise TunelabError(f"--init-from {path}: adapts {sorted(targets)}, not {sorted(settings.target_modules)}")
+    return InitAdapter(path.resolve(), meta, a, b)
+
+
+def load_init_weights(model: PeftModel, init: InitAdapter) -> None:
+    """Copy the earlier run's A and B into ``model``'s adapter; A stays frozen, B trains."""
+    keys = [key for key, _ in lora_layers(model)]
+    if sorted(keys) != sorted(init.b):
+        raise TunelabError(f"--init-from {init.path}: its modules do not match this model's")
+    for key, layer in lora_layers(model):
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        if a.shape != init.a[key].shape or b.shape != init.b[key].shape:
+            raise TunelabError(f"--init-from {init.path}: {key} has shapes {tuple(init.a[key].shape)}/{tuple(init.b[key].shape)}, "
+                               f"model has {tuple(a.shape)}/{tuple(b.shape)}")
+        with torch.no_grad():
+            a.copy_(init.a[key])
+            b.copy_(init.b[key])
+        a.requires_grad_(False)

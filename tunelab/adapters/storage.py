@@ -46,20 +46,46 @@ def lora_b_from_peft_file(path: Path) -> dict[str, torch.Tensor]:
     return {module_key(k.removesuffix(_B)): v for k, v in load_file(path).items() if k.endswith(_B)}
 
 
-def save_masks(masks: dict[str, torch.Tensor], path: Path) -> None:
-    """Masks as bool tensors keyed by module key (True = trainable entry of B)."""
-    atomic_save_file({k: m.to(torch.bool) for k, m in masks.items()}, path)
+MASK_BITMAP_FORMAT = "tunelab-mask-bitmap/1"
+
+
+def save_masks(masks: dict[str, torch.Tensor], path: Path, packed: bool = False) -> None:
+    """Masks keyed by module key or parameter name (True = trainable entry).
+
+    Plain bool tensors by default; ``packed`` stores one bit per entry (LoTA's masks cover
+    whole weight matrices, where bool tensors would cost a byte per weight).
+    """
+    if not packed:
+        atomic_save_file({k: m.to(torch.bool) for k, m in masks.items()}, path)
+        return
+    bitmaps = {k: torch.from_numpy(np.packbits(m.flatten().cpu().numpy())) for k, m in masks.items()}
+    shapes = {k: list(m.shape) for k, m in masks.items()}
+    atomic_save_file(bitmaps, path, {"format": MASK_BITMAP_FORMAT, "shapes": json.dumps(shapes)})
 
 
 def load_masks(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(path)
+    """Bool masks from :func:`save_masks` (either form)."""
+    with safe_open(Path(path), framework="pt") as fh:
+        metadata = fh.metadata() or {}
+        stored = {k: fh.get_tensor(k) for k in fh.keys()}
+    if metadata.get("format") != MASK_BITMAP_FORMAT:
+        return stored
+    out = {}
+    for key, shape in json.loads(metadata["shapes"]).items():
+        n = int(np.prod(shape))
+        out[key] = torch.from_numpy(np.unpackbits(stored[key].numpy(), count=n).astype(bool)).reshape(shape)
+    return out
 
 
-def pack(run_dir: Path, a_seed: int) -> Path:
-    """Write ``adapter_compact.safetensors`` next to a LoRI-S run's PEFT files and mask."""
+def pack(run_dir: Path, a_seed: int, support: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``adapter_compact.safetensors`` next to a LoRI-S run's PEFT files and mask.
+
+    ``support`` (default: the run's mask) is where B may be non-zero; a continued run passes
+    its mask joined with the earlier adapter's non-zeros.
+    """
     run_dir = Path(run_dir)
     weights = load_file(run_dir / PEFT_WEIGHTS)
-    masks = load_masks(run_dir / MASK_FILE)
+    masks = support if support is not None else load_masks(run_dir / MASK_FILE)
     tensors: dict[str, torch.Tensor] = {}
     modules: dict[str, dict[str, object]] = {}
     for name, tensor in weights.items():
@@ -138,7 +164,8 @@ def save_task_vector(deltas: dict[str, torch.Tensor], path: Path, metadata: dict
     for name, delta in deltas.items():
         flat = delta.detach().flatten()
         idx = torch.nonzero(flat, as_tuple=True)[0]
-        tensors[f"{name}.indices"] = idx.to(torch.int64)
+        # int32 indices halve the file; a single weight never has 2**31 entries here
+        tensors[f"{name}.indices"] = idx.to(torch.int32 if flat.numel() < 2**31 else torch.int64)
         tensors[f"{name}.values"] = flat[idx].contiguous()
         shapes[name] = list(delta.shape)
     meta = {"format": TASK_VECTOR_FORMAT, "shapes": json.dumps(shapes), **(metadata or {})}
@@ -164,10 +191,10 @@ def load_task_vector(path: Path, dense: bool = True) -> dict[str, torch.Tensor]:
         n = int(np.prod(shape))
         if dense:
             flat = torch.zeros(n, dtype=values.dtype)
-            flat[idx] = values
+            flat[idx.long()] = values
             out[name] = flat.reshape(shape)
         else:
-            out[name] = torch.sparse_coo_tensor(idx.unsqueeze(0), values, (n,)).coalesce()
+            out[name] = torch.sparse_coo_tensor(idx.long().unsqueeze(0), values, (n,)).coalesce()
     return out
 
 

@@ -18,8 +18,9 @@ def load_with_adapter(model: str, adapter: str | Path | None = None, merge: bool
     """``(model, tokenizer)`` with ``adapter`` applied.
 
     ``adapter`` may be a PEFT adapter dir, a tunelab LoRI-S dir holding only the compact file,
-    or a ``--method full`` output (then it *is* the model). ``merge`` folds LoRA weights into
-    the base for faster generation.
+    a LoTA run (its sparse task vector is added to the base weights), or a ``--method full``
+    output (then it *is* the model). ``merge`` folds LoRA weights into the base for faster
+    generation.
     """
     if adapter is None:
         return load_model(model)
@@ -31,6 +32,13 @@ def load_with_adapter(model: str, adapter: str | Path | None = None, merge: bool
     if run.get("method") == "full" or is_full_model:
         return load_model(str(path))
     base, tokenizer = load_model(model)
+    if (path / storage.TASK_VECTOR_FILE).is_file():
+        from tunelab.adapters.lota import apply_task_vector
+
+        if run.get("base_model") not in (None, model):
+            raise TunelabError(f"{adapter}: a task vector for base model '{run['base_model']}', not '{model}'")
+        apply_task_vector(base, storage.load_task_vector(path / storage.TASK_VECTOR_FILE))
+        return base, tokenizer
     if not (path / storage.PEFT_WEIGHTS).is_file() and (path / storage.COMPACT_FILE).is_file():
         path = storage.unpack(path / storage.COMPACT_FILE, Path(tempfile.mkdtemp(prefix="tunelab-unpacked-")))
     if not (path / storage.PEFT_CONFIG).is_file():

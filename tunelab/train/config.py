@@ -39,6 +39,12 @@ class TrainConfig:
     mask_from: str | None = None
     sparsity: float = 0.9
     mask_granularity: str = "global"
+    # continual learning / LoTA
+    init_from: str | None = None  # continue from an earlier run (A frozen, B trained; lota: its weights)
+    disjoint: bool = False  # lori-s/lota with init_from: the new mask avoids the earlier run's positions
+    calibration_fraction: float = 0.1  # lota: share of the data for the dense calibration pass
+    safety_eval_limit: int | None = None  # harmful (and benign) prompts scored before/after; None: 32 with init_from, else 0
+    safety_max_new_tokens: int = 48
     # optimisation
     lr: float | None = None  # None: the method's default
     epochs: int = 1
@@ -84,6 +90,17 @@ class TrainConfig:
             raise TunelabError(f"--sparsity must be in [0, 1), got {self.sparsity}")
         if self.mask_from and self.method != "lori-s":
             raise TunelabError(f"--mask-from only applies to --method lori-s, not {self.method}")
+        if self.init_from and self.method == "full":
+            raise TunelabError("--init-from applies to lora, lori-d, lori-s and lota, not full")
+        if self.disjoint and (self.method not in ("lori-s", "lota") or not self.init_from):
+            raise TunelabError("--disjoint needs --method lori-s or lota and --init-from RUN")
+        if self.weight_decay and (self.method == "lota" or (self.method == "lori-s" and self.init_from)):
+            raise TunelabError(f"--weight-decay must be 0 for {self.method}{' with --init-from' if self.method == 'lori-s' else ''}: "
+                               "weight decay would move the entries outside the mask")
+        if not 0.0 < self.calibration_fraction <= 1.0:
+            raise TunelabError(f"--calibration-fraction must be in (0, 1], got {self.calibration_fraction}")
+        if self.safety_eval_limit is not None and self.safety_eval_limit < 0:
+            raise TunelabError(f"--safety-eval-limit must be >= 0, got {self.safety_eval_limit}")
         if self.lr is not None and self.lr <= 0:
             raise TunelabError(f"--lr must be > 0, got {self.lr}")
 
@@ -99,6 +116,9 @@ class TrainConfig:
             mask_granularity=self.mask_granularity,
             mask_from=self.mask_from,
             base_model=self.model,
+            init_from=self.init_from,
+            disjoint=self.disjoint,
+            calibration_fraction=self.calibration_fraction,
         )
 
     def to_dict(self) -> dict[str, Any]:

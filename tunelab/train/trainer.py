@@ -16,7 +16,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -31,12 +31,13 @@ from tunelab.adapters import PreparedModel, get_method
 from tunelab.adapters.storage import atomic_write_text
 from tunelab.data import Collator, data_sha256, length_grouped_batches, read_records, tokenize_records
 from tunelab.errors import TunelabError
-from tunelab.layout import CONFIG_FILE, METRICS_FILE, RUN_FILE
+from tunelab.layout import CONFIG_FILE, EVAL_DIR, EVAL_FILE, METRICS_FILE, RUN_FILE
 from tunelab.models import load_model
 from tunelab.train.checkpoint import CHECKPOINT_DIR, find_checkpoint, load_checkpoint, save_checkpoint
 from tunelab.train.config import TrainConfig, bf16_supported
 from tunelab.train.objectives import CausalLMLoss, count_tokens
 
+DEFAULT_SAFETY_LIMIT = 32  # prompts per set for the before/after safety check of a continued run
 _SCHEDULER_NAMES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
 
@@ -92,7 +93,50 @@ def resolved_config(cfg: TrainConfig) -> TrainConfig:
         values["lr"] = method.default_lr
     if values["bf16"] is None:
         values["bf16"] = bf16_supported()
+    if values["safety_eval_limit"] is None:
+        values["safety_eval_limit"] = DEFAULT_SAFETY_LIMIT if values["init_from"] else 0
     return TrainConfig(**values)
+
+
+def dense_calibration(cfg: TrainConfig, examples: list[Any], pad_token_id: int, device: torch.device,
+                      console: Console) -> Callable[[torch.nn.Module, list[torch.nn.Parameter]], None]:
+    """LoTA's calibration: one seeded pass of dense AdamW over ``calibration_fraction`` of the data."""
+
+    def run(model: torch.nn.Module, params: list[torch.nn.Parameter]) -> None:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        n = max(1, min(len(examples), round(cfg.calibration_fraction * len(examples))))
+        subset = torch.randperm(len(examples), generator=gen)[:n].tolist()
+        chosen = [examples[i] for i in subset]
+        batches = length_grouped_batches([len(ex.input_ids) for ex in chosen], cfg.batch_size, cfg.seed, 0)
+        collate = Collator(chosen, pad_token_id)
+        model.to(device)
+        net = CausalLMLoss(model).train()
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        with Progress(TextColumn("[bold]calibration[/]"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task("calibrate", total=len(batches), loss=float("nan"))
+            for indices in batches:
+                batch = {k: v.to(device) for k, v in collate(indices).items()}
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16)):
+                    loss = net(**batch)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                bar.update(task, advance=1, loss=loss.item())
+        del optimizer
+
+    return run
+
+
+def _safety_eval(cfg: TrainConfig, adapter: str | Path, out: Path) -> dict[str, Any]:
+    """Run the safety suite on ``cfg.model`` + ``adapter``; keep its headline numbers."""
+    from tunelab.evaluate.runner import EvalConfig, run_eval
+
+    result = run_eval(EvalConfig(model=cfg.model, adapter=str(adapter), suite="safety", limit=cfg.safety_eval_limit,
+                                 max_new_tokens=cfg.safety_max_new_tokens, output=str(out)))
+    return {key: result[key] for key in ("asr", "refusal_rate", "over_refusal", "intervals", "n_harmful", "n_benign", "judge")}
 
 
 def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Console | None = None) -> Path:
@@ -116,15 +160,28 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
     examples, dropped = tokenize_records(chats, tokenizer, cfg.max_length)
     if not examples:
         raise TunelabError(f"{cfg.data}: every record lost its response to --max-length {cfg.max_length}")
+    accelerator = _accelerator(cfg)
     torch.manual_seed(cfg.seed)
-    prepared: PreparedModel = method.prepare(model, cfg.adapter_settings())
+    settings = cfg.adapter_settings()
+    settings.calibrate = dense_calibration(cfg, examples, tokenizer.pad_token_id, accelerator.device, console)
+    settings.resume_dir = str(out) if resume_from is not None else None
+    prepared: PreparedModel = method.prepare(model, settings)
+    torch.manual_seed(cfg.seed)  # a calibration pass must not shift the run's RNG stream
 
     out.mkdir(parents=True, exist_ok=True)
     if cfg.overwrite and resume_from is None:
         _clear_output_dir(out)
     atomic_write_text(out / CONFIG_FILE, yaml.safe_dump({**cfg.to_dict(), "resume": False, "overwrite": False}, sort_keys=False))
-
-    accelerator = _accelerator(cfg)
+    method.on_output_ready(prepared, out)
+    safety_before = None
+    if cfg.safety_eval_limit and cfg.init_from and accelerator.is_main_process:
+        before_dir = out / EVAL_DIR / "safety-before"
+        if resume_from is not None and (before_dir / EVAL_FILE).is_file():
+            safety_before = json.loads((before_dir / EVAL_FILE).read_text())
+            safety_before = {k: safety_before[k] for k in ("asr", "refusal_rate", "over_refusal", "intervals", "n_harmful", "n_benign", "judge")}
+        else:
+            console.print(f"safety before training (the --init-from adapter, {cfg.safety_eval_limit} prompts per set)")
+            safety_before = _safety_eval(cfg, cfg.init_from, before_dir)
     if cfg.bf16:
         prepare_for_bf16(prepared.model)
     net = CausalLMLoss(prepared.model)
@@ -217,7 +274,7 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         prepared.model = accelerator.unwrap_model(net).model
-        _finish(cfg, method, prepared, tokenizer, out, progress_state, len(examples), dropped)
+        _finish(cfg, method, prepared, tokenizer, out, progress_state, len(examples), dropped, safety_before, console)
     return out
 
 
@@ -271,7 +328,8 @@ def _tensorboard_writer(out: Path) -> Any:
     return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
-def _finish(cfg: TrainConfig, method: Any, prepared: PreparedModel, tokenizer: Any, out: Path, progress: dict[str, Any], n_examples: int, dropped: int) -> None:
+def _finish(cfg: TrainConfig, method: Any, prepared: PreparedModel, tokenizer: Any, out: Path, progress: dict[str, Any],
+            n_examples: int, dropped: int, safety_before: dict[str, Any] | None, console: Console) -> None:
     """Verify invariants, write the artefacts, then ``tunelab.json`` last."""
     method.verify(prepared)
     staging = out / ".final-tmp"
@@ -282,6 +340,10 @@ def _finish(cfg: TrainConfig, method: Any, prepared: PreparedModel, tokenizer: A
         os.replace(item, out / item.name)
     staging.rmdir()
     seconds = progress["train_seconds"]
+    safety = None
+    if cfg.safety_eval_limit:
+        console.print(f"safety after training ({cfg.safety_eval_limit} prompts per set)")
+        safety = {"before": safety_before, "after": _safety_eval(cfg, out, out / EVAL_DIR / "safety")}
     record = {
         "method": cfg.method,
         "base_model": cfg.model,
@@ -300,6 +362,7 @@ def _finish(cfg: TrainConfig, method: Any, prepared: PreparedModel, tokenizer: A
         "tokens_per_s": progress["tokens"] / seconds if seconds else None,
         "wall_time_s": seconds,
         "bf16": cfg.bf16,
+        "safety": safety,
         "versions": _versions(),
         "config": cfg.to_dict(),
     }
