@@ -155,3 +155,10 @@ def test_init_from_must_fit(runs: dict[str, Path], qa_file: Path, tmp_path: Path
     other = train(tiny_config(qa_file, tmp_path / "other", "lori-d", seed=99))
     with pytest.raises(TunelabError, match="different A seeds"):
         train(tiny_config(qa_file, tmp_path / "e", "lori-s", init_from=str(runs["lori-s"]), mask_from=str(other)))
+
+
+def test_report_shows_safety_before_and_after(runs: dict[str, Path]):
+    from tunelab.report import render_report
+
+    html = render_report([runs["lota2"]])
+    assert "Continual learning" in html and "ASR before → after" in html

@@ -252,3 +252,40 @@ def _short_number(v: float) -> str:
         if abs(v) >= div:
             return f"{v / div:.3g}{suffix}"
     return f"{v:.3g}"
+
+
+def heatmap(
+    labels: Sequence[str],
+    matrix: Sequence[Sequence[float | None]],
+    *,
+    title: str,
+    vmin: float = -1.0,
+    vmax: float = 1.0,
+    cmap: str = "RdBu_r",
+) -> Markup | None:
+    """A labelled square heatmap with each cell's value written in it (``None`` cells blank)."""
+    n = len(labels)
+    if n == 0 or not any(v is not None for row in matrix for v in row):
+        return None
+
+    def draw() -> Figure:
+        import numpy as np
+
+        side = min(7.5, max(3.4, 1.6 + 0.75 * n))
+        fig = new_figure(side + 0.9, side)
+        ax = fig.add_subplot()
+        values = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix], dtype=float)
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_xticks(range(n), labels, rotation=30 if sum(len(x) for x in labels) > 6 * n else 0, ha="right")
+        ax.set_yticks(range(n), labels)
+        ax.grid(False)
+        for i in range(n):
+            for j in range(n):
+                if not np.isnan(values[i, j]):
+                    dark = abs(values[i, j] - (vmin + vmax) / 2) > 0.35 * (vmax - vmin)
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
+        ax.set_title(title)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        return fig
+
+    return to_img(_styled(draw), title)

@@ -295,6 +295,31 @@ def safety_section(data: ReportData, palette: Palette) -> str | None:
     return "\n".join(parts)
 
 
+def continual_section(data: ReportData, palette: Palette) -> str | None:
+    """Runs trained ``--init-from`` an earlier adapter: safety before → after (tunelab.json ``safety``)."""
+    runs = [r for r in data.runs if isinstance(r.record.get("safety"), dict) and r.record["safety"].get("after")]
+    if not runs:
+        return None
+    rows, asr, over = [], {}, {}
+    for r in runs:
+        before, after = r.record["safety"].get("before") or {}, r.record["safety"]["after"]
+        mask = r.record.get("mask_overlap_with_init")
+        rows.append([swatch(palette(r.name), r.name), r.method, "yes" if r.record.get("disjoint") else "no",
+                     "–" if mask is None else fmt_pct(mask), fmt_pct(before.get("asr")), fmt_pct(after.get("asr")),
+                     fmt_pct(before.get("over_refusal")), fmt_pct(after.get("over_refusal"))])
+        asr[r.name] = [number(before.get("asr")), number(after.get("asr"))]
+        over[r.name] = [number(before.get("over_refusal")), number(after.get("over_refusal"))]
+    parts = [table(["run", "method", "disjoint", "mask overlap with earlier", "ASR before", "ASR after",
+                    "over-refusal before", "over-refusal after"], rows, numeric=(3, 4, 5, 6, 7))]
+    for title, groups in (("ASR before → after continued training", asr), ("over-refusal before → after", over)):
+        img = plots.grouped_bars(["before (earlier adapter)", "after"], groups, palette, title=title, percent=True)
+        if img:
+            parts.append(img)
+    parts.append('<p class="note">Each run continued from an earlier adapter (<code>--init-from</code>); "before" is that '
+                 "adapter alone, \"after\" the continued run, both on the same held-out safety prompts.</p>")
+    return "\n".join(parts)
+
+
 def _by_category(here: list[tuple[str, Evaluation]]) -> dict[tuple[str, str], dict[str, Any]]:
     """(category, metric) → {subject: value} from each eval's ``by_category``: a category maps to
     a number (taken as ASR) or to a dict of numbers."""
@@ -440,6 +465,7 @@ SECTIONS: list[Section] = [
     Section("training", "Training curves", training_section),
     Section("tasks", "Task scores", task_section, kinds=("task",)),
     Section("safety", "Safety", safety_section, kinds=("safety",)),
+    Section("continual", "Continual learning: safety before → after", continual_section),
     Section("sizes", "Parameters and adapter size", size_section),
     Section("curves", "Curves", curves_section, kinds=("curve",)),
     Section("other", "Other evaluations", other_evals_section),
@@ -450,3 +476,61 @@ SECTIONS: list[Section] = [
 def index_of(key: str) -> int:
     """Position of the section ``key`` in :data:`SECTIONS` (to insert a new one next to it)."""
     return next(i for i, s in enumerate(SECTIONS) if s.key == key)
+
+
+# --- merge (tunelab merge / tunelab inspect interference) ----------------------------------------
+
+def merge_section(data: ReportData, palette: Palette) -> str | None:
+    """Merges (method, sources, weights) and interference metrics: heatmaps, pairs, single vs merged."""
+    merges = [r for r in data.runs if r.method == "merge"]
+    evals = data.evals_of_kind("interference")
+    if not merges and not evals:
+        return None
+    parts = []
+    if merges:
+        rows = [[swatch(palette(r.name), r.name), r.get("merge_method") or "–",
+                 ", ".join(str(s) for s in r.get("sources") or []) or "–",
+                 ", ".join(fmt_num(w) for w in r.get("weights") or []) or "–", fmt_num(r.get("density")),
+                 r.get("seed") if r.get("seed") is not None else "–", r.get("output_kind") or "–", fmt_int(r.get("rank")),
+                 r.get("base_model") or "–"] for r in merges]
+        parts.append(table(["merge", "method", "sources", "weights", "density", "seed", "output", "rank", "base model"], rows,
+                           caption="output: a PEFT adapter (cat/linear) or a merged model directory (base + ΔW)."))
+    for ev in sorted(evals, key=lambda e: (e.subject, str(e.path))):
+        d = ev.data
+        labels = [str(x) for x in d.get("adapters") or []]
+        heading = ev.subject + (f" — {d['merge_method']} merge" if d.get("merge_method") else "")
+        parts.append(f"<h3>{esc(heading)}</h3>")
+        figs = [plots.heatmap(labels, d.get("cosine") or [], title="cosine of flattened ΔW"),
+                plots.heatmap(labels, d.get("subspace_overlap") or [], title="subspace overlap of A (mean cos of principal angles)",
+                              vmin=0.0, vmax=1.0, cmap="viridis")]
+        tasks = d.get("tasks") or []
+        if tasks:
+            names = [f"{r.get('task')} ({r.get('adapter')})" for r in tasks]
+            figs.append(plots.grouped_bars(names, {"single adapter": [number(r.get("single")) for r in tasks],
+                                                   "merged": [number(r.get("merged")) for r in tasks]},
+                                           palette, title="task score: single adapter vs merged", ylabel="score", percent=True))
+        parts.append('<div class="figures">' + "".join(f"<figure>{f}</figure>" for f in figs if f) + "</div>")
+        pairs = [p for p in d.get("pairs") or [] if isinstance(p, dict)]
+        types = list(dict.fromkeys(t for p in pairs for t in (p.get("cosine_by_module_type") or {})))
+        if pairs:
+            rows = [[p.get("a"), p.get("b"), fmt_num(p.get("cosine"), 3), fmt_num(p.get("subspace_overlap"), 3),
+                     fmt_num(p.get("mask_intersection_over_min"), 3), fmt_num(p.get("mask_jaccard"), 3),
+                     *[fmt_num((p.get("cosine_by_module_type") or {}).get(t), 3) for t in types]] for p in pairs]
+            parts.append(table(["adapter", "adapter", "cos ΔW", "subspace overlap", "mask ∩/min", "mask Jaccard",
+                                *[f"cos {t}" for t in types]], rows, numeric=tuple(range(2, 6 + len(types))),
+                               caption="cos ΔW: cosine of the flattened weight deltas (all modules; then per module type). "
+                                       "Subspace overlap: mean cosine of the principal angles between the row spaces of the A's "
+                                       "(1 = same input directions, ≈0 = orthogonal). Mask overlap: LoRI-S B masks or LoTA "
+                                       "task-vector supports (– where not sparse or not comparable)."))
+        if tasks:
+            rows = [[r.get("task"), r.get("adapter"), fmt_pct(r.get("single")), fmt_pct(r.get("merged")),
+                     Markup(f'<span class="{"delta-neg" if (number(r.get("drop")) or 0) > 0 else "muted"}">'
+                            f'{esc(fmt_num(None if number(r.get("drop")) is None else 100 * number(r.get("drop")), 3))} pt</span>')]
+                    for r in tasks]
+            parts.append(table(["task", "adapter", "single", "merged", "drop"], rows, numeric=(2, 3, 4),
+                               caption=f"Scores on {fmt_int(d.get('limit'))} examples per task; drop = single − merged."))
+        parts.append(f'<p class="note">from <span class="path">{esc(ev.path)}</span></p>')
+    return "\n".join(parts)
+
+
+SECTIONS.insert(index_of("safety") + 1, Section("merge", "Merging and interference", merge_section, kinds=("interference",)))
