@@ -371,3 +371,19 @@ def test_cli_refuses_mismatched_bases_missing_dirs_and_single_adapter(adapters, 
         weights = ",".join(["1"] * len(dirs))
         code, _, err = _cli(["merge", *dirs, "--weights", weights, "--output", str(tmp_path / "x")], capsys, monkeypatch)
         assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_merge_warns_when_lori_adapters_share_their_projections(tmp_path: Path, qa_file: Path):
+    from tests.conftest import tiny_config
+    from tunelab.train import train
+
+    a = train(tiny_config(qa_file, tmp_path / "a", "lori-d", seed=5))
+    b = train(tiny_config(qa_file, tmp_path / "b", "lori-d", seed=5, max_steps=2))
+    c = train(tiny_config(qa_file, tmp_path / "c", "lori-d", seed=6))
+    with pytest.warns(UserWarning, match="identical A matrices"):
+        merge_adapters([a, b], "cat", [0.5, 0.5], output=tmp_path / "ab")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        merge_adapters([a, c], "cat", [0.5, 0.5], output=tmp_path / "ac")

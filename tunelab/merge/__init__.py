@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import time
 import uuid
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -119,6 +120,9 @@ def merge_adapters(
         analyze = True  # --tasks only makes sense with the analysis; do not make the user say it twice
     sources = read_sources(dirs)
     base = common_base(sources, model)
+    for a, b in shared_projections(sources):
+        warnings.warn(f"{a.path} and {b.path} have identical A matrices (same LoRI seed?): their updates share one "
+                      "subspace and interfere; train adapters meant for merging with different --seed", stacklevel=2)
     output_kind = "model" if (merge.family == "delta" or to_model) else "peft"
     if merge.family == "factors" and output_kind == "peft":
         for s in sources:
@@ -159,6 +163,17 @@ def merge_adapters(
 
 
 # --------------------------------------------------------------------------- checks
+def shared_projections(sources: Sequence[AdapterSource]) -> list[tuple[AdapterSource, AdapterSource]]:
+    """Pairs of adapters whose A matrices are identical (e.g. LoRI-D runs trained with the same seed)."""
+    pairs = []
+    for i, x in enumerate(sources):
+        for y in sources[i + 1:]:
+            common = sorted(set(x.factors) & set(y.factors))
+            if common and all(torch.equal(x.factors[k].a, y.factors[k].a) for k in common[:3]):
+                pairs.append((x, y))
+    return pairs
+
+
 def _check_output(out: Path, dirs: Sequence[Path], overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise TunelabError(f"--output {out} is a file; give a directory")
