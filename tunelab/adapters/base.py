@@ -197,3 +197,20 @@ def load_init_weights(model: PeftModel, init: InitAdapter) -> None:
             a.copy_(init.a[key])
             b.copy_(init.b[key])
         a.requires_grad_(False)
+
+
+def mask_gradient_hook(mask: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A gradient hook zeroing entries outside ``mask`` (True = trainable).
+
+    The mask is built on the CPU before the trainer moves the model, so the hook keeps one copy
+    per device the gradient shows up on instead of moving it every step.
+    """
+    copies: dict[torch.device, torch.Tensor] = {}
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        keep = copies.get(grad.device)
+        if keep is None:
+            keep = copies[grad.device] = mask.to(device=grad.device, dtype=torch.bool)
+        return grad.masked_fill(~keep, 0.0)
+
+    return hook

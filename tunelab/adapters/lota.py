@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from tunelab.adapters import storage
-from tunelab.adapters.base import AdapterMethod, AdapterSettings, PreparedModel, read_run_record
+from tunelab.adapters.base import AdapterMethod, AdapterSettings, PreparedModel, mask_gradient_hook, read_run_record
 from tunelab.adapters.lori import compute_masks
 from tunelab.errors import TunelabError
 
@@ -104,7 +104,7 @@ class LoTA(AdapterMethod):
         for n, w in weights.items():
             w.requires_grad_(True)
             # Zero the gradient outside the mask: AdamW's moments stay 0 there, so the step is 0.
-            w.register_hook(lambda grad, m=masks[n]: grad.masked_fill(~m.to(grad.device), 0.0))
+            w.register_hook(mask_gradient_hook(masks[n]))
         kept = sum(int(m.sum()) for m in masks.values())
         total = sum(m.numel() for m in masks.values())
         record["mask_density"] = kept / total

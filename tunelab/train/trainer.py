@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
@@ -152,6 +153,12 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
         saved = TrainConfig.from_sources(out / CONFIG_FILE)
         cfg = TrainConfig(**{**saved.to_dict(), "resume": True})
     cfg = resolved_config(cfg)
+    accelerator = _accelerator(cfg)
+    if accelerator.num_processes > 1:
+        # Each process drew its own seed; all must shuffle (and draw LoRI's A) alike.
+        from accelerate.utils import broadcast_object_list
+
+        cfg = TrainConfig(**{**cfg.to_dict(), "seed": broadcast_object_list([cfg.seed])[0]})
     method = get_method(cfg.method)
 
     # Everything that can fail on bad input happens before the output dir is touched.
@@ -160,7 +167,6 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
     examples, dropped = tokenize_records(chats, tokenizer, cfg.max_length)
     if not examples:
         raise TunelabError(f"{cfg.data}: every record lost its response to --max-length {cfg.max_length}")
-    accelerator = _accelerator(cfg)
     torch.manual_seed(cfg.seed)
     settings = cfg.adapter_settings()
     settings.calibrate = dense_calibration(cfg, examples, tokenizer.pad_token_id, accelerator.device, console)
@@ -182,7 +188,8 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
         else:
             console.print(f"safety before training (the --init-from adapter, {cfg.safety_eval_limit} prompts per set)")
             safety_before = _safety_eval(cfg, cfg.init_from, before_dir)
-    if cfg.bf16:
+    if cfg.bf16 and accelerator.distributed_type != DistributedType.FSDP:
+        # FSDP flattens parameters and needs one dtype per unit; it keeps its own bf16 copies.
         prepare_for_bf16(prepared.model)
     net = CausalLMLoss(prepared.model)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -275,6 +282,7 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
     if accelerator.is_main_process:
         prepared.model = accelerator.unwrap_model(net).model
         _finish(cfg, method, prepared, tokenizer, out, progress_state, len(examples), dropped, safety_before, console)
+    accelerator.wait_for_everyone()  # the other ranks return only once the run is written
     return out
 
 
