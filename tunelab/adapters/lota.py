@@ -82,7 +82,7 @@ class LoTA(AdapterMethod):
             record["init_from"] = str(init_path)
         elif settings.disjoint:
             raise TunelabError("--disjoint needs --init-from RUN (the lota run whose positions to keep clear of)")
-        theta0 = {n: w.detach().clone() for n, w in weights.items()}
+        theta0 = {n: w.detach().cpu().clone() for n, w in weights.items()}
 
         resumed = Path(settings.resume_dir or "") / storage.MASK_FILE
         if settings.resume_dir and resumed.is_file():
@@ -94,7 +94,8 @@ class LoTA(AdapterMethod):
                 w.requires_grad_(True)
             settings.calibrate(model, list(weights.values()))
             with torch.no_grad():
-                deltas = {n: (w.detach() - theta0[n]).float() for n, w in weights.items()}
+                # the calibration may have run on an accelerator; masks and θ₀ live on the CPU
+                deltas = {n: (w.detach().cpu() - theta0[n]).float() for n, w in weights.items()}
                 exclude = {n: init_delta[n] != 0 if n in init_delta else torch.zeros_like(w, dtype=torch.bool)
                            for n, w in weights.items()} if settings.disjoint else None
                 masks = compute_masks(deltas, settings.sparsity, settings.mask_granularity, exclude)
@@ -127,7 +128,7 @@ class LoTA(AdapterMethod):
         assert prepared.masks is not None and prepared.frozen_values is not None
         params = dict(prepared.model.named_parameters())
         for name, mask in prepared.masks.items():
-            w = params[name].detach()
+            w = params[name].detach().cpu()
             if not torch.equal(w[~mask], prepared.frozen_values[name][~mask].to(w.dtype)):
                 raise RuntimeError(f"LoTA invariant broken: {name} changed weights outside its mask")
 
@@ -139,7 +140,7 @@ class LoTA(AdapterMethod):
         out = {}
         for name, mask in prepared.masks.items():
             delta = torch.zeros_like(prepared.frozen_values[name], dtype=torch.float32)
-            delta[mask] = (params[name].detach()[mask].float() - prepared.frozen_values[name][mask].float())
+            delta[mask] = (params[name].detach().cpu()[mask].float() - prepared.frozen_values[name][mask].float())
             if name in init_delta:
                 delta += init_delta[name].float()
             out[name] = delta
