@@ -162,3 +162,24 @@ def test_report_shows_safety_before_and_after(runs: dict[str, Path]):
 
     html = render_report([runs["lota2"]])
     assert "Continual learning" in html and "ASR before → after" in html
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes=st.lists(st.tuples(st.integers(1, 9), st.integers(1, 9)), min_size=1, max_size=4),
+       density=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_sparse_task_vector_round_trip(tmp_path_factory: pytest.TempPathFactory, shapes, density: float, seed: int):
+    from tunelab.adapters.storage import save_task_vector
+
+    gen = torch.Generator().manual_seed(seed)
+    deltas = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(s, generator=gen) * (torch.rand(s, generator=gen) < density)
+              for i, s in enumerate(shapes)}
+    path = save_task_vector(deltas, tmp_path_factory.mktemp("tv") / TASK_VECTOR_FILE)
+    back = load_task_vector(path)
+    assert back.keys() == deltas.keys()
+    assert all(torch.equal(back[k], deltas[k]) for k in deltas)
+    stored = load_file(path)
+    assert sum(stored[f"{k}.values"].numel() for k in deltas) == sum(int((d != 0).sum()) for d in deltas.values())
