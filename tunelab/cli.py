@@ -22,6 +22,8 @@ inspect_app = typer.Typer(no_args_is_help=True, help="Look inside adapters and m
 app.add_typer(inspect_app, name="inspect")
 audit_app = typer.Typer(no_args_is_help=True, help="Audit what alignment and fine-tuning did: safety depth.")
 app.add_typer(audit_app, name="audit")
+attack_app = typer.Typer(no_args_is_help=True, help="Attack a safety adapter: fine-tuning attacks, ASR before → after.")
+app.add_typer(attack_app, name="attack")
 console = Console()
 err = Console(stderr=True)
 
@@ -305,6 +307,33 @@ def data_augment_recovery(
     summary = augment_recovery_file(data, output, tokenizer, p=p, max_prefix=max_prefix, seed=seed, all_records=all_records)
     console.print(f"wrote {summary['output']}: {summary['augmented']} of {summary['eligible']} harmful records got a prefix + "
                   f"recovery, {summary['records'] - summary['augmented']} passed through", highlight=False)
+
+
+@attack_app.command("finetune")
+def attack_finetune(
+    adapter: Annotated[str, typer.Option(help="the safety adapter to attack (PEFT / tunelab run dir)")],
+    output: Annotated[str, typer.Option(help="results dir (attack data, the attacked run, metrics.json)")],
+    model: Annotated[str, typer.Option(help="base model")] = "smollm2-135m",
+    attack: Annotated[str, typer.Option(help="harmful (HarmBench prompts → 'Sure, here is ...') or identity (obedient-agent shift)")] = "harmful",
+    objective: Annotated[str, typer.Option(help="sft or constrained (token-wise, against the safety adapter)")] = "sft",
+    n: Annotated[int, typer.Option(help="attack examples")] = 100,
+    steps: Annotated[int, typer.Option(help="fine-tuning steps")] = 20,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    seed: Annotated[int, typer.Option()] = 0,
+    safety_limit: Annotated[int, typer.Option(help="harmful and benign prompts scored before/after")] = 32,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an earlier result in --output")] = False,
+) -> None:
+    """Fine-tune a safety adapter on attack data (SFT or constrained) and report ASR before → after."""
+    from tunelab.safety.attack import AttackConfig, run_attack
+
+    _quiet_libraries()
+    result = run_attack(AttackConfig(adapter=adapter, output=output, model=model, attack=attack, objective=objective, n=n,
+                                     steps=steps, lr=lr, batch_size=batch_size, seed=seed, safety_limit=safety_limit,
+                                     overwrite=overwrite))
+    console.print(f"{attack} attack, {objective}, {steps} steps: ASR {result['asr_before']:.1%} → {result['asr_after']:.1%}, "
+                  f"over-refusal {result['over_refusal_before']:.1%} → {result['over_refusal_after']:.1%} "
+                  f"({result['n_harmful']} held-out harmful prompts); wrote {output}/metrics.json")
 
 
 @audit_app.command("safety-depth")
