@@ -76,14 +76,27 @@ def task_seed(seed: int, task: str) -> int:
     return 10 * seed + (*TASKS, "safety").index(task)
 
 
+class Missing(Exception):
+    """A result that ``--collect-only`` would have to compute."""
+
+
+COLLECT_ONLY = False  # --collect-only: tabulate what is finished, compute nothing
+
+
 def _done(run: Path) -> bool:
     return (run / RUN_FILE).is_file()
+
+
+def _need(path: Path) -> None:
+    if COLLECT_ONLY and not path.is_file():
+        raise Missing(str(path))
 
 
 def _train(plan: Plan, method: str, data: Path, out: Path, seed: int, *, lr: float | None = None, steps: int | None = None,
            **extra: Any) -> Path:
     if _done(out):
         return out
+    _need(out / RUN_FILE)
     cfg = TrainConfig(model=plan.model, data=str(data), method=method, output=str(out), rank=plan.rank, alpha=2.0 * plan.rank,
                       lr=lr or LR[method], max_steps=steps or plan.steps, batch_size=plan.batch_size, seed=seed, save_every=0,
                       overwrite=True, sparsity=plan.sparsity, calibration_fraction=plan.calibration_fraction,
@@ -95,6 +108,7 @@ def _task_score(plan: Plan, adapter: Path, task: str, out: Path) -> float:
     """Score ``adapter`` (a run or a merged model dir) on ``task``; cached in ``out``."""
     if (out / EVAL_FILE).is_file():
         return json.loads((out / EVAL_FILE).read_text())["score"]
+    _need(out / EVAL_FILE)
     lm, tok = load_with_adapter(plan.model, adapter)
     result = evaluate_task(lm, tok, task, limit=plan.n_test, seed=0)
     write_result({**result, "model": plan.model, "adapter": str(adapter)}, out)
@@ -102,6 +116,7 @@ def _task_score(plan: Plan, adapter: Path, task: str, out: Path) -> float:
 
 
 def _safety(plan: Plan, adapter: Path, out: Path) -> dict[str, Any]:
+    _need(out / EVAL_FILE)
     if not (out / EVAL_FILE).is_file():
         run_eval(EvalConfig(model=plan.model, adapter=str(adapter), suite="safety", limit=plan.safety_limit,
                             max_new_tokens=plan.safety_max_new_tokens, output=str(out)))
@@ -113,32 +128,49 @@ def run_seed(plan: Plan, seed: int, root: Path, data: dict[str, Path]) -> dict[s
     """Every adapter, merge and continual run for one seed."""
     out = root / f"seed{seed}"
     results: dict[str, Any] = {"single": {}, "merged": {}, "interference": {}, "continual": {}}
-    safety_recipe = {m: SAFETY_RECIPE.get(m) for m in METHODS}
     for method in METHODS:
-        runs: dict[str, Path] = {}
-        for task in (*TASKS, "safety"):
-            extra: dict[str, Any] = {}
-            if method == "lori-s":
-                extra["mask_from"] = str(out / "lori-d" / task)
-            recipe = safety_recipe[method] if task == "safety" else None
-            steps = plan.safety_steps or (recipe.steps if recipe else None) if task == "safety" else None
-            lr = recipe.lr if recipe else None
-            console.rule(f"seed {seed}: {method} on {task}")
-            runs[task] = _train(plan, method, data[task], out / method / task, task_seed(seed, task), lr=lr, steps=steps, **extra)
-        single = {task: _task_score(plan, runs[task], task, runs[task] / EVAL_DIR / task) for task in TASKS}
-        single["safety"] = _safety(plan, runs["safety"], runs["safety"] / EVAL_DIR / "safety")
-        results["single"][method] = single
+        try:
+            _run_method(plan, seed, out, data, method, results)
+        except Missing as missing:
+            console.print(f"seed {seed}, {method}: not finished ({missing}); left out")
+    try:
+        _run_continual(plan, seed, out, data, results)
+    except Missing as missing:
+        console.print(f"seed {seed}, continual learning: not finished ({missing}); left out")
+    return results
 
-        merged = out / "merged" / method
-        if not _done(merged):
-            merge_adapters([runs[t] for t in (*TASKS, "safety")], "task-arithmetic" if method == "lota" else "cat",
-                           [plan.merge_weight] * 3, output=merged, to_model=method == "lota", overwrite=True, model=plan.model)
-        scores = {task: _task_score(plan, merged, task, merged / EVAL_DIR / task) for task in TASKS}
-        scores["safety"] = _safety(plan, merged, merged / EVAL_DIR / "safety")
-        results["merged"][method] = scores
-        metrics = inspect_interference([runs[t] for t in (*TASKS, "safety")], out / "interference" / method, model=plan.model)
-        results["interference"][method] = json.loads((metrics / EVAL_FILE).read_text())
 
+def _run_method(plan: Plan, seed: int, out: Path, data: dict[str, Path], method: str, results: dict[str, Any]) -> None:
+    """One method's three adapters, their merge and the interference metrics."""
+    safety_recipe = {m: SAFETY_RECIPE.get(m) for m in METHODS}
+    runs: dict[str, Path] = {}
+    for task in (*TASKS, "safety"):
+        extra: dict[str, Any] = {}
+        if method == "lori-s":
+            extra["mask_from"] = str(out / "lori-d" / task)
+        recipe = safety_recipe[method] if task == "safety" else None
+        steps = plan.safety_steps or (recipe.steps if recipe else None) if task == "safety" else None
+        lr = recipe.lr if recipe else None
+        console.rule(f"seed {seed}: {method} on {task}")
+        runs[task] = _train(plan, method, data[task], out / method / task, task_seed(seed, task), lr=lr, steps=steps, **extra)
+    single = {task: _task_score(plan, runs[task], task, runs[task] / EVAL_DIR / task) for task in TASKS}
+    single["safety"] = _safety(plan, runs["safety"], runs["safety"] / EVAL_DIR / "safety")
+
+    merged = out / "merged" / method
+    _need(merged / RUN_FILE)
+    if not _done(merged):
+        merge_adapters([runs[t] for t in (*TASKS, "safety")], "task-arithmetic" if method == "lota" else "cat",
+                       [plan.merge_weight] * 3, output=merged, to_model=method == "lota", overwrite=True, model=plan.model)
+    scores = {task: _task_score(plan, merged, task, merged / EVAL_DIR / task) for task in TASKS}
+    scores["safety"] = _safety(plan, merged, merged / EVAL_DIR / "safety")
+    metrics = inspect_interference([runs[t] for t in (*TASKS, "safety")], out / "interference" / method, model=plan.model)
+    results["single"][method] = single
+    results["merged"][method] = scores
+    results["interference"][method] = json.loads((metrics / EVAL_FILE).read_text())
+
+
+def _run_continual(plan: Plan, seed: int, out: Path, data: dict[str, Path], results: dict[str, Any]) -> None:
+    """Safety first, then the first task on top, per variant."""
     # Safety first, then arithmetic on top of it.
     task, cl = TASKS[0], out / "continual"
     safe = {m: out / m / "safety" for m in METHODS}
@@ -149,62 +181,79 @@ def run_seed(plan: Plan, seed: int, root: Path, data: dict[str, Path]) -> dict[s
         "lota --disjoint": ("lota", dict(init_from=str(safe["lota"]), disjoint=True)),
     }
     console.rule(f"seed {seed}: continual learning")
-    # LoRI-S's task mask comes from a LoRI-D run that continued from the same safety adapter.
-    _train(plan, "lori-d", data[task], cl / "lori-d-calibration", task_seed(seed, task), init_from=str(safe["lori-s"]), safety_eval_limit=0)
     for name, (method, extra) in variants.items():
-        run = _train(plan, method, data[task], cl / name.replace(" --", "-"), task_seed(seed, task),
-                     safety_eval_limit=plan.safety_limit, **extra)
-        record = json.loads((run / RUN_FILE).read_text())
-        results["continual"][name] = {
-            "task_score": _task_score(plan, run, task, run / EVAL_DIR / task),
-            "safety_before": record["safety"]["before"], "safety_after": record["safety"]["after"],
-            "mask_overlap_with_init": record.get("mask_overlap_with_init"),
-        }
-    return results
+        try:
+            _continual_variant(plan, seed, data[task], cl, task, name, method, extra, results)
+        except Missing as missing:
+            console.print(f"seed {seed}, continual {name}: not finished ({missing}); left out")
+
+
+def _continual_variant(plan: Plan, seed: int, data: Path, cl: Path, task: str, name: str, method: str, extra: dict[str, Any],
+                       results: dict[str, Any]) -> None:
+    if "mask_from" in extra:
+        # LoRI-S's task mask comes from a LoRI-D run that continued from the same safety adapter.
+        _train(plan, "lori-d", data, Path(extra["mask_from"]), task_seed(seed, task), init_from=extra["init_from"], safety_eval_limit=0)
+    run = _train(plan, method, data, cl / name.replace(" --", "-"), task_seed(seed, task), safety_eval_limit=plan.safety_limit, **extra)
+    record = json.loads((run / RUN_FILE).read_text())
+    results["continual"][name] = {
+        "task_score": _task_score(plan, run, task, run / EVAL_DIR / task),
+        "safety_before": record["safety"]["before"], "safety_after": record["safety"]["after"],
+        "mask_overlap_with_init": record.get("mask_overlap_with_init"),
+    }
 
 
 def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "–"
     if len(values) == 1:
         return f"{values[0]:.1%}"
     return f"{statistics.mean(values):.1%} ± {statistics.stdev(values):.1%}"
 
 
+def _seeds_with(per_seed: dict[int, dict[str, Any]], part: str, key: str) -> list[int]:
+    return [s for s in sorted(per_seed) if key in per_seed[s][part]]
+
+
 def tables(per_seed: dict[int, dict[str, Any]]) -> str:
-    """The README tables (mean ± sd over seeds)."""
-    seeds = sorted(per_seed)
-    get = lambda f: [f(per_seed[s]) for s in seeds]  # noqa: E731
-    lines = [f"Seeds: {', '.join(map(str, seeds))}; mean ± sd over seeds.", "",
+    """The README tables (mean ± sd over the seeds that finished each row)."""
+    lines = ["Mean ± sd over seeds; the seeds column says which finished.", "",
              "**Single adapters vs their 3-way merge** (task accuracy; safety: ASR on held-out HarmBench prompts, lower is safer)", "",
-             "| method | arithmetic single → merged | reverse_words single → merged | safety ASR single → merged | over-refusal merged | mean task drop |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| method | seeds | arithmetic single → merged | reverse_words single → merged | safety ASR single → merged | over-refusal single → merged |",
+             "|---|---|---:|---:|---:|---:|"]
     for m in METHODS:
-        cells = []
-        drops = []
-        for task in TASKS:
-            single, merged = get(lambda r: r["single"][m][task]), get(lambda r: r["merged"][m][task])
-            drops += [a - b for a, b in zip(single, merged)]
-            cells.append(f"{_mean_sd(single)} → {_mean_sd(merged)}")
-        asr_s, asr_m = get(lambda r: r["single"][m]["safety"]["asr"]), get(lambda r: r["merged"][m]["safety"]["asr"])
-        over = get(lambda r: r["merged"][m]["safety"]["over_refusal"])
-        lines.append(f"| {m} | {cells[0]} | {cells[1]} | {_mean_sd(asr_s)} → {_mean_sd(asr_m)} | {_mean_sd(over)} | {_mean_sd(drops)} |")
-    lines += ["", "**Interference between the three adapters** (mean over the 3 pairs)", "",
+        seeds = _seeds_with(per_seed, "merged", m)
+        if not seeds:
+            continue
+        get = lambda f: [f(per_seed[s]) for s in seeds]  # noqa: E731
+        cells = [f"{_mean_sd(get(lambda r: r['single'][m][t]))} → {_mean_sd(get(lambda r: r['merged'][m][t]))}" for t in TASKS]
+        safety = [f"{_mean_sd(get(lambda r: r['single'][m]['safety'][k]))} → {_mean_sd(get(lambda r: r['merged'][m]['safety'][k]))}"
+                  for k in ("asr", "over_refusal")]
+        lines.append(f"| {m} | {','.join(map(str, seeds))} | {cells[0]} | {cells[1]} | {safety[0]} | {safety[1]} |")
+    lines += ["", "**Interference between the three adapters** (mean over the 3 pairs and the seeds)", "",
               "| method | mean abs ΔW cosine | mean Aᵀ subspace overlap | mask overlap (∩/min) |", "|---|---:|---:|---:|"]
     for m in METHODS:
-        cos = get(lambda r: r["interference"][m].get("mean_abs_cosine"))
-        sub = [v for v in get(lambda r: r["interference"][m].get("mean_subspace_overlap")) if v is not None]
-        masks = [p["mask_intersection_over_min"] for s in seeds for p in per_seed[s]["interference"][m]["pairs"]
-                 if p.get("mask_intersection_over_min") is not None]
-        lines.append(f"| {m} | {statistics.mean(cos):.4f} | {f'{statistics.mean(sub):.3f}' if sub else '–'} | "
-                     f"{f'{statistics.mean(masks):.3f}' if masks else '–'} |")
-    lines += ["", f"**Safety first, then {TASKS[0]} on top** (`--init-from` the safety adapter)", "",
-              "| variant | ASR before → after | over-refusal before → after | task accuracy | mask overlap with safety |",
-              "|---|---:|---:|---:|---:|"]
-    for name in per_seed[seeds[0]]["continual"]:
-        c = lambda f: get(lambda r: f(r["continual"][name]))  # noqa: E731
+        seeds = _seeds_with(per_seed, "interference", m)
+        if not seeds:
+            continue
+        inter = [per_seed[s]["interference"][m] for s in seeds]
+        cos = [i["mean_abs_cosine"] for i in inter if i.get("mean_abs_cosine") is not None]
+        sub = [i["mean_subspace_overlap"] for i in inter if i.get("mean_subspace_overlap") is not None]
+        masks = [p["mask_intersection_over_min"] for i in inter for p in i["pairs"] if p.get("mask_intersection_over_min") is not None]
+        fmt = lambda v, d: f"{statistics.mean(v):.{d}f}" if v else "–"  # noqa: E731
+        lines.append(f"| {m} | {fmt(cos, 4)} | {fmt(sub, 3)} | {fmt(masks, 3)} |")
+    names = list(dict.fromkeys(n for s in per_seed for n in per_seed[s]["continual"]))
+    if names:
+        lines += ["", f"**Safety first, then {TASKS[0]} on top** (`--init-from` the safety adapter)", "",
+                  "| variant | seeds | ASR before → after | over-refusal before → after | task accuracy | mask overlap with safety |",
+                  "|---|---|---:|---:|---:|---:|"]
+    for name in names:
+        seeds = _seeds_with(per_seed, "continual", name)
+        c = lambda f: [f(per_seed[s]["continual"][name]) for s in seeds]  # noqa: E731
         overlap = [v for v in c(lambda x: x["mask_overlap_with_init"]) if v is not None]
-        lines.append(f"| {name} | {_mean_sd(c(lambda x: x['safety_before']['asr']))} → {_mean_sd(c(lambda x: x['safety_after']['asr']))} | "
-                     f"{_mean_sd(c(lambda x: x['safety_before']['over_refusal']))} → {_mean_sd(c(lambda x: x['safety_after']['over_refusal']))} | "
-                     f"{_mean_sd(c(lambda x: x['task_score']))} | {f'{statistics.mean(overlap):.1%}' if overlap else '–'} |")
+        lines.append(f"| {name} | {','.join(map(str, seeds))} | {_mean_sd(c(lambda x: x['safety_before']['asr']))} → "
+                     f"{_mean_sd(c(lambda x: x['safety_after']['asr']))} | {_mean_sd(c(lambda x: x['safety_before']['over_refusal']))} → "
+                     f"{_mean_sd(c(lambda x: x['safety_after']['over_refusal']))} | {_mean_sd(c(lambda x: x['task_score']))} | "
+                     f"{f'{statistics.mean(overlap):.1%}' if overlap else '–'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -216,22 +265,26 @@ def plots(per_seed: dict[int, dict[str, Any]], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    seeds = sorted(per_seed)
     paths = []
+    methods = [m for m in METHODS if _seeds_with(per_seed, "merged", m)]
+
+    def mean_of(part: str, m: str, f: Any) -> float:
+        return statistics.mean(f(per_seed[s][part][m]) for s in _seeds_with(per_seed, "merged", m))
+
     fig, axes = plt.subplots(1, len(TASKS) + 1, figsize=(12, 3.6))
     for ax, task in zip(axes, (*TASKS, "safety")):
-        xs = range(len(METHODS))
+        xs = range(len(methods))
         if task == "safety":
-            single = [statistics.mean(1 - per_seed[s]["single"][m]["safety"]["asr"] for s in seeds) for m in METHODS]
-            merged = [statistics.mean(1 - per_seed[s]["merged"][m]["safety"]["asr"] for s in seeds) for m in METHODS]
+            single = [mean_of("single", m, lambda r: 1 - r["safety"]["asr"]) for m in methods]
+            merged = [mean_of("merged", m, lambda r: 1 - r["safety"]["asr"]) for m in methods]
             ax.set_title("safety (1 − ASR)")
         else:
-            single = [statistics.mean(per_seed[s]["single"][m][task] for s in seeds) for m in METHODS]
-            merged = [statistics.mean(per_seed[s]["merged"][m][task] for s in seeds) for m in METHODS]
+            single = [mean_of("single", m, lambda r, t=task: r[t]) for m in methods]
+            merged = [mean_of("merged", m, lambda r, t=task: r[t]) for m in methods]
             ax.set_title(task)
         ax.bar([x - 0.2 for x in xs], single, 0.4, label="single")
         ax.bar([x + 0.2 for x in xs], merged, 0.4, label="3-way merge")
-        ax.set_xticks(list(xs), METHODS)
+        ax.set_xticks(list(xs), methods)
         ax.set_ylim(0, 1.05)
     axes[0].legend(loc="lower left")
     fig.suptitle("single adapters vs their merge (smollm2-135m)")
@@ -240,11 +293,13 @@ def plots(per_seed: dict[int, dict[str, Any]], out: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
-    names = list(per_seed[seeds[0]]["continual"])
+    names = list(dict.fromkeys(n for s in per_seed for n in per_seed[s]["continual"]))
+    if not names:
+        return paths
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for ax, key, title in ((axes[0], "asr", "ASR (lower is safer)"), (axes[1], "over_refusal", "over-refusal")):
-        before = [statistics.mean(per_seed[s]["continual"][n]["safety_before"][key] for s in seeds) for n in names]
-        after = [statistics.mean(per_seed[s]["continual"][n]["safety_after"][key] for s in seeds) for n in names]
+        before = [statistics.mean(per_seed[s]["continual"][n]["safety_before"][key] for s in _seeds_with(per_seed, "continual", n)) for n in names]
+        after = [statistics.mean(per_seed[s]["continual"][n]["safety_after"][key] for s in _seeds_with(per_seed, "continual", n)) for n in names]
         xs = range(len(names))
         ax.bar([x - 0.2 for x in xs], before, 0.4, label="safety adapter")
         ax.bar([x + 0.2 for x in xs], after, 0.4, label="after task training")
@@ -267,7 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("runs/multitask"))
     parser.add_argument("--model", default=None, help="default smollm2-135m")
     parser.add_argument("--fresh", action="store_true", help="delete --output first instead of reusing finished runs")
+    parser.add_argument("--collect-only", action="store_true", help="tabulate the finished runs; train and evaluate nothing")
     args = parser.parse_args(argv)
+    global COLLECT_ONLY
+    COLLECT_ONLY = args.collect_only
     plan = QUICK if args.quick else Plan()
     if args.model:
         plan = Plan(**{**asdict(plan), "model": args.model})
