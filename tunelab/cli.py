@@ -20,7 +20,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Build training data sets (saf
 app.add_typer(data_app, name="data")
 inspect_app = typer.Typer(no_args_is_help=True, help="Look inside adapters and models: interference between adapters.")
 app.add_typer(inspect_app, name="inspect")
-audit_app = typer.Typer(no_args_is_help=True, help="Audit what alignment and fine-tuning did: safety depth.")
+audit_app = typer.Typer(no_args_is_help=True, help="Audit what alignment and fine-tuning did: safety depth, refusal calibration.")
 app.add_typer(audit_app, name="audit")
 attack_app = typer.Typer(no_args_is_help=True, help="Attack a safety adapter: fine-tuning attacks, ASR before → after.")
 app.add_typer(attack_app, name="attack")
@@ -76,6 +76,7 @@ def train(
     beta_early: Annotated[Optional[float], typer.Option(help="constrained: β of tokens 2..--beta-early-until [default: 2.0]")] = None,
     beta_early_until: Annotated[Optional[int], typer.Option(help="constrained: last position with --beta-early [default: 5]")] = None,
     beta_late: Annotated[Optional[float], typer.Option(help="constrained: β of later tokens [default: 0.1]")] = None,
+    refusal_tokens: Annotated[Optional[str], typer.Option(help="add refusal tokens and prefix responses: single ([refuse]/[respond]) or categorical")] = None,
     config: Annotated[Optional[Path], typer.Option(help="run.yaml; flags override it")] = None,
 ) -> None:
     """Fine-tune a model with LoRA, LoRI-D, LoRI-S, LoTA or full fine-tuning."""
@@ -95,7 +96,7 @@ def train(
         scheduler=scheduler, warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
         bf16=bf16, seed=seed, save_every=save_every, resume=resume or None, overwrite=overwrite or None,
         trust_remote_code=trust_remote_code or None, objective=objective, reference=reference, beta_first=beta_first,
-        beta_early=beta_early, beta_early_until=beta_early_until, beta_late=beta_late,
+        beta_early=beta_early, beta_early_until=beta_early_until, beta_late=beta_late, refusal_tokens=refusal_tokens,
     )
     out = run_training(cfg)
     run = json.loads((out / "tunelab.json").read_text())
@@ -122,12 +123,20 @@ def generate(
     top_p: Annotated[float, typer.Option()] = 0.9,
     seed: Annotated[Optional[int], typer.Option()] = None,
     batch_size: Annotated[int, typer.Option()] = 32,
+    refusal_threshold: Annotated[Optional[float], typer.Option(help="refusal tokens: open with a refuse token iff its p ≥ τ, else [respond]")] = None,
+    refusal_bias: Annotated[Optional[float], typer.Option(help="refusal tokens: add b to the refuse logit(s) at the first step")] = None,
+    refusal_categories: Annotated[Optional[str], typer.Option(help="categorical refusal tokens: categories that may refuse, e.g. cyber,weapons")] = None,
+    refusal_temperature: Annotated[float, typer.Option(help="refusal tokens: T of p = softmax(logits / T)")] = 1.0,
+    show_control: Annotated[bool, typer.Option("--show-control", help="print the opening control token ([refuse]/[respond]) too")] = False,
 ) -> None:
     """Generate text from a model with an optional adapter."""
-    from tunelab.evaluate import generate as run_generate
     from tunelab.evaluate import load_with_adapter
+    from tunelab.evaluate.generation import generate_ids
+    from tunelab.safety.refusal_tokens import check_control, control_tokens, parse_categories, refusal_control
 
     _quiet_libraries()
+    categories = parse_categories(refusal_categories)
+    check_control(refusal_threshold, refusal_bias, categories, refusal_temperature)
     prompts = list(prompt or [])
     if prompts_file is not None:
         if not prompts_file.is_file():
@@ -136,10 +145,14 @@ def generate(
     if not prompts:
         raise TunelabError("no prompts: pass them as arguments or with --prompts-file")
     lm, tokenizer = load_with_adapter(model, adapter)
-    outputs = run_generate(lm, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           do_sample=sample, temperature=temperature, top_p=top_p, seed=seed)
-    for p, o in zip(prompts, outputs):
-        console.print(f">>> {p}\n{o}\n", highlight=False, markup=False)
+    control = refusal_control(tokenizer, refusal_threshold, refusal_bias, categories, refusal_temperature)
+    ids = generate_ids(lm, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                       do_sample=sample, temperature=temperature, top_p=top_p, seed=seed, first_step=control)
+    outputs = [tokenizer.decode(new, skip_special_tokens=True).strip() for new in ids]
+    controls = control_tokens(tokenizer, ids)
+    for p, o, c in zip(prompts, outputs, controls):
+        shown = f"{c} {o}" if show_control and c else o
+        console.print(f">>> {p}\n{shown}\n", highlight=False, markup=False)
 
 
 @app.command("eval")
@@ -167,11 +180,16 @@ def evaluate(
     lm_eval_include: Annotated[Optional[str], typer.Option(help="--task lm-eval:NAME: a dir of your own lm-eval task YAMLs")] = None,
     num_fewshot: Annotated[Optional[int], typer.Option(help="--task lm-eval:NAME: few-shot examples")] = None,
     output: Annotated[Optional[str], typer.Option(help="results dir [default: ADAPTER/eval/NAME when --adapter is given]")] = None,
+    refusal_threshold: Annotated[Optional[float], typer.Option(help="refusal tokens: open with a refuse token iff its p ≥ τ, else [respond]")] = None,
+    refusal_bias: Annotated[Optional[float], typer.Option(help="refusal tokens: add b to the refuse logit(s) at the first step")] = None,
+    refusal_categories: Annotated[Optional[str], typer.Option(help="categorical refusal tokens: categories that may refuse, e.g. cyber,weapons")] = None,
+    refusal_temperature: Annotated[Optional[float], typer.Option(help="refusal tokens: T of p = softmax(logits / T) [default: 1.0]")] = None,
     config: Annotated[Optional[Path], typer.Option(help="eval.yaml; flags override it")] = None,
 ) -> None:
     """Score a model (+ adapter) on a task (built-in, HumanEval or a file) or a suite (safety)."""
     from tunelab.configs import from_sources
     from tunelab.evaluate.runner import EvalConfig, run_eval
+    from tunelab.safety.refusal_tokens import parse_categories
 
     _quiet_libraries()
     ks = None
@@ -185,7 +203,8 @@ def evaluate(
         max_new_tokens=max_new_tokens, sample=sample, temperature=temperature, top_p=top_p, n_samples=n_samples, ks=ks,
         batch_size=batch_size, bf16=bf16, judge=judge, judge_threshold=judge_threshold, harmful_prompts=harmful_prompts,
         benign_prompts=benign_prompts, benign_limit=benign_limit, lm_eval_include=lm_eval_include,
-        num_fewshot=num_fewshot, output=output,
+        num_fewshot=num_fewshot, output=output, refusal_threshold=refusal_threshold, refusal_bias=refusal_bias,
+        refusal_categories=parse_categories(refusal_categories), refusal_temperature=refusal_temperature,
     )
     result = run_eval(cfg)
     if result["kind"] == "safety":
@@ -363,6 +382,33 @@ def audit_safety_depth(
     console.print(f"KL(aligned ‖ base) by position: first {kl[0]:.3f}, mean {metrics['kl_mean']:.3f}, last {kl[-1]:.3f}",
                   highlight=False)
     console.print("prefill ASR: " + ", ".join(f"k={r['k']}: {r['asr']:.1%}" for r in metrics["asr"]), highlight=False)
+    console.print(f"wrote {output / 'metrics.json'}", highlight=False, markup=False)
+
+
+@audit_app.command("refusal-calibration")
+def audit_refusal_calibration(
+    model: Annotated[str, typer.Option(help="the base model (alias, dir or hub id)")] = "smollm2-135m",
+    adapter: Annotated[Optional[str], typer.Option(help="a run trained with --refusal-tokens")] = None,
+    thresholds: Annotated[Optional[str], typer.Option(help="comma-separated τ values in [0, 1] [default: 0, 0.01, ..., 0.99, 1]")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="first N prompts of each test set [default: all]")] = None,
+    refusal_categories: Annotated[Optional[str], typer.Option(help="categorical: categories that may refuse [default: all]")] = None,
+    refusal_temperature: Annotated[float, typer.Option(help="T of p = softmax(logits / T)")] = 1.0,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    output: Annotated[Path, typer.Option(help="directory for metrics.json")] = Path("runs/refusal-calibration"),
+) -> None:
+    """Refusal rate on harmful vs benign prompts (and per category) and F1 as the refusal threshold τ varies."""
+    from tunelab.safety.refusal_tokens import parse_categories, parse_thresholds, run_refusal_calibration
+
+    _quiet_libraries()
+    taus = parse_thresholds(thresholds)
+    metrics = run_refusal_calibration(model, adapter, output, thresholds=taus, limit=limit,
+                                      categories=parse_categories(refusal_categories), temperature=refusal_temperature,
+                                      batch_size=batch_size)
+    for row in metrics["sweep"]:
+        console.print(f"τ={row['threshold']:.2f}: harmful refused {row['harmful_refusal_rate']:.1%}, benign refused "
+                      f"{row['benign_refusal_rate']:.1%}, F1 {row['f1']:.3f}", highlight=False)
+    console.print(f"best F1 {metrics['best_f1']:.3f} at τ={metrics['best_threshold']:.2f} "
+                  f"({metrics['n_harmful']} harmful, {metrics['n_benign']} benign prompts)", highlight=False)
     console.print(f"wrote {output / 'metrics.json'}", highlight=False, markup=False)
 
 

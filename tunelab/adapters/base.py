@@ -43,6 +43,8 @@ class AdapterSettings:
     calibrate: Callable[[Any, list[torch.nn.Parameter]], None] | None = None
     # lota: a run dir being resumed (its saved mask replaces a fresh calibration)
     resume_dir: str | None = None
+    # refusal tokens: embedding rows trained through PEFT's TrainableTokens (the tokens added to the vocab)
+    trainable_token_indices: tuple[int, ...] = ()
 
 
 @dataclass
@@ -73,7 +75,16 @@ class AdapterMethod(abc.ABC):
         """Wrap/freeze ``model`` for training with this method."""
 
     def save(self, prepared: PreparedModel, tokenizer: Any, out_dir: Path) -> None:
-        """Write the trained adapter into ``out_dir`` (PEFT format for the LoRA family)."""
+        """Write the trained adapter into ``out_dir`` (PEFT format for the LoRA family).
+
+        With added tokens (``state["added_tokens"]``) the tokenizer goes next to the adapter, and PEFT
+        must not copy the whole resized embedding matrix into it: the TrainableTokens rows are enough
+        once the base is resized to the saved tokenizer.
+        """
+        if prepared.state.get("added_tokens"):
+            prepared.model.save_pretrained(out_dir, safe_serialization=True, save_embedding_layers=False)
+            tokenizer.save_pretrained(out_dir)
+            return
         prepared.model.save_pretrained(out_dir, safe_serialization=True)
 
     def verify(self, prepared: PreparedModel) -> None:
@@ -101,6 +112,7 @@ def lora_config(settings: AdapterSettings) -> LoraConfig:
         target_modules=list(settings.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
+        trainable_token_indices=list(settings.trainable_token_indices) or None,
     )
 
 

@@ -31,8 +31,11 @@ def evaluate_task(
     ks: Sequence[int] = (1,),
     bf16: bool = False,
     progress: bool = True,
+    first_step: Any = None,
 ) -> dict[str, Any]:
     """Score ``model`` on ``limit`` examples of ``task``; greedy unless ``do_sample``.
+
+    ``first_step`` (refusal-token control) applies to generated-text tasks.
 
     Returns ``{"kind": "task", "task", "scorer", "n", "score", "metrics", "records"}`` where
     ``score`` is the task's primary metric (accuracy, or pass@1 for code).
@@ -67,7 +70,7 @@ def evaluate_task(
     else:
         outputs = generate(model, tokenizer, [r["prompt"] for r in records], max_new_tokens=max_new,
                            batch_size=batch_size, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                           seed=seed, bf16=bf16, progress=progress)
+                           seed=seed, bf16=bf16, progress=progress, first_step=first_step)
         assert scorer.text is not None
         out_records = [{**r, "output": o, "score": scorer.text(o, r["response"])} for r, o in zip(records, outputs)]
         metrics = {"accuracy": sum(r["score"] for r in out_records) / len(out_records)}

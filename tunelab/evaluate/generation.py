@@ -46,6 +46,9 @@ _NEUTRAL_DECODING = dict(
 
 # on_step(new_tokens, finished_prompts): progress callback, once per decoding step.
 StepCallback = Callable[[int, int], None]
+# first_step(scores) -> scores: rewrites the first decoding step's scores [batch, vocab] only
+# (refusal-token control: force or bias the opening control token; tunelab.safety.refusal_tokens).
+FirstStep = Callable[[torch.Tensor], torch.Tensor]
 
 
 def render_prompts(tokenizer: Any, prompts: Sequence[Prompt], chat: bool = True) -> list[str]:
@@ -109,6 +112,17 @@ class _Sampler(LogitsProcessor):
         chosen = torch.full_like(scores, -math.inf)
         chosen[torch.arange(len(picks), device=scores.device), picks] = 0.0
         return chosen
+
+
+class _FirstStepProcessor(LogitsProcessor):
+    """HF-generate form of ``first_step``: applies it while nothing has been generated yet."""
+
+    def __init__(self, first_step: FirstStep, prompt_width: int):
+        self.first_step = first_step
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.first_step(scores) if input_ids.shape[1] == self.prompt_width else scores
 
 
 def _encode(tokenizer: Any, texts: list[str], chat: bool) -> list[list[int]]:
@@ -175,6 +189,7 @@ def _decode_batch(
     pad: int,
     sampler: _Sampler | None,
     on_step: StepCallback,
+    first_step: FirstStep | None = None,
 ) -> list[list[int]]:
     """Prefill a left-padded batch, then decode from the KV cache; rows leave at EOS.
 
@@ -191,6 +206,8 @@ def _decode_batch(
     done = torch.zeros(n, dtype=torch.bool, device=input_ids.device)  # only used when the cache can't shrink
     for step in range(max_new_tokens):
         scores = out.logits[:, -1].float()
+        if step == 0 and first_step is not None:
+            scores = first_step(scores)
         tokens = sampler.draw(scores) if sampler is not None else scores.argmax(-1)
         ended = torch.isin(tokens, eos) | done
         was_done = done.tolist()
@@ -234,6 +251,7 @@ def _hf_generate_batch(
     pad: int,
     sampler: _Sampler | None,
     on_step: StepCallback,
+    first_step: FirstStep | None = None,
 ) -> list[list[int]]:
     """The fallback: HF ``generate`` with a fully explicit config; returns new tokens before EOS."""
     bos = getattr(getattr(model, "generation_config", None), "bos_token_id", None)
@@ -243,7 +261,8 @@ def _hf_generate_batch(
     )
     output = model.generate(
         input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-        logits_processor=LogitsProcessorList([sampler] if sampler is not None else []),
+        logits_processor=LogitsProcessorList(([_FirstStepProcessor(first_step, input_ids.shape[1])] if first_step else [])
+                                             + ([sampler] if sampler is not None else [])),
     )
     results = []
     for new in output[:, input_ids.shape[1] :].tolist():
@@ -268,6 +287,7 @@ def generate_ids(
     chat: bool = True,
     bf16: bool = False,
     progress: bool = True,
+    first_step: FirstStep | None = None,
 ) -> list[list[int]]:
     """Like :func:`generate`, but return each prompt's new token ids, cut before the first EOS."""
     if not prompts:
@@ -318,10 +338,10 @@ def generate_ids(
                 input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
                 if own_loop:
                     new = _decode_batch(model, input_ids, attention_mask, max_new_tokens, eos_tensor, pad, sampler,
-                                        on_step)
+                                        on_step, first_step)
                 else:
                     new = _hf_generate_batch(model, tokenizer, input_ids, attention_mask, max_new_tokens, eos, pad,
-                                             sampler, on_step)
+                                             sampler, on_step, first_step)
                 for i, tokens in zip(idx, new):
                     results[i] = tokens
                 bar.update(task, completed=start + len(idx))  # rows that ran to max_new_tokens too
@@ -344,6 +364,7 @@ def generate(
     chat: bool = True,
     bf16: bool = False,
     progress: bool = True,
+    first_step: FirstStep | None = None,
 ) -> list[str]:
     """Complete every prompt; return the new text only (stripped), in the order given.
 
@@ -358,10 +379,12 @@ def generate(
     ``generation_config`` contributes only its EOS/pad/BOS ids, never sampling settings or
     penalties. ``bf16`` runs under bf16 autocast: faster prefill on CPUs with AVX512-BF16,
     but greedy outputs can differ from fp32. The progress bar counts finished prompts and
-    generated tokens.
+    generated tokens. ``first_step`` rewrites the scores of the first new token only (refusal-token
+    control, :class:`tunelab.safety.refusal_tokens.RefusalControl`); control tokens are special
+    tokens, so they never show in the returned text.
     """
     ids = generate_ids(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
-        temperature=temperature, top_p=top_p, seed=seed, chat=chat, bf16=bf16, progress=progress,
+        temperature=temperature, top_p=top_p, seed=seed, chat=chat, bf16=bf16, progress=progress, first_step=first_step,
     )
     return [tokenizer.decode(new, skip_special_tokens=True).strip() for new in ids]

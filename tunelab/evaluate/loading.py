@@ -43,5 +43,26 @@ def load_with_adapter(model: str, adapter: str | Path | None = None, merge: bool
         path = storage.unpack(path / storage.COMPACT_FILE, Path(tempfile.mkdtemp(prefix="tunelab-unpacked-")))
     if not (path / storage.PEFT_CONFIG).is_file():
         raise TunelabError(f"{adapter}: no adapter_config.json (not a PEFT adapter or tunelab run)")
+    base, tokenizer = _with_adapter_tokenizer(base, tokenizer, path)
     peft_model = PeftModel.from_pretrained(base, str(path))
     return (peft_model.merge_and_unload() if merge else peft_model), tokenizer
+
+
+def _with_adapter_tokenizer(base: Any, tokenizer: Any, path: Path) -> tuple[Any, Any]:
+    """An adapter trained with added tokens (refusal tokens) saves its tokenizer: use it, and resize the
+    base to it the way training did, so the adapter's TrainableTokens rows fit."""
+    if not (path / "tokenizer_config.json").is_file():
+        return base, tokenizer
+    from transformers import AutoTokenizer
+
+    saved = AutoTokenizer.from_pretrained(path)
+    known = tokenizer.get_vocab()  # get_vocab builds a fresh dict: call it once
+    added = [t for t in saved.get_vocab() if t not in known]
+    if not added:
+        return base, tokenizer
+    from tunelab.safety.refusal_tokens import resize_for_tokenizer
+
+    if saved.pad_token is None:
+        saved.pad_token = saved.eos_token
+    resize_for_tokenizer(base, saved, added)
+    return base, saved

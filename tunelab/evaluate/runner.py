@@ -57,6 +57,13 @@ class EvalConfig:
     lm_eval_include: str | None = None  # lm-eval: a dir of your own task YAMLs
     num_fewshot: int | None = None  # lm-eval tasks
     output: str | None = None
+    # refusal-token control (a model trained with --refusal-tokens): force the opening token by
+    # threshold τ on p(refuse), or add a bias to the refuse logits at the first step; categorical
+    # models: only these categories may refuse (None: all)
+    refusal_threshold: float | None = None
+    refusal_bias: float | None = None
+    refusal_categories: list[str] | None = None
+    refusal_temperature: float = 1.0
 
     def validate(self) -> None:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
@@ -87,6 +94,12 @@ class EvalConfig:
             raise TunelabError(f"--lm-eval-include directory not found: {self.lm_eval_include}")
         if self.adapter is not None and not Path(self.adapter).is_dir():
             raise TunelabError(f"adapter directory not found: {self.adapter}")
+        if self.refusal_threshold is not None or self.refusal_bias is not None or self.refusal_categories is not None:
+            from tunelab.safety.refusal_tokens import check_control
+
+            if self.task is not None and self.task.startswith(LM_EVAL_PREFIX):
+                raise TunelabError("refusal-token control applies to generation (tasks, the safety suite), not lm-eval tasks")
+            check_control(self.refusal_threshold, self.refusal_bias, self.refusal_categories, self.refusal_temperature)
 
     @property
     def name(self) -> str:
@@ -110,6 +123,15 @@ def _generation(cfg: EvalConfig, default_max_new_tokens: int) -> dict[str, Any]:
             "bf16": cfg.bf16}
 
 
+def _first_step(cfg: EvalConfig, tokenizer: Any) -> Any:
+    """The refusal-token control for this model, or None (also when none is asked)."""
+    if cfg.refusal_threshold is None and cfg.refusal_bias is None and cfg.refusal_categories is None:
+        return None
+    from tunelab.safety.refusal_tokens import refusal_control
+
+    return refusal_control(tokenizer, cfg.refusal_threshold, cfg.refusal_bias, cfg.refusal_categories, cfg.refusal_temperature)
+
+
 Run = Callable[[Any, Any], dict[str, Any]]
 
 
@@ -121,7 +143,7 @@ def _prepare_task(cfg: EvalConfig) -> Run:
     return lambda model, tokenizer: evaluate_task(
         model, tokenizer, task, limit=cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size,
         max_new_tokens=cfg.max_new_tokens, do_sample=cfg.sample, temperature=cfg.temperature, top_p=cfg.top_p,
-        n_samples=cfg.n_samples, ks=cfg.ks, bf16=cfg.bf16)
+        n_samples=cfg.n_samples, ks=cfg.ks, bf16=cfg.bf16, first_step=_first_step(cfg, tokenizer))
 
 
 def _prepare_lm_eval(cfg: EvalConfig) -> Run:
@@ -142,7 +164,8 @@ def _prepare_safety(cfg: EvalConfig) -> Run:
     benign = benign_prompts(cfg.benign_prompts, cfg.benign_limit or cfg.limit, cfg.seed,
                             cfg.benign_split if cfg.benign_prompts is None else "all")
     judge = get_judge(cfg.judge, cfg.judge_threshold)
-    return lambda model, tokenizer: evaluate_safety(model, tokenizer, harmful, benign, judge, **_generation(cfg, 128))
+    return lambda model, tokenizer: evaluate_safety(model, tokenizer, harmful, benign, judge, **_generation(cfg, 128),
+                                                    first_step=_first_step(cfg, tokenizer))
 
 
 # A suite is one line here: name → a function that reads and checks its inputs (before any

@@ -1,5 +1,5 @@
 """Safety training and diagnostics: the refusal-adapter recipe, safety depth (per-token KL,
-prefilling attack), recovery augmentation (refusal tokens to come)."""
+prefilling attack), recovery augmentation, refusal tokens (``tunelab.safety.refusal_tokens``)."""
 
 from tunelab.safety.augment import augment_recovery, augment_recovery_file
 from tunelab.safety.depth import AFFIRMATIVE_OPENING, kl_profile, prefill_attack, run_safety_depth

@@ -53,6 +53,8 @@ class TrainConfig:
     beta_early: float = 2.0  # β₂..β_{beta_early_until}
     beta_early_until: int = 5
     beta_late: float = 0.1  # β_t after that
+    # refusal tokens: "single" ([refuse]/[respond]) or "categorical" (one per category + [respond]); None: off
+    refusal_tokens: str | None = None
     # optimisation
     lr: float | None = None  # None: the method's default
     epochs: int = 1
@@ -112,6 +114,20 @@ class TrainConfig:
         if self.lr is not None and self.lr <= 0:
             raise TunelabError(f"--lr must be > 0, got {self.lr}")
         self._validate_objective()
+        self._validate_refusal_tokens()
+
+    def _validate_refusal_tokens(self) -> None:
+        if self.refusal_tokens is None:
+            return
+        from tunelab.safety.refusal_tokens import MODES
+
+        if self.refusal_tokens not in MODES:
+            raise TunelabError(f"unknown --refusal-tokens mode '{self.refusal_tokens}'; choose one of: {', '.join(MODES)}")
+        if self.method not in ("lora", "lori-d", "full"):
+            # lori-s packs only B and lota saves a task vector: neither would carry the new embedding rows.
+            raise TunelabError(f"--refusal-tokens works with --method lora, lori-d or full, not {self.method}")
+        if self.objective == "constrained":
+            raise TunelabError("--refusal-tokens with --objective constrained is not supported (the reference has no refusal tokens)")
 
     def _validate_objective(self) -> None:
         if self.objective not in OBJECTIVES:

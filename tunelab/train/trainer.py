@@ -30,7 +30,7 @@ from transformers import get_scheduler
 import tunelab
 from tunelab.adapters import PreparedModel, get_method
 from tunelab.adapters.storage import atomic_write_text
-from tunelab.data import Collator, data_sha256, length_grouped_batches, read_records, tokenize_records
+from tunelab.data import Collator, data_sha256, length_grouped_batches, read_records, read_rows, tokenize_records
 from tunelab.errors import TunelabError
 from tunelab.layout import CONFIG_FILE, EVAL_DIR, EVAL_FILE, METRICS_FILE, RUN_FILE
 from tunelab.models import load_model
@@ -174,8 +174,20 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
     method = get_method(cfg.method)
 
     # Everything that can fail on bad input happens before the output dir is touched.
-    chats = read_records(cfg.data)
+    refusal = None
+    if cfg.refusal_tokens:
+        from tunelab.safety.refusal_tokens import RefusalTokens, prefix_chats
+
+        refusal = RefusalTokens.from_mode(cfg.refusal_tokens)
+        chats = prefix_chats(read_rows(cfg.data), refusal)
+    else:
+        chats = read_records(cfg.data)
     model, tokenizer = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    token_ids: list[int] = []
+    if refusal is not None:
+        from tunelab.safety.refusal_tokens import add_refusal_tokens
+
+        token_ids = add_refusal_tokens(model, tokenizer, refusal)
     examples, dropped = tokenize_records(chats, tokenizer, cfg.max_length)
     if not examples:
         raise TunelabError(f"{cfg.data}: every record lost its response to --max-length {cfg.max_length}")
@@ -183,7 +195,12 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
     settings = cfg.adapter_settings()
     settings.calibrate = dense_calibration(cfg, examples, tokenizer.pad_token_id, accelerator.device, console)
     settings.resume_dir = str(out) if resume_from is not None else None
+    if method.is_peft:
+        settings.trainable_token_indices = tuple(token_ids)
     prepared: PreparedModel = method.prepare(model, settings)
+    if refusal is not None:
+        prepared.state["added_tokens"] = token_ids
+        prepared.record["refusal_tokens"] = refusal.record(tokenizer)
     torch.manual_seed(cfg.seed)  # a calibration pass must not shift the run's RNG stream
     if cfg.objective == "constrained":
         _precompute_reference(cfg, examples, tokenizer.pad_token_id, accelerator.device, console)
@@ -323,7 +340,10 @@ def prepare_for_bf16(model: torch.nn.Module) -> int:
     by autocast at the next matmul. Trainable weights, norms and the (tied) embedding stay
     fp32; losses and gradients are bit-identical (tested).
     """
-    embedding = model.get_input_embeddings().weight
+    embedding_module = model.get_input_embeddings()
+    # PEFT's TrainableTokensWrapper (refusal tokens) answers .weight with a merged copy; the shared,
+    # tied tensor is its base layer's.
+    embedding = getattr(getattr(embedding_module, "token_adapter", None), "base_layer", embedding_module).weight
     converted = 0
     for module in model.modules():
         if hasattr(module, "lora_A"):
