@@ -39,6 +39,27 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
         raise
 
 
+def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """One bit per entry of a bool mask (flattened), as uint8."""
+    return torch.from_numpy(np.packbits(mask.flatten().cpu().numpy()))
+
+
+def _unpack_bits(bits: torch.Tensor, shape: list[int] | tuple[int, ...]) -> torch.Tensor:
+    n = int(np.prod(shape))
+    return torch.from_numpy(np.unpackbits(bits.numpy(), count=n).astype(bool)).reshape(tuple(shape))
+
+
+def _read_formatted(path: Path, fmt: str, what: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a tunelab safetensors file, checking its ``format`` tag."""
+    if not path.is_file():
+        raise TunelabError(f"{path}: {what} file not found")
+    with safe_open(path, framework="pt") as fh:
+        metadata = fh.metadata() or {}
+        if metadata.get("format") != fmt:
+            raise TunelabError(f"{path}: not a tunelab {what} (format {metadata.get('format')!r})")
+        return metadata, {k: fh.get_tensor(k) for k in fh.keys()}
+
+
 def lora_b_from_peft_file(path: Path) -> dict[str, torch.Tensor]:
     """``{module key: B}`` from a PEFT ``adapter_model.safetensors``."""
     if not path.is_file():
@@ -58,7 +79,7 @@ def save_masks(masks: dict[str, torch.Tensor], path: Path, packed: bool = False)
     if not packed:
         atomic_save_file({k: m.to(torch.bool) for k, m in masks.items()}, path)
         return
-    bitmaps = {k: torch.from_numpy(np.packbits(m.flatten().cpu().numpy())) for k, m in masks.items()}
+    bitmaps = {k: _pack_bits(m) for k, m in masks.items()}
     shapes = {k: list(m.shape) for k, m in masks.items()}
     atomic_save_file(bitmaps, path, {"format": MASK_BITMAP_FORMAT, "shapes": json.dumps(shapes)})
 
@@ -70,11 +91,7 @@ def load_masks(path: Path) -> dict[str, torch.Tensor]:
         stored = {k: fh.get_tensor(k) for k in fh.keys()}
     if metadata.get("format") != MASK_BITMAP_FORMAT:
         return stored
-    out = {}
-    for key, shape in json.loads(metadata["shapes"]).items():
-        n = int(np.prod(shape))
-        out[key] = torch.from_numpy(np.unpackbits(stored[key].numpy(), count=n).astype(bool)).reshape(shape)
-    return out
+    return {key: _unpack_bits(stored[key], shape) for key, shape in json.loads(metadata["shapes"]).items()}
 
 
 def pack(run_dir: Path, a_seed: int, support: dict[str, torch.Tensor] | None = None) -> Path:
@@ -102,7 +119,7 @@ def pack(run_dir: Path, a_seed: int, support: dict[str, torch.Tensor] | None = N
         if outside.numel() and outside.abs().max().item() != 0.0:
             raise TunelabError(f"{run_dir}: B of {key} has non-zero entries outside its mask; cannot pack")
         tensors[f"{key}.values"] = tensor[mask]
-        tensors[f"{key}.bitmap"] = torch.from_numpy(np.packbits(mask.flatten().numpy()))
+        tensors[f"{key}.bitmap"] = _pack_bits(mask)
         modules[key] = {"peft_prefix": prefix, "a_shape": list(a.shape), "b_shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
     metadata = {
         "format": COMPACT_FORMAT,
@@ -120,20 +137,13 @@ def unpack(compact_path: Path, out_dir: Path) -> Path:
     compact_path = Path(compact_path)
     if compact_path.is_dir():
         compact_path = compact_path / COMPACT_FILE
-    if not compact_path.is_file():
-        raise TunelabError(f"{compact_path}: compact adapter file not found")
-    with safe_open(compact_path, framework="pt") as fh:
-        metadata = fh.metadata() or {}
-        if metadata.get("format") != COMPACT_FORMAT:
-            raise TunelabError(f"{compact_path}: not a tunelab compact adapter (format {metadata.get('format')!r})")
-        stored = {k: fh.get_tensor(k) for k in fh.keys()}
+    metadata, stored = _read_formatted(compact_path, COMPACT_FORMAT, "compact adapter")
     a_seed = int(metadata["a_seed"])
     weights: dict[str, torch.Tensor] = {k.removeprefix("dense/"): v for k, v in stored.items() if k.startswith("dense/")}
     for key, info in json.loads(metadata["modules"]).items():
         rank, in_features = info["a_shape"]
         b_shape = info["b_shape"]
-        n = b_shape[0] * b_shape[1]
-        mask = torch.from_numpy(np.unpackbits(stored[f"{key}.bitmap"].numpy(), count=n).astype(bool)).reshape(b_shape)
+        mask = _unpack_bits(stored[f"{key}.bitmap"], b_shape)
         b = torch.zeros(b_shape, dtype=getattr(torch, info["dtype"]))
         b[mask] = stored[f"{key}.values"]
         a = generate_a(a_seed, key, rank, in_features).to(b.dtype)
@@ -178,13 +188,7 @@ def load_task_vector(path: Path, dense: bool = True) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.is_dir():
         path = path / TASK_VECTOR_FILE
-    if not path.is_file():
-        raise TunelabError(f"{path}: task vector file not found")
-    with safe_open(path, framework="pt") as fh:
-        metadata = fh.metadata() or {}
-        if metadata.get("format") != TASK_VECTOR_FORMAT:
-            raise TunelabError(f"{path}: not a tunelab task vector (format {metadata.get('format')!r})")
-        stored = {k: fh.get_tensor(k) for k in fh.keys()}
+    metadata, stored = _read_formatted(path, TASK_VECTOR_FORMAT, "task vector")
     out: dict[str, torch.Tensor] = {}
     for name, shape in json.loads(metadata["shapes"]).items():
         idx, values = stored[f"{name}.indices"], stored[f"{name}.values"]
