@@ -143,13 +143,20 @@ def _precompute_reference(cfg: TrainConfig, examples: list[Any], pad_token_id: i
     del ref_model
 
 
-def _safety_eval(cfg: TrainConfig, adapter: str | Path, out: Path) -> dict[str, Any]:
-    """Run the safety suite on ``cfg.model`` + ``adapter``; keep its headline numbers."""
+_SAFETY_SUMMARY = ("asr", "refusal_rate", "over_refusal", "intervals", "n_harmful", "n_benign", "judge")
+
+
+def _safety_eval(cfg: TrainConfig, adapter: str | Path, out: Path, reuse: bool = False) -> dict[str, Any]:
+    """Run the safety suite on ``cfg.model`` + ``adapter`` (or, with ``reuse``, read a finished
+    one from ``out``); keep its headline numbers."""
     from tunelab.evaluate.runner import EvalConfig, run_eval
 
-    result = run_eval(EvalConfig(model=cfg.model, adapter=str(adapter), suite="safety", limit=cfg.safety_eval_limit,
-                                 max_new_tokens=cfg.safety_max_new_tokens, output=str(out)))
-    return {key: result[key] for key in ("asr", "refusal_rate", "over_refusal", "intervals", "n_harmful", "n_benign", "judge")}
+    if reuse and (out / EVAL_FILE).is_file():
+        result = json.loads((out / EVAL_FILE).read_text())
+    else:
+        result = run_eval(EvalConfig(model=cfg.model, adapter=str(adapter), suite="safety", limit=cfg.safety_eval_limit,
+                                     max_new_tokens=cfg.safety_max_new_tokens, output=str(out)))
+    return {key: result[key] for key in _SAFETY_SUMMARY}
 
 
 def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Console | None = None) -> Path:
@@ -212,13 +219,9 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
     method.on_output_ready(prepared, out)
     safety_before = None
     if cfg.safety_eval_limit and cfg.init_from and accelerator.is_main_process:
-        before_dir = out / EVAL_DIR / "safety-before"
-        if resume_from is not None and (before_dir / EVAL_FILE).is_file():
-            safety_before = json.loads((before_dir / EVAL_FILE).read_text())
-            safety_before = {k: safety_before[k] for k in ("asr", "refusal_rate", "over_refusal", "intervals", "n_harmful", "n_benign", "judge")}
-        else:
-            console.print(f"safety before training (the --init-from adapter, {cfg.safety_eval_limit} prompts per set)")
-            safety_before = _safety_eval(cfg, cfg.init_from, before_dir)
+        console.print(f"safety before training (the --init-from adapter, {cfg.safety_eval_limit} prompts per set)")
+        # a resumed run already scored the --init-from adapter before its interruption
+        safety_before = _safety_eval(cfg, cfg.init_from, out / EVAL_DIR / "safety-before", reuse=resume_from is not None)
     if cfg.bf16 and accelerator.distributed_type != DistributedType.FSDP:
         # FSDP flattens parameters and needs one dtype per unit; it keeps its own bf16 copies.
         prepare_for_bf16(prepared.model)
