@@ -154,10 +154,14 @@ def test_evals_find_their_run(runs: Path, tmp_path: Path):
     lora = runs / "demo" / "lora"
     task_eval(tmp_path / "elsewhere" / "arith", "arithmetic", 0.3, str(lora))  # --output outside the run dir
     task_eval(tmp_path / "other" / "arith", "arithmetic", 0.4, "/some/adapter-x")  # an adapter not among the inputs
+    # an analysis names no adapter and no model: it is not a "base" column
+    (tmp_path / "other" / "interference").mkdir(parents=True)
+    (tmp_path / "other" / "interference" / "metrics.json").write_text(json.dumps({"kind": "interference", "base_model": "smollm2-135m"}))
     data = collect([runs, tmp_path / "elsewhere", tmp_path / "other"])
     subjects = {(e.subject, e.name) for e in data.evals}
     assert {("demo/lora", "arithmetic"), ("demo/lora", "reverse_words"), ("adapter-x", "arithmetic"),
-            ("base: smollm2-135m", "reverse_words"), ("base: smollm2-135m", "arithmetic")} <= subjects
+            ("base: smollm2-135m", "reverse_words"), ("base: smollm2-135m", "arithmetic"),
+            ("other", "interference")} <= subjects
     (run,) = [r for r in data.runs if r.name == "demo/lora"]
     assert {e.name for e in run.evals} == {"arithmetic", "reverse_words", "harmbench", "merge"}
 

@@ -57,8 +57,12 @@ class Evaluation:
 
     @property
     def is_base(self) -> bool:
-        """True for an evaluation of a model without an adapter (the "before" column)."""
-        return self.run is None and not self.data.get("adapter")
+        """True for an evaluation of a model without an adapter (the "before" column).
+
+        Only evaluations that name their model count: an interference analysis has no adapter
+        either, but it is not an evaluation of the base model.
+        """
+        return self.run is None and not self.data.get("adapter") and bool(self.data.get("model"))
 
     @property
     def score(self) -> float | None:
@@ -426,7 +430,7 @@ def _attach_evals(data: ReportData) -> None:
             run.evals.append(ev)
             ev.subject = run.name
         elif ev.is_base:
-            ev.subject = f"base: {ev.data.get('model') or '?'}"
+            ev.subject = f"base: {ev.data['model']}"
         elif isinstance(adapter, str) and Path(adapter).name:
             ev.subject = Path(adapter).name  # an adapter that is not among the inputs: name it
         else:
