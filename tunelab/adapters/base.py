@@ -226,3 +226,23 @@ def mask_gradient_hook(mask: torch.Tensor) -> Callable[[torch.Tensor], torch.Ten
         return grad.masked_fill(~keep, 0.0)
 
     return hook
+
+
+def broadcast_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Under multi-process training, every rank takes rank 0's masks.
+
+    A mask chosen from a calibration pass depends on floating-point results that may differ
+    between GPUs (non-deterministic kernels); ranks that trained different positions would
+    silently break the sparsity invariant. Single-process runs return ``masks`` unchanged.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes <= 1:
+        return masks
+    out = {}
+    for name in sorted(masks):  # the same order on every rank
+        t = masks[name].to(device=state.device, dtype=torch.uint8).contiguous()
+        torch.distributed.broadcast(t, src=0)
+        out[name] = t.to(device="cpu", dtype=torch.bool)
+    return out

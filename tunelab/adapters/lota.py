@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from tunelab.adapters import storage
-from tunelab.adapters.base import AdapterMethod, AdapterSettings, PreparedModel, mask_gradient_hook, read_run_record
+from tunelab.adapters.base import AdapterMethod, AdapterSettings, PreparedModel, broadcast_masks, mask_gradient_hook, read_run_record
 from tunelab.adapters.lori import compute_masks
 from tunelab.errors import TunelabError
 
@@ -98,7 +98,7 @@ class LoTA(AdapterMethod):
                 deltas = {n: (w.detach().cpu() - theta0[n]).float() for n, w in weights.items()}
                 exclude = {n: init_delta[n] != 0 if n in init_delta else torch.zeros_like(w, dtype=torch.bool)
                            for n, w in weights.items()} if settings.disjoint else None
-                masks = compute_masks(deltas, settings.sparsity, settings.mask_granularity, exclude)
+                masks = broadcast_masks(compute_masks(deltas, settings.sparsity, settings.mask_granularity, exclude))
                 del deltas
                 for n, w in weights.items():
                     w.copy_(theta0[n])  # back to θ₀: the calibration only chose the ticket

@@ -257,7 +257,7 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
     writer = _tensorboard_writer(out) if accelerator.is_main_process else None
     metrics_fh = (out / METRICS_FILE).open("a" if resume_from else "w") if accelerator.is_main_process else None
     step = progress_state["step"]
-    window_loss, window_n = 0.0, 0
+    window = torch.zeros(4, dtype=torch.float64)  # loss sum, micro-batches, tokens, supervised tokens
     start = time.perf_counter() - progress_state["train_seconds"]
     net.train()
     bar = Progress(
@@ -277,14 +277,16 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 tokens, loss_tokens = count_tokens(batch)
-                progress_state["tokens"] += tokens * accelerator.num_processes
-                progress_state["loss_tokens"] += loss_tokens * accelerator.num_processes
-                window_loss, window_n = window_loss + loss.item(), window_n + 1
+                window += torch.tensor([loss.item(), 1.0, tokens, loss_tokens], dtype=torch.float64)
                 if not accelerator.sync_gradients:
                     continue
                 step += 1
-                step_loss = accelerator.reduce(torch.tensor(window_loss / window_n), "mean").item()
-                window_loss, window_n = 0.0, 0
+                # one collective per step: every rank's loss and its exact token counts
+                total = accelerator.reduce(window.to(accelerator.device), "sum").cpu()
+                step_loss = float(total[0] / total[1])
+                progress_state["tokens"] += int(total[2])
+                progress_state["loss_tokens"] += int(total[3])
+                window.zero_()
                 elapsed = time.perf_counter() - start
                 progress_state.update(step=step, train_seconds=elapsed)
                 progress_state["losses"].append(step_loss)
