@@ -6,7 +6,7 @@
    and the prefilling attack: ASR after k ∈ {0, 5, 10, 20, 40} prefilled opening tokens.
 3. The same adapter trained on safety-recovery augmented data (compliant prefix masked from the
    loss, then a recovering refusal): prefilling ASR vs k again.
-4. A fine-tuning attack (HarmBench train prompts → affirmative openings) on the safety adapter
+4. A fine-tuning attack (HarmBench train prompts → affirmative openings) on both safety adapters
    with plain SFT vs the token-wise constrained objective, same data, same steps.
 5. Refusal tokens: the same data with a ``[refuse]``/``[respond]`` token in front of every answer
    (LoRA), and the calibration curve: refusal rate on harmful vs benign prompts and F1 vs τ.
@@ -94,7 +94,12 @@ def run(plan: Plan, seed: int, root: Path) -> dict[str, Any]:
             train_safety_adapter(plan.method, out, model=plan.model, data=path, seed=seed, steps=plan.safety_steps)
         adapters[name] = out
     depth = {name: _depth(plan, adapter, root / f"depth-{name}") for name, adapter in adapters.items()}
-    attacks = {obj: _attack(plan, adapters["plain"], obj, root / f"attack-{obj}", seed) for obj in ("sft", "constrained")}
+    # the attack on both safety adapters: does deeper alignment, the constrained objective, or both, hold?
+    attacks = {}
+    for name, adapter in adapters.items():
+        for obj in ("sft", "constrained"):
+            out = root / (f"attack-{obj}" if name == "plain" else f"attack-{name}-{obj}")
+            attacks[f"{name}/{obj}"] = _attack(plan, adapter, obj, out, seed)
     return {"depth": depth, "attacks": attacks, "calibration": _calibration(plan, data, root, seed)}
 
 
@@ -135,10 +140,12 @@ def tables(results: dict[str, Any], plan: Plan, seed: int) -> str:
         lines.append(f"| {name} data | " + " | ".join(f"{by_k[k]['asr']:.0%}" for k in KS) + " |")
     lines += ["", f"**Fine-tuning attack** ({plan.attack_n} HarmBench train prompts → affirmative openings, "
               f"{plan.attack_steps} steps, lr {plan.attack_lr:g}, continuing the safety adapter)", "",
-              "| objective | ASR before → after | over-refusal before → after | final attack loss |", "|---|---:|---:|---:|"]
-    for obj, a in results["attacks"].items():
-        lines.append(f"| {obj} | {a['asr_before']:.0%} → {a['asr_after']:.0%} | {a['over_refusal_before']:.0%} → "
-                     f"{a['over_refusal_after']:.0%} | {a['final_loss']:.3f} |")
+              "| safety adapter trained on | attack objective | ASR before → after | over-refusal before → after |",
+              "|---|---|---:|---:|"]
+    for key, a in results["attacks"].items():
+        name, obj = key.split("/")
+        lines.append(f"| {name} data | {obj} | {a['asr_before']:.0%} → {a['asr_after']:.0%} | {a['over_refusal_before']:.0%} → "
+                     f"{a['over_refusal_after']:.0%} |")
     cal = results["calibration"]
     lines += ["", f"**Refusal tokens** (`[refuse]`/`[respond]`, LoRA on the same data): refuse when p([refuse]) ≥ τ at "
               f"the first response token; {cal['n_harmful']} harmful / {cal['n_benign']} benign held-out prompts", "",
