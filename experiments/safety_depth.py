@@ -157,14 +157,14 @@ def tables(results: dict[str, Any], plan: Plan, seed: int) -> str:
 
 
 def plots(results: dict[str, Any], out: Path) -> list[Path]:
-    """KL vs position and ASR vs prefilled tokens, plain vs recovery data."""
+    """KL vs position, ASR vs prefilled tokens, the calibration curve and the attack, in one figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 3.8))
+    fig, (ax1, ax2, ax3, ax4) = plt.subplots(1, 4, figsize=(20, 3.8))
     for name, d in results["depth"].items():
         kl = d["kl"]
         ax1.plot(kl["positions"], kl["mean"], marker="o", ms=3, label=f"{name} data")
@@ -175,9 +175,15 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     for series in results["calibration"]["series"]:
         ax3.plot(series["x"], series["y"], marker="o", ms=3, label=series["label"])
     ax3.set(title="refusal tokens: calibration", xlabel="threshold τ", ylabel="rate / F1", ylim=(0, 1.05))
-    ax1.legend()
-    ax2.legend()
-    ax3.legend()
+    attacks = results["attacks"]
+    labels = [key.replace("/", "\n") for key in attacks]
+    x = range(len(labels))
+    ax4.bar([i - 0.2 for i in x], [a["asr_before"] for a in attacks.values()], width=0.4, label="before attack")
+    ax4.bar([i + 0.2 for i in x], [a["asr_after"] for a in attacks.values()], width=0.4, label="after attack")
+    ax4.set_xticks(list(x), labels)
+    ax4.set(title="fine-tuning attack", ylabel="ASR", ylim=(0, 1.05))
+    for ax in (ax1, ax2, ax3, ax4):
+        ax.legend()
     fig.tight_layout()
     path = out / "safety_depth.png"
     fig.savefig(path, dpi=110)
