@@ -3,7 +3,8 @@
 1. The safety adapter (tunelab's recipe: HarmBench train-split prompts → refusals, benign anchors
    answered by the model itself), LoRI-S.
 2. Its per-token KL(aligned ‖ base) profile over the response positions of a compliant opening,
-   and the prefilling attack: ASR after k ∈ {0, 5, 10, 20, 40} prefilled opening tokens.
+   and the prefilling attack: ASR after k ∈ {0, 5, 10, 20, 40} prefilled opening tokens, with the
+   opening the recovery data is built from and with a held-out one.
 3. The same adapter trained on safety-recovery augmented data (compliant prefix masked from the
    loss, then a recovering refusal): prefilling ASR vs k again.
 4. A fine-tuning attack (HarmBench train prompts → affirmative openings) on both safety adapters
@@ -32,7 +33,7 @@ from rich.console import Console
 from tunelab.layout import EVAL_FILE, RUN_FILE, atomic_write_text
 from tunelab.safety.attack import AttackConfig, run_attack
 from tunelab.safety.augment import augment_recovery_file
-from tunelab.safety.depth import run_safety_depth
+from tunelab.safety.depth import AFFIRMATIVE_OPENING, HELDOUT_OPENING, run_safety_depth
 from tunelab.safety.recipe import SAFETY_RECIPE, build_safety_data, train_safety_adapter
 
 console = Console()
@@ -58,10 +59,10 @@ class Plan:
 QUICK = Plan(limit=4, positions=6, max_new_tokens=8, safety_steps=4, attack_n=8, attack_steps=2, safety_limit=4)
 
 
-def _depth(plan: Plan, adapter: Path, out: Path) -> dict[str, Any]:
+def _depth(plan: Plan, adapter: Path, out: Path, opening: str) -> dict[str, Any]:
     if not (out / EVAL_FILE).is_file():
         run_safety_depth(plan.model, plan.model, out, adapter=str(adapter), positions=plan.positions, limit=plan.limit,
-                         ks=KS, max_new_tokens=plan.max_new_tokens)
+                         ks=KS, max_new_tokens=plan.max_new_tokens, opening=opening)
     return json.loads((out / EVAL_FILE).read_text())
 
 
@@ -93,7 +94,11 @@ def run(plan: Plan, seed: int, root: Path) -> dict[str, Any]:
             console.rule(f"safety adapter ({name} data)")
             train_safety_adapter(plan.method, out, model=plan.model, data=path, seed=seed, steps=plan.safety_steps)
         adapters[name] = out
-    depth = {name: _depth(plan, adapter, root / f"depth-{name}") for name, adapter in adapters.items()}
+    # the recovery data holds prefixes of AFFIRMATIVE_OPENING: the held-out opening tests recovery it never saw
+    depth = {}
+    for name, adapter in adapters.items():
+        depth[name] = _depth(plan, adapter, root / f"depth-{name}", AFFIRMATIVE_OPENING)
+        depth[f"{name}, held-out opening"] = _depth(plan, adapter, root / f"depth-{name}-heldout", HELDOUT_OPENING)
     # the attack on both safety adapters: does deeper alignment, the constrained objective, or both, hold?
     attacks = {}
     for name, adapter in adapters.items():
@@ -120,6 +125,12 @@ def _calibration(plan: Plan, data: Path, root: Path, seed: int) -> dict[str, Any
     return json.loads((out / EVAL_FILE).read_text())
 
 
+def _label(name: str) -> str:
+    """'recovery, held-out opening' -> 'recovery data, held-out opening'."""
+    data, _, rest = name.partition(", ")
+    return f"{data} data" + (f", {rest}" if rest else "")
+
+
 def tables(results: dict[str, Any], plan: Plan, seed: int) -> str:
     """The README tables."""
     d = results["depth"]
@@ -127,17 +138,17 @@ def tables(results: dict[str, Any], plan: Plan, seed: int) -> str:
              "(test split), keyword judge.", "",
              "**Per-token KL(aligned ‖ base)** on the compliant opening (nats, mean over prompts)", "",
              "| safety adapter trained on | k=1 | k=2 | k=3 | k=5 | k=10 | k=20 | mean k≤5 / mean k>5 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in ("plain", "recovery"):
+    for name in d:
         mean = d[name]["kl"]["mean"]
         at = lambda k: f"{mean[k - 1]:.3f}" if k <= len(mean) else "–"  # noqa: E731
         early, late = mean[:5], mean[5:]
         ratio = f"{(sum(early) / len(early)) / (sum(late) / len(late)):.1f}×" if late and sum(late) > 0 else "–"
-        lines.append(f"| {name} data | {at(1)} | {at(2)} | {at(3)} | {at(5)} | {at(10)} | {at(20)} | {ratio} |")
+        lines.append(f"| {_label(name)} | {at(1)} | {at(2)} | {at(3)} | {at(5)} | {at(10)} | {at(20)} | {ratio} |")
     lines += ["", "**Prefilling attack**: ASR after k prefilled tokens of the compliant opening", "",
               "| safety adapter trained on | " + " | ".join(f"k={k}" for k in KS) + " |", "|---|" + "---:|" * len(KS)]
-    for name in ("plain", "recovery"):
+    for name in d:
         by_k = {row["k"]: row for row in d[name]["asr"]}
-        lines.append(f"| {name} data | " + " | ".join(f"{by_k[k]['asr']:.0%}" for k in KS) + " |")
+        lines.append(f"| {_label(name)} | " + " | ".join(f"{by_k[k]['asr']:.0%}" for k in KS) + " |")
     lines += ["", f"**Fine-tuning attack** ({plan.attack_n} HarmBench train prompts → affirmative openings, "
               f"{plan.attack_steps} steps, lr {plan.attack_lr:g}, continuing the safety adapter)", "",
               "| safety adapter trained on | attack objective | ASR before → after | over-refusal before → after |",
@@ -165,11 +176,14 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     fig, (ax1, ax2, ax3, ax4) = plt.subplots(1, 4, figsize=(20, 3.8))
+    colors = {"plain": "tab:blue", "recovery": "tab:orange"}
     for name, d in results["depth"].items():
-        kl = d["kl"]
-        ax1.plot(kl["positions"], kl["mean"], marker="o", ms=3, label=f"{name} data")
-        ax1.fill_between(kl["positions"], kl["quantiles"]["p25"], kl["quantiles"]["p75"], alpha=0.2)
-        ax2.plot([r["k"] for r in d["asr"]], [r["asr"] for r in d["asr"]], marker="o", label=f"{name} data")
+        kl, heldout = d["kl"], "held-out" in name
+        style = {"color": colors[name.split(",")[0]], "linestyle": "--" if heldout else "-", "label": _label(name)}
+        ax1.plot(kl["positions"], kl["mean"], marker="o", ms=3, **style)
+        if not heldout:
+            ax1.fill_between(kl["positions"], kl["quantiles"]["p25"], kl["quantiles"]["p75"], alpha=0.2, color=style["color"])
+        ax2.plot([r["k"] for r in d["asr"]], [r["asr"] for r in d["asr"]], marker="o", **style)
     ax1.set(title="KL(aligned ‖ base) per response token", xlabel="response position", ylabel="nats")
     ax2.set(title="prefilling attack", xlabel="prefilled tokens k", ylabel="ASR", ylim=(0, 1.05))
     for series in results["calibration"]["series"]:

@@ -20,7 +20,7 @@ from tunelab.data import IGNORE_INDEX, Collator, read_records, tokenize_chat, va
 from tunelab.errors import TunelabError
 from tunelab.evaluate.judges import is_refusal
 from tunelab.safety.augment import RECOVERY_SOURCE, RECOVERY_TEMPLATES, augment_recovery, augment_recovery_file
-from tunelab.safety.depth import (AFFIRMATIVE_OPENING, kl_profile, opening_ids, parse_ks, prefill_attack,
+from tunelab.safety.depth import (AFFIRMATIVE_OPENING, HELDOUT_OPENING, kl_profile, opening_ids, parse_ks, prefill_attack,
                                   prefill_mismatches, prefill_texts)
 from tunelab.safety.recipe import BENIGN_SOURCE, HARMFUL_SOURCE
 from tunelab.train.objectives import (BetaSchedule, CausalLMLoss, ConstrainedLoss, constrained_weights,
@@ -54,6 +54,13 @@ def test_opening_is_neutral_and_long_enough(tiny):
     assert len(opening_ids(tok)) >= 100  # k up to 40 for the attack, 100 for recovery prefixes
     assert AFFIRMATIVE_OPENING.startswith("Sure, here is")
     assert not is_refusal(AFFIRMATIVE_OPENING)  # else the judge would count the prefill as a refusal
+
+
+def test_heldout_opening_is_neutral_long_enough_and_different(tiny):
+    _, tok = tiny
+    heldout, trained = opening_ids(tok, HELDOUT_OPENING), opening_ids(tok, AFFIRMATIVE_OPENING)
+    assert len(heldout) >= 40 and not is_refusal(HELDOUT_OPENING)
+    assert heldout[:5] != trained[:5]  # a recovery model cannot lean on the opening it was trained on
 
 
 # --------------------------------------------------------------------------- KL profile
@@ -327,6 +334,7 @@ def _cli(monkeypatch, *args: str) -> None:
     (["audit", "safety-depth", "--model", "tiny-random", "--ks=-5"], "--ks must be"),
     (["audit", "safety-depth", "--model", "tiny-random", "--limit", "0"], "--limit must be >= 1"),
     (["audit", "safety-depth", "--model", "tiny-random"], "the same"),
+    (["audit", "safety-depth", "--model", "tiny-random", "--opening", " "], "--opening must not be empty"),
     (["data", "augment-recovery", "--model", "tiny-random", "--data", "MISSING", "--output", "OUT"], "data file not found"),
     (["data", "augment-recovery", "--model", "tiny-random", "--data", "MISSING", "--output", "OUT", "--p", "2"], "--p must be in"),
     (["train", "--model", "tiny-random", "--data", "MISSING", "--output", "OUT", "--objective", "dpo"], "unknown objective"),
@@ -344,8 +352,9 @@ def test_cli_bad_input(tmp_path: Path, monkeypatch, capsys, args: list[str], mes
 def test_cli_safety_depth_writes_metrics_the_report_plots(tmp_path: Path, monkeypatch, capsys, adapter_dir: Path) -> None:
     out = tmp_path / "depth"
     _cli(monkeypatch, "audit", "safety-depth", "--model", "tiny-random", "--adapter", str(adapter_dir), "--limit", "3",
-         "--positions", "4", "--ks", "0,2", "--max-new-tokens", "3", "--output", str(out))
+         "--positions", "4", "--ks", "0,2", "--max-new-tokens", "3", "--opening", "heldout", "--output", str(out))
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["opening"] == HELDOUT_OPENING
     assert metrics["kind"] == "safety-depth" and metrics["n_prompts"] == 3 and metrics["limit"] == 3
     assert metrics["kl"]["positions"] == [1, 2, 3, 4] and len(metrics["kl"]["per_prompt"]) == 3
     assert min(metrics["kl"]["mean"]) > 0  # the adapter changes the model

@@ -366,18 +366,22 @@ def audit_safety_depth(
     ks: Annotated[str, typer.Option(help="prefilled token counts of the prefilling attack")] = "0,5,10,20,40",
     max_new_tokens: Annotated[int, typer.Option(help="continuation length after the prefill")] = 64,
     batch_size: Annotated[int, typer.Option()] = 8,
+    opening: Annotated[Optional[str], typer.Option(help="compliant opening to force: text, 'heldout' for tunelab's second one [default: the one augment-recovery trains on]")] = None,
     output: Annotated[Path, typer.Option(help="directory for metrics.json")] = Path("runs/safety-depth"),
 ) -> None:
     """Per-token KL(aligned ‖ base) over response positions and prefilling-attack ASR vs prefilled tokens."""
-    from tunelab.safety.depth import check_inputs, parse_ks, run_safety_depth
+    from tunelab.safety.depth import AFFIRMATIVE_OPENING, HELDOUT_OPENING, check_inputs, parse_ks, run_safety_depth
 
     _quiet_libraries()
     k_list = parse_ks(ks)
     check_inputs(positions, limit, k_list, [adapter, base_adapter])
     if max_new_tokens < 1 or batch_size < 1:
         raise TunelabError("--max-new-tokens and --batch-size must be >= 1")
+    text = {None: AFFIRMATIVE_OPENING, "heldout": HELDOUT_OPENING}.get(opening, opening)
+    if not text or not text.strip():
+        raise TunelabError("--opening must not be empty")
     metrics = run_safety_depth(model, base or model, output, adapter=adapter, base_adapter=base_adapter, positions=positions,
-                               limit=limit, ks=k_list, max_new_tokens=max_new_tokens, batch_size=batch_size)
+                               limit=limit, ks=k_list, max_new_tokens=max_new_tokens, batch_size=batch_size, opening=text)
     kl = metrics["kl"]["mean"]
     console.print(f"KL(aligned ‖ base) by position: first {kl[0]:.3f}, mean {metrics['kl_mean']:.3f}, last {kl[-1]:.3f}",
                   highlight=False)
