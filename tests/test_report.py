@@ -215,6 +215,24 @@ def test_series_formats():
     assert read_series("nope") == [] and read_series({"a": "nope"}) == []
 
 
+def test_two_curves_of_one_adapter_get_distinct_labels(tmp_path: Path, monkeypatch):
+    # two prefilling audits of the same adapter (two openings) must not share one legend entry
+    for name in ("depth-plain", "depth-plain-heldout"):
+        d = tmp_path / name / "prefill"
+        d.mkdir(parents=True)
+        d.joinpath("metrics.json").write_text(json.dumps({
+            "kind": "curve", "name": "prefill-asr", "title": "ASR vs prefilled tokens", "adapter": "/elsewhere/safety-plain",
+            "series": [{"label": "ASR", "x": [0, 5], "y": [0.0, 0.5]}]}))
+    assert {e.subject for e in collect([tmp_path]).evals} == {"safety-plain"}
+    from tunelab.report import plots
+
+    drawn: list[list[str]] = []
+    real = plots.line_chart
+    monkeypatch.setattr(plots, "line_chart", lambda lines, **kw: drawn.append([label for label, *_ in lines]) or real(lines, **kw))
+    render_report([tmp_path])
+    assert ["safety-plain (depth-plain)", "safety-plain (depth-plain-heldout)"] in drawn
+
+
 def test_report_on_a_real_run(qa_file: Path, tmp_path: Path):
     from tunelab.train import train
 

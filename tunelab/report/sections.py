@@ -377,11 +377,12 @@ def curves_section(data: ReportData, palette: Palette) -> str | None:
     parts = ['<div class="figures">']
     for (kind, title), evs in sorted(groups.items()):
         lines = []
+        tags = _distinct_tags(evs)
         for ev in sorted(evs, key=lambda e: data.subjects(evs).index(e.subject)):
-            series = ev.series
+            series, name = ev.series, ev.subject + (f" ({tags[id(ev)]})" if id(ev) in tags else "")
             for s in series:
-                label = ev.subject if len(series) == 1 else f"{ev.subject}: {s.label}"
-                color = palette(ev.subject) if len(series) == 1 else plots.COLORS[(len(lines)) % len(plots.COLORS)]
+                label = name if len(series) == 1 else f"{name}: {s.label}"
+                color = palette(ev.subject) if len(series) == 1 and id(ev) not in tags else plots.COLORS[(len(lines)) % len(plots.COLORS)]
                 lines.append((label, color, s.x, s.y))
         first = evs[0].data
         heading = f"{title} ({kind})" if kind not in title else title
@@ -392,6 +393,28 @@ def curves_section(data: ReportData, palette: Palette) -> str | None:
             parts.append(f'<figure>{img}<figcaption>{esc(heading)} — from <span class="path">{esc(sources)}</span></figcaption></figure>')
     parts.append("</div>")
     return "\n".join(parts)
+
+
+def _distinct_tags(evs: list[Evaluation]) -> dict[int, str]:
+    """For evaluations that share a column (two audits of one run), the part of their paths that
+    differs: runs/x/depth-plain/prefill vs runs/x/depth-plain-heldout/prefill -> depth-plain(-heldout)."""
+    by_subject: dict[str, list[Evaluation]] = {}
+    for ev in evs:
+        by_subject.setdefault(ev.subject, []).append(ev)
+    tags: dict[int, str] = {}
+    for group in by_subject.values():
+        if len(group) < 2:
+            continue
+        parts = [ev.path.parts for ev in group]
+        head = 0
+        while all(len(p) > head for p in parts) and len({p[head] for p in parts}) == 1:
+            head += 1
+        tail = 0
+        while all(len(p) - tail > head for p in parts) and len({p[len(p) - 1 - tail] for p in parts}) == 1:
+            tail += 1
+        for ev, p in zip(group, parts):
+            tags[id(ev)] = "/".join(p[head:len(p) - tail]) or ev.path.name
+    return tags
 
 
 # Keys that name the evaluation rather than measure anything: left out of the generic table.
