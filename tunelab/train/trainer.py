@@ -325,7 +325,7 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
 
 
 # bench/attention_kernels.py on a 2-core AVX512-BF16 CPU (bf16, SmolLM2's heads, fwd+bwd): the CPU
-# flash kernel is 1.4-2.3x slower than the plain matmul path up to 128 tokens, even at 160, and
+# flash kernel is 1.4-2.3x slower than the plain matmul path up to 128 tokens, about even at 160, and
 # 1.5-3x faster beyond 256, where the math path's L×L score matrices also start to cost memory.
 _CPU_MATH_ATTENTION_MAX_LEN = 160
 
