@@ -30,11 +30,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from _finish import finish  # experiments/ is on sys.path when a script runs
 from rich.console import Console
 
 from tunelab.evaluate import evaluate_task, load_with_adapter
 from tunelab.evaluate.runner import EvalConfig, run_eval, write_result
-from tunelab.layout import EVAL_DIR, EVAL_FILE, RUN_FILE, atomic_write_text
+from tunelab.layout import EVAL_DIR, EVAL_FILE, RUN_FILE
 from tunelab.merge import merge_adapters
 from tunelab.merge.interference import inspect_interference
 from tunelab.safety.recipe import SAFETY_RECIPE, build_safety_data
@@ -348,16 +349,8 @@ def main(argv: list[str] | None = None) -> int:
 
     md = tables(per_seed)
     figures = plots(per_seed, root / "plots")
-    summary = {"plan": asdict(plan), "seeds": seeds, "results": per_seed, "wall_s": time.perf_counter() - started}
-    atomic_write_text(root / "results.json", json.dumps(summary, indent=2, default=str))
-    atomic_write_text(root / "results.md", md)
-    from tunelab.report import build_report
-
-    report = build_report([root], root / "report.html", title=f"tunelab multitask — {plan.model}")
-    console.print(md, markup=False, highlight=False)
-    console.print(f"wrote {root / 'results.md'}, {', '.join(map(str, figures))} and {report} "
-                  f"({summary['wall_s'] / 60:.1f} min)")
-    return 0
+    return finish(root, {"plan": asdict(plan), "seeds": seeds, "results": per_seed}, md, figures,
+                  f"tunelab multitask — {plan.model}", started, console)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from _finish import finish  # experiments/ is on sys.path when a script runs
 from rich.console import Console
 
-from tunelab.layout import EVAL_FILE, RUN_FILE, atomic_write_text
+from tunelab.layout import EVAL_FILE, RUN_FILE
 from tunelab.safety.attack import AttackConfig, run_attack
 from tunelab.safety.augment import augment_recovery_file
 from tunelab.safety.depth import AFFIRMATIVE_OPENING, HELDOUT_OPENING, run_safety_depth
@@ -221,16 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run(plan, args.seed, root)
     md = tables(results, plan, args.seed)
     figures = plots(results, root / "plots")
-    atomic_write_text(root / "results.json", json.dumps({"plan": asdict(plan), "seed": args.seed, "results": results,
-                                                         "wall_s": time.perf_counter() - started}, indent=2, default=str))
-    atomic_write_text(root / "results.md", md)
-    from tunelab.report import build_report
-
-    report = build_report([root], root / "report.html", title=f"tunelab safety depth — {plan.model}")
-    console.print(md, markup=False, highlight=False)
-    console.print(f"wrote {root / 'results.md'}, {', '.join(map(str, figures))} and {report} "
-                  f"({(time.perf_counter() - started) / 60:.1f} min)")
-    return 0
+    return finish(root, {"plan": asdict(plan), "seed": args.seed, "results": results}, md, figures,
+                  f"tunelab safety depth — {plan.model}", started, console)
 
 
 if __name__ == "__main__":
