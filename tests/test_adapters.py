@@ -193,3 +193,19 @@ def test_mask_source_must_match(runs: dict[str, Path], qa_file: Path, tmp_path: 
         train(tiny_config(qa_file, tmp_path / "d", "lori-s", mask_from=str(other)))
     for name in "abcd":
         assert not (tmp_path / name).exists()  # refused before anything was written
+
+
+def test_bf16_runs_keep_the_seeded_a_and_unpack_exactly(qa_file: Path, tmp_path: Path):
+    """With --bf16 the frozen base is stored in bf16, but LoRI's A must be saved as its seed makes it."""
+    d = train(tiny_config(qa_file, tmp_path / "d", "lori-d", bf16=True))
+    s = train(tiny_config(qa_file, tmp_path / "s", "lori-s", bf16=True, mask_from=str(d), sparsity=0.9))
+    seed = int(json.loads((s / "tunelab.json").read_text())["a_seed"])
+    original = load_file(s / PEFT_WEIGHTS)
+    for k, a in original.items():
+        if k.endswith("lora_A.weight"):
+            key = k.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            assert torch.equal(a, generate_a(seed, key, a.shape[0], a.shape[1])), k
+    unpack(s / COMPACT_FILE, tmp_path / "unpacked")
+    restored = load_file(tmp_path / "unpacked" / PEFT_WEIGHTS)
+    for k in original:
+        assert original[k].dtype == restored[k].dtype and torch.equal(original[k], restored[k]), k

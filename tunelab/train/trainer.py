@@ -358,18 +358,21 @@ def prepare_for_bf16(model: torch.nn.Module) -> int:
     ones in bf16 gives the same products without re-casting the whole base model on every
     forward, and halves its memory. Likewise PEFT's up-cast of LoRA inputs to fp32 is undone
     by autocast at the next matmul. Trainable weights, norms and the (tied) embedding stay
-    fp32; losses and gradients are bit-identical (tested).
+    fp32; losses and gradients are bit-identical (tested). Adapter weights stay fp32 even when
+    frozen (LoRI's A): they are saved, and a saved A must equal the one its seed regenerates.
     """
     embedding_module = model.get_input_embeddings()
     # PEFT's TrainableTokensWrapper (refusal tokens) answers .weight with a merged copy; the shared,
     # tied tensor is its base layer's.
     embedding = getattr(getattr(embedding_module, "token_adapter", None), "base_layer", embedding_module).weight
     converted = 0
-    for module in model.modules():
+    for name, module in model.named_modules():
         if hasattr(module, "lora_A"):
             module.cast_input_dtype_enabled = False
         weight = getattr(module, "weight", None)
-        if isinstance(module, torch.nn.Linear) and not weight.requires_grad and weight is not embedding and weight.dtype == torch.float32:
+        is_adapter = any(part.startswith("lora_") for part in name.split("."))
+        if (isinstance(module, torch.nn.Linear) and not is_adapter and not weight.requires_grad
+                and weight is not embedding and weight.dtype == torch.float32):
             module.weight.data = weight.data.to(torch.bfloat16)
             converted += 1
     return converted
