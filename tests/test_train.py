@@ -145,3 +145,22 @@ def test_bf16_frozen_storage_changes_nothing_under_autocast(tiny):
     loss16, grads16 = loss_and_grads()
     assert torch.equal(loss32, loss16)
     assert all(torch.equal(a, b) for a, b in zip(grads32, grads16))
+
+
+def test_cached_bf16_head_matches_autocast_and_follows_weight_changes():
+    """The loss's bf16 copy of a frozen LM head gives autocast's logits, also after the weight changes."""
+    from tunelab.models import load_model
+    from tunelab.train.objectives import CausalLMLoss
+
+    net = CausalLMLoss(load_model("tiny-random")[0].requires_grad_(False))
+    head = net.model.get_output_embeddings()
+    hidden = torch.randn(5, head.in_features, requires_grad=True)
+    for _ in range(2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cached, plain = net._head(head, hidden), head(hidden)
+        assert cached.dtype == torch.bfloat16 and torch.equal(cached, plain)
+        (g_cached,) = torch.autograd.grad(cached.float().sum(), hidden)
+        (g_plain,) = torch.autograd.grad(plain.float().sum(), hidden)
+        assert torch.equal(g_cached, g_plain)
+        head.weight.mul_(3.0)  # an in-place change must refresh the copy
+    assert torch.equal(net._head(head, hidden), head(hidden))  # no autocast: the fp32 head itself

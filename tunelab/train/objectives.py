@@ -49,7 +49,26 @@ class CausalLMLoss(nn.Module):
             return logits[:, :-1][keep], targets[keep], keep
         base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
         hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        return base.get_output_embeddings()(hidden[:, :-1][keep]), targets[keep], keep
+        return self._head(base.get_output_embeddings(), hidden[:, :-1][keep]), targets[keep], keep
+
+    def _head(self, head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """``head(hidden)``, with a frozen fp32 head cast to the autocast dtype once, not every step.
+
+        Autocast re-casts a weight that needs no gradient on every call: for SmolLM2's tied
+        49k × 576 head that is a 113 MB read and a 56 MB write per step, about 4% of a CPU
+        step. The cached copy is refreshed whenever the weight changes (tensor version).
+        """
+        device = hidden.device.type
+        weight = getattr(head, "weight", None)
+        if (type(head) is not nn.Linear or head.bias is not None or weight.requires_grad
+                or weight.dtype != torch.float32 or not torch.is_autocast_enabled(device)):
+            return head(hidden)
+        dtype = torch.get_autocast_dtype(device)
+        key = (weight.data_ptr(), weight._version, dtype)
+        if getattr(self, "_head_cache_key", None) != key:
+            self._head_cache_key = key
+            self._head_cache = weight.detach().to(dtype)
+        return F.linear(hidden, self._head_cache)
 
 
 OBJECTIVES = ("sft", "constrained")
