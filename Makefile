@@ -33,7 +33,7 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 bench: install
-	$(PY) bench/train_throughput.py
+	$(PY) bench/train_throughput.py --repeats 3
 	$(PY) bench/generation_throughput.py
 
 clean:

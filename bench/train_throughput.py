@@ -4,7 +4,10 @@ One process, same model (smollm2-135m), same data (one epoch over the same examp
 batch size, rank and steps. Prints useful (non-padding) tokens/s, peak extra memory, MFU
 against this CPU's measured matmul peak, the ratios, and adapter file sizes.
 
-    .venv/bin/python bench/train_throughput.py [--examples 256] [--batch-size 8]
+    .venv/bin/python bench/train_throughput.py [--examples 256] [--batch-size 8] [--repeats 3]
+
+With ``--repeats N`` every side runs N times, interleaved, and the table shows medians (tok/s range
+in the last column; peak memory is the largest of the runs).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import threading
 import time
@@ -125,6 +129,9 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every side this many times, interleaved, and report the median (this 2-core "
+                             "machine drifts by about ±10%% between runs)")
     args = parser.parse_args()
     steps = args.examples // args.batch_size  # exactly one epoch: every side sees the same tokens
     work = Path(tempfile.mkdtemp(prefix="tunelab-bench-"))
@@ -148,21 +155,36 @@ def main() -> None:
     print(f"data: {len(examples)} examples, {useful} useful tokens (mean {mean_len:.1f}), {supervised} supervised; "
           f"{steps} steps x batch {args.batch_size}, rank {args.rank}")
 
-    results = {}
-    s, mb = peft_trainer_run(data, steps, args.batch_size, args.rank, 1e-4, work)
-    results["PEFT LoRA + HF Trainer"] = (s, mb)
-    s, mb, _ = tunelab_run(data, "lora", steps, args.batch_size, args.rank, 1e-4, work / "lora")
-    results["tunelab LoRA"] = (s, mb)
-    tunelab_run(data, "lori-d", steps, args.batch_size, args.rank, 1e-4, work / "lori-d")
-    s, mb, run = tunelab_run(data, "lori-s", steps, args.batch_size, args.rank, 1e-3, work / "lori-s", mask_from=str(work / "lori-d"))
-    results["tunelab LoRI-S"] = (s, mb)
+    def lori_s() -> tuple[float, float]:
+        if not (work / "lori-d" / "tunelab.json").is_file():  # the mask source, trained once
+            tunelab_run(data, "lori-d", steps, args.batch_size, args.rank, 1e-4, work / "lori-d")
+        return tunelab_run(data, "lori-s", steps, args.batch_size, args.rank, 1e-3, work / "lori-s",
+                           mask_from=str(work / "lori-d"))[:2]
 
-    base_tps = useful / results["PEFT LoRA + HF Trainer"][0]
-    print(f"\n{'':26s} {'useful tok/s':>12s} {'vs PEFT':>8s} {'peak extra MB':>14s} {'MFU bf16':>9s} {'MFU fp32':>9s}")
-    for name, (s, mb) in results.items():
-        tps = useful / s
+    sides = {
+        "PEFT LoRA + HF Trainer": lambda: peft_trainer_run(data, steps, args.batch_size, args.rank, 1e-4, work),
+        "tunelab LoRA": lambda: tunelab_run(data, "lora", steps, args.batch_size, args.rank, 1e-4, work / "lora")[:2],
+        "tunelab LoRI-S": lori_s,
+    }
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
+    for _ in range(args.repeats):
+        for name, run_side in sides.items():
+            results[name].append(run_side())
+    run = json.loads((work / "lori-s" / "tunelab.json").read_text())
+
+    def median_tps(name: str) -> float:
+        return statistics.median(useful / s for s, _ in results[name])
+
+    base_tps = median_tps("PEFT LoRA + HF Trainer")
+    spread = f" {'range':>11s}" if args.repeats > 1 else ""
+    print(f"\n{'':26s} {'useful tok/s':>12s} {'vs PEFT':>8s} {'peak extra MB':>14s} {'MFU bf16':>9s} {'MFU fp32':>9s}{spread}")
+    for name, runs in results.items():
+        tps = median_tps(name)
         gflops = tps * per_token / 1e9
-        print(f"{name:26s} {tps:12.0f} {tps / base_tps:7.2f}x {mb:14.0f} {gflops / peak16:8.1%} {gflops / peak32:8.1%}")
+        mb = max(m for _, m in runs)
+        low, high = min(useful / s for s, _ in runs), max(useful / s for s, _ in runs)
+        extra = f" {low:5.0f}-{high:<5.0f}" if args.repeats > 1 else ""
+        print(f"{name:26s} {tps:12.0f} {tps / base_tps:7.2f}x {mb:14.0f} {gflops / peak16:8.1%} {gflops / peak32:8.1%}{extra}")
 
     lora_file = (work / "lora" / PEFT_WEIGHTS).stat().st_size
     compact = (work / "lori-s" / COMPACT_FILE).stat().st_size

@@ -164,3 +164,40 @@ def test_cached_bf16_head_matches_autocast_and_follows_weight_changes():
         assert torch.equal(g_cached, g_plain)
         head.weight.mul_(3.0)  # an in-place change must refresh the copy
     assert torch.equal(net._head(head, hidden), head(hidden))  # no autocast: the fp32 head itself
+
+
+def test_norm_outputs_cast_once_give_the_same_loss(tiny):
+    """RMSNorm outputs handed on in bf16: the loss autocast gives, gradients within bf16 rounding."""
+    from tunelab.adapters import AdapterSettings, get_method
+    from tunelab.models import load_model
+    from tunelab.train.objectives import CausalLMLoss
+    from tunelab.train.trainer import cast_norm_outputs, prepare_for_bf16
+
+    model, _ = load_model("tiny-random")
+    net = CausalLMLoss(get_method("lora").prepare(model, AdapterSettings(method="lora", rank=4, alpha=8, seed=0)).model)
+    for p in net.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.02)
+    prepare_for_bf16(net.model)
+    ids = torch.randint(0, 1000, (2, 12))
+    labels = ids.clone()
+    labels[:, :6] = -100
+
+    def loss_and_grads():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = net(ids, torch.ones_like(ids), labels)
+        loss.backward()
+        grads = [p.grad.clone() for p in net.parameters() if p.requires_grad]
+        net.zero_grad()
+        return loss.detach(), grads
+
+    loss_ref, grads_ref = loss_and_grads()
+    handles = cast_norm_outputs(net.model)
+    assert len(handles) == 2 * model.config.num_hidden_layers + 1
+    loss, grads = loss_and_grads()
+    assert torch.equal(loss, loss_ref)
+    for g, ref in zip(grads, grads_ref):  # bf16 keeps 8 mantissa bits: ~0.4% per sum
+        assert (g - ref).norm() <= 1e-2 * ref.norm()
+    for handle in handles:
+        handle.remove()
+    assert torch.equal(loss_and_grads()[0], loss_ref)

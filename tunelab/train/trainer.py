@@ -224,9 +224,11 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
         console.print(f"safety before training (the --init-from adapter, {cfg.safety_eval_limit} prompts per set)")
         # a resumed run already scored the --init-from adapter before its interruption
         safety_before = _safety_eval(cfg, cfg.init_from, out / EVAL_DIR / "safety-before", reuse=resume_from is not None)
+    norm_hooks: list[Any] = []
     if cfg.bf16 and accelerator.distributed_type != DistributedType.FSDP:
         # FSDP flattens parameters and needs one dtype per unit; it keeps its own bf16 copies.
         prepare_for_bf16(prepared.model)
+        norm_hooks = cast_norm_outputs(prepared.model)
     net = ConstrainedLoss(prepared.model, cfg.beta_schedule()) if cfg.objective == "constrained" else CausalLMLoss(prepared.model)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -311,6 +313,8 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
         console.print(f"interrupted at step {step}; continue with: tunelab train --output {out} --resume")
         raise
     finally:
+        for handle in norm_hooks:
+            handle.remove()
         if metrics_fh:
             metrics_fh.close()
         if writer:
@@ -376,6 +380,26 @@ def prepare_for_bf16(model: torch.nn.Module) -> int:
             module.weight.data = weight.data.to(torch.bfloat16)
             converted += 1
     return converted
+
+
+def cast_norm_outputs(model: torch.nn.Module) -> list[Any]:
+    """Under autocast, hand RMSNorm outputs on in the autocast dtype; return the hook handles.
+
+    In Llama-style blocks a norm's output feeds only linear layers (q/k/v, gate/up, the LM
+    head), and autocast casts it to bf16 once per consumer: six to ten casts of the same
+    activation per block, and as many bf16 -> fp32 gradient casts and fp32 sums in backward.
+    One cast gives the same forward values; the gradients of those consumers are then summed
+    in bf16 (measured: about 4% faster on the 2-core CPU, `bench/train_throughput.py`).
+    """
+
+    def to_autocast_dtype(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        if not isinstance(output, torch.Tensor) or output.dtype != torch.float32:
+            return output
+        device = output.device.type
+        return output.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else output
+
+    return [module.register_forward_hook(to_autocast_dtype)
+            for module in model.modules() if type(module).__name__.endswith("RMSNorm")]
 
 
 def _checkpoint(accelerator: Accelerator, out: Path, model: torch.nn.Module, names: list[str], optimizer: Any, scheduler: Any, progress: dict[str, Any]) -> None:
