@@ -116,12 +116,11 @@ def test_bad_data_leaves_no_output(tmp_path: Path):
     assert not (tmp_path / "out").exists()
 
 
-def test_bf16_frozen_storage_changes_nothing_under_autocast(tiny):
-    """Storing frozen linears in bf16 gives the same loss and grads as autocast's own casts."""
+def _bf16_lora_step():
+    """A tiny-random LoRA loss (non-zero adapter) and a function giving its bf16-autocast loss and grads."""
     from tunelab.adapters import AdapterSettings, get_method
     from tunelab.models import load_model
     from tunelab.train.objectives import CausalLMLoss
-    from tunelab.train.trainer import prepare_for_bf16
 
     model, _ = load_model("tiny-random")
     net = CausalLMLoss(get_method("lora").prepare(model, AdapterSettings(method="lora", rank=4, alpha=8, seed=0)).model)
@@ -140,6 +139,14 @@ def test_bf16_frozen_storage_changes_nothing_under_autocast(tiny):
         net.zero_grad()
         return loss.detach(), grads
 
+    return net, loss_and_grads
+
+
+def test_bf16_frozen_storage_changes_nothing_under_autocast(tiny):
+    """Storing frozen linears in bf16 gives the same loss and grads as autocast's own casts."""
+    from tunelab.train.trainer import prepare_for_bf16
+
+    net, loss_and_grads = _bf16_lora_step()
     loss32, grads32 = loss_and_grads()
     assert prepare_for_bf16(net.model) > 0
     loss16, grads16 = loss_and_grads()
@@ -168,32 +175,13 @@ def test_cached_bf16_head_matches_autocast_and_follows_weight_changes():
 
 def test_norm_outputs_cast_once_give_the_same_loss(tiny):
     """RMSNorm outputs handed on in bf16: the loss autocast gives, gradients within bf16 rounding."""
-    from tunelab.adapters import AdapterSettings, get_method
-    from tunelab.models import load_model
-    from tunelab.train.objectives import CausalLMLoss
     from tunelab.train.trainer import cast_norm_outputs, prepare_for_bf16
 
-    model, _ = load_model("tiny-random")
-    net = CausalLMLoss(get_method("lora").prepare(model, AdapterSettings(method="lora", rank=4, alpha=8, seed=0)).model)
-    for p in net.parameters():
-        if p.requires_grad:
-            torch.nn.init.normal_(p, std=0.02)
+    net, loss_and_grads = _bf16_lora_step()
     prepare_for_bf16(net.model)
-    ids = torch.randint(0, 1000, (2, 12))
-    labels = ids.clone()
-    labels[:, :6] = -100
-
-    def loss_and_grads():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = net(ids, torch.ones_like(ids), labels)
-        loss.backward()
-        grads = [p.grad.clone() for p in net.parameters() if p.requires_grad]
-        net.zero_grad()
-        return loss.detach(), grads
-
     loss_ref, grads_ref = loss_and_grads()
     handles = cast_norm_outputs(net.model)
-    assert len(handles) == 2 * model.config.num_hidden_layers + 1
+    assert len(handles) == 2 * net.model.config.num_hidden_layers + 1
     loss, grads = loss_and_grads()
     assert torch.equal(loss, loss_ref)
     for g, ref in zip(grads, grads_ref):  # bf16 keeps 8 mantissa bits: ~0.4% per sum
