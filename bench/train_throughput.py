@@ -172,18 +172,15 @@ def main() -> None:
             results[name].append(run_side())
     run = json.loads((work / "lori-s" / "tunelab.json").read_text())
 
-    def median_tps(name: str) -> float:
-        return statistics.median(useful / s for s, _ in results[name])
-
-    base_tps = median_tps("PEFT LoRA + HF Trainer")
+    rates = {name: [useful / s for s, _ in runs] for name, runs in results.items()}
+    base_tps = statistics.median(rates["PEFT LoRA + HF Trainer"])
     spread = f" {'range':>11s}" if args.repeats > 1 else ""
     print(f"\n{'':26s} {'useful tok/s':>12s} {'vs PEFT':>8s} {'peak extra MB':>14s} {'MFU bf16':>9s} {'MFU fp32':>9s}{spread}")
     for name, runs in results.items():
-        tps = median_tps(name)
+        tps = statistics.median(rates[name])
         gflops = tps * per_token / 1e9
         mb = max(m for _, m in runs)
-        low, high = min(useful / s for s, _ in runs), max(useful / s for s, _ in runs)
-        extra = f" {low:5.0f}-{high:<5.0f}" if args.repeats > 1 else ""
+        extra = f" {min(rates[name]):5.0f}-{max(rates[name]):<5.0f}" if args.repeats > 1 else ""
         print(f"{name:26s} {tps:12.0f} {tps / base_tps:7.2f}x {mb:14.0f} {gflops / peak16:8.1%} {gflops / peak32:8.1%}{extra}")
 
     lora_file = (work / "lora" / PEFT_WEIGHTS).stat().st_size
