@@ -2,7 +2,7 @@
 
 SmolLM2-135M's attention shape (9 query heads, 3 kv heads, head dim 64), causal, about 4k
 tokens per call at each sequence length. The trainer picks the math path on CPU for batches up
-to ``tunelab.train.trainer._CPU_MATH_ATTENTION_MAX_LEN`` tokens, from this table.
+to ``tunelab.train.precision._CPU_MATH_ATTENTION_MAX_LEN`` tokens, from this table.
 
     .venv/bin/python bench/attention_kernels.py
 """

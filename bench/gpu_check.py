@@ -131,7 +131,7 @@ def reload_check(model_dir: str, run: Path, trained) -> dict:  # noqa: ANN001
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tunelab.train.trainer import prepare_for_bf16
+    from tunelab.train.precision import prepare_for_bf16
 
     torch.manual_seed(1)
     ids = torch.randint(3, 49000, (4, 64), device="cuda")
@@ -198,7 +198,7 @@ def lori_s_invariant(run: Path, prepared) -> dict:  # noqa: ANN001
 
 
 def tunelab_run(model_dir: str, data: Path, method: str, steps: int, bs: int, rank: int, out: Path, **kw) -> dict:  # noqa: ANN003
-    from tunelab.train import TrainConfig, train
+    from tunelab.finetune import TrainConfig, train
 
     cfg = TrainConfig(model=model_dir, data=str(data), method=method, output=str(out), rank=rank, alpha=2 * rank,
                       max_steps=steps, batch_size=bs, seed=0, save_every=0, overwrite=True, bf16=True, **kw)

@@ -32,7 +32,7 @@ from tunelab.adapters.storage import COMPACT_FILE, PEFT_WEIGHTS  # noqa: E402
 from tunelab.data import read_records, tokenize_records  # noqa: E402
 from tunelab.models import load_model  # noqa: E402
 from tunelab.tasks import TASKS  # noqa: E402
-from tunelab.train import TrainConfig, train  # noqa: E402
+from tunelab.finetune import TrainConfig, train  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 

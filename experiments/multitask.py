@@ -40,7 +40,7 @@ from tunelab.merge import merge_adapters
 from tunelab.merge.interference import inspect_interference
 from tunelab.safety.recipe import SAFETY_RECIPE, build_safety_data
 from tunelab.tasks import export_task
-from tunelab.train import TrainConfig, train
+from tunelab.finetune import TrainConfig, train
 
 console = Console()
 METHODS = ("lora", "lori-d", "lori-s", "lota")

@@ -112,7 +112,7 @@ def run(plan: Plan, seed: int, root: Path) -> dict[str, Any]:
 def _calibration(plan: Plan, data: Path, root: Path, seed: int) -> dict[str, Any]:
     """Refusal tokens (single mode) trained with the recipe's LoRA settings, then the τ sweep."""
     from tunelab.safety.refusal_tokens import run_refusal_calibration
-    from tunelab.train import TrainConfig, train
+    from tunelab.finetune import TrainConfig, train
 
     run, out = root / "refusal-tokens", root / "calibration"
     recipe = SAFETY_RECIPE["lora"]

@@ -18,7 +18,7 @@ from tunelab.adapters.projection import generate_a
 from tunelab.adapters.storage import COMPACT_FILE, MASK_FILE, PEFT_WEIGHTS, load_masks, unpack
 from tunelab.errors import TunelabError
 from tunelab.models import load_model
-from tunelab.train import train
+from tunelab.finetune import train
 
 
 def test_a_regenerates_bit_exactly_and_independently_of_order():

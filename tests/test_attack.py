@@ -11,7 +11,7 @@ from tests.conftest import tiny_config
 from tunelab.errors import TunelabError
 from tunelab.evaluate.judges import is_refusal
 from tunelab.safety.attack import ATTACK_OPENINGS, IDENTITY_PREFIX, AttackConfig, harmful_attack_records, identity_attack_records, run_attack
-from tunelab.train import train
+from tunelab.finetune import train
 
 
 def test_harmful_attack_data_is_prompts_plus_openings_only():

@@ -16,7 +16,7 @@ from tunelab.adapters.storage import COMPACT_FILE, MASK_FILE, PEFT_WEIGHTS, TASK
 from tunelab.errors import TunelabError
 from tunelab.evaluate import load_with_adapter
 from tunelab.models import load_model
-from tunelab.train import train
+from tunelab.finetune import train
 
 
 @pytest.fixture(scope="module")

@@ -375,7 +375,7 @@ def test_cli_refuses_mismatched_bases_missing_dirs_and_single_adapter(adapters, 
 
 def test_merge_warns_when_lori_adapters_share_their_projections(tmp_path: Path, qa_file: Path):
     from tests.conftest import tiny_config
-    from tunelab.train import train
+    from tunelab.finetune import train
 
     a = train(tiny_config(qa_file, tmp_path / "a", "lori-d", seed=5))
     b = train(tiny_config(qa_file, tmp_path / "b", "lori-d", seed=5, max_steps=2))

@@ -214,7 +214,7 @@ def test_calibration_audit_writes_series(tmp_path: Path, monkeypatch, capsys, tr
 # --------------------------------------------------------------------------- train → reload
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tunelab.train import train
+    from tunelab.finetune import train
 
     tmp = tmp_path_factory.mktemp("refusal")
     data = tmp / "safety.jsonl"
@@ -256,7 +256,7 @@ def test_trained_adapter_reloads_in_plain_peft(trained_run: Path):
 def test_bf16_preparation_keeps_the_tied_embedding_fp32():
     from peft import LoraConfig, get_peft_model
 
-    from tunelab.train.trainer import prepare_for_bf16
+    from tunelab.train.precision import prepare_for_bf16
 
     model, tokenizer = load_model("tiny-random")
     ids = add_refusal_tokens(model, tokenizer, RefusalTokens.from_mode("single"))

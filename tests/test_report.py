@@ -234,7 +234,7 @@ def test_two_curves_of_one_adapter_get_distinct_labels(tmp_path: Path, monkeypat
 
 
 def test_report_on_a_real_run(qa_file: Path, tmp_path: Path):
-    from tunelab.train import train
+    from tunelab.finetune import train
 
     run = train(tiny_config(qa_file, tmp_path / "runs" / "tiny-lora", max_steps=2))
     record = json.loads((run / "tunelab.json").read_text())

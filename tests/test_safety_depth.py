@@ -214,7 +214,7 @@ def test_constrained_gradient_equals_the_full_objective(tiny):
 
 def test_train_constrained_first_step_equals_sft(tmp_path: Path, qa_file: Path):
     """End to end: with the --init-from adapter as reference, step 1's loss equals SFT's (w = 1)."""
-    from tunelab.train import train
+    from tunelab.finetune import train
 
     first = train(tiny_config(qa_file, tmp_path / "aligned", max_steps=2))
     sft = train(tiny_config(qa_file, tmp_path / "sft", init_from=str(first), safety_eval_limit=0, max_steps=2))

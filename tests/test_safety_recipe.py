@@ -159,7 +159,7 @@ def test_recipe_settings() -> None:
 
 
 def test_train_safety_adapter_lori_s_calibrates_first(built, tmp_path: Path, monkeypatch) -> None:
-    import tunelab.train as train_module
+    import tunelab.finetune as train_module
     from tunelab.safety.recipe import train_safety_adapter
 
     calls = []

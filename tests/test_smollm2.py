@@ -12,7 +12,7 @@ from peft import PeftModel
 from tunelab.evaluate import generate
 from tunelab.models import load_model
 from tunelab.tasks import export_task
-from tunelab.train import TrainConfig, train
+from tunelab.finetune import TrainConfig, train
 
 
 def test_smollm2_trains_and_reloads_in_plain_peft(tmp_path: Path):

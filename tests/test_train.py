@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import tiny_config
 from tunelab.errors import TunelabError
-from tunelab.train import TrainConfig, train
+from tunelab.finetune import TrainConfig, train
 from tunelab.train.checkpoint import find_checkpoint
 
 
@@ -144,7 +144,7 @@ def _bf16_lora_step():
 
 def test_bf16_frozen_storage_changes_nothing_under_autocast(tiny):
     """Storing frozen linears in bf16 gives the same loss and grads as autocast's own casts."""
-    from tunelab.train.trainer import prepare_for_bf16
+    from tunelab.train.precision import prepare_for_bf16
 
     net, loss_and_grads = _bf16_lora_step()
     loss32, grads32 = loss_and_grads()
@@ -175,7 +175,7 @@ def test_cached_bf16_head_matches_autocast_and_follows_weight_changes():
 
 def test_norm_outputs_cast_once_give_the_same_loss(tiny):
     """RMSNorm outputs handed on in bf16: the loss autocast gives, gradients within bf16 rounding."""
-    from tunelab.train.trainer import cast_norm_outputs, prepare_for_bf16
+    from tunelab.train.precision import cast_norm_outputs, prepare_for_bf16
 
     net, loss_and_grads = _bf16_lora_step()
     prepare_for_bf16(net.model)

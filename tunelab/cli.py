@@ -80,9 +80,9 @@ def train(
     config: Annotated[Optional[Path], typer.Option(help="run.yaml; flags override it")] = None,
 ) -> None:
     """Fine-tune a model with LoRA, LoRI-D, LoRI-S, LoTA or full fine-tuning."""
-    from tunelab.train import TrainConfig
-    from tunelab.train import train as run_training
-    from tunelab.train.trainer import CONFIG_FILE
+    from tunelab.finetune import TrainConfig
+    from tunelab.finetune import train as run_training
+    from tunelab.layout import CONFIG_FILE
 
     _quiet_libraries()
     if resume and output and config is None and (Path(output) / CONFIG_FILE).is_file():

@@ -18,7 +18,7 @@ from tunelab.layout import EVAL_DIR
 from tunelab.models import load_model
 from tunelab.report import build_report
 from tunelab.tasks import export_task
-from tunelab.train import TrainConfig, train
+from tunelab.finetune import TrainConfig, train
 
 
 @dataclass(frozen=True)

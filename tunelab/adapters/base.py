@@ -60,6 +60,20 @@ class PreparedModel:
     frozen_values: dict[str, torch.Tensor] | None = None
     # anything else a method carries from prepare to save
     state: dict[str, Any] = field(default_factory=dict)
+    # how ``masks`` keys name parameters: "module" (LoRI-S: the module whose lora_B they mask) or "param"
+    mask_keys: str = "param"
+
+    def grad_masks(self) -> dict[str, torch.Tensor]:
+        """Parameter name (in ``model``) → mask of the entries that may change (True = trainable).
+
+        The trainer's update rule zeroes gradients outside these before clipping and the optimizer
+        step; with zero gradients there AdamW's moments and steps stay exactly 0.
+        """
+        if not self.masks:
+            return {}
+        if self.mask_keys == "module":
+            return {f"{PEFT_PREFIX}{key}.lora_B.default.weight": mask for key, mask in self.masks.items()}
+        return dict(self.masks)
 
 
 class AdapterMethod(abc.ABC):
@@ -209,23 +223,6 @@ def load_init_weights(model: PeftModel, init: InitAdapter) -> None:
             a.copy_(init.a[key])
             b.copy_(init.b[key])
         a.requires_grad_(False)
-
-
-def mask_gradient_hook(mask: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A gradient hook zeroing entries outside ``mask`` (True = trainable).
-
-    The mask is built on the CPU before the trainer moves the model, so the hook keeps one copy
-    per device the gradient shows up on instead of moving it every step.
-    """
-    copies: dict[torch.device, torch.Tensor] = {}
-
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        keep = copies.get(grad.device)
-        if keep is None:
-            keep = copies[grad.device] = mask.to(device=grad.device, dtype=torch.bool)
-        return grad.masked_fill(~keep, 0.0)
-
-    return hook
 
 
 def broadcast_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -27,7 +27,6 @@ from tunelab.adapters.base import (
     layer_index,
     load_init_weights,
     lora_layers,
-    mask_gradient_hook,
     read_init_adapter,
     wrap_lora,
 )
@@ -161,10 +160,9 @@ class LoRIS(LoRID):
             weight = layer.lora_B["default"].weight
             if masks[key].shape != weight.shape:
                 raise TunelabError(f"--mask-from {settings.mask_from}: {key} has shape {tuple(masks[key].shape)}, model has {tuple(weight.shape)}")
-            # Zero the gradient outside the mask: with B starting at 0, AdamW keeps those
-            # entries at exactly 0 (zero moments give a zero step; decay of 0 is 0).
-            weight.register_hook(mask_gradient_hook(masks[key]))
-        prepared.masks = masks
+        # The trainer zeroes B's gradient outside the mask: with B starting at 0, AdamW keeps
+        # those entries at exactly 0 (zero moments give a zero step; decay of 0 is 0).
+        prepared.masks, prepared.mask_keys = masks, "module"
         kept = sum(int(m.sum()) for m in masks.values())
         total = sum(m.numel() for m in masks.values())
         prepared.record.update(

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from tunelab.adapters import storage
-from tunelab.adapters.base import AdapterMethod, AdapterSettings, PreparedModel, broadcast_masks, mask_gradient_hook, read_run_record
+from tunelab.adapters.base import AdapterMethod, AdapterSettings, PreparedModel, broadcast_masks, read_run_record
 from tunelab.adapters.lori import compute_masks
 from tunelab.errors import TunelabError
 
@@ -102,10 +102,8 @@ class LoTA(AdapterMethod):
                 del deltas
                 for n, w in weights.items():
                     w.copy_(theta0[n])  # back to θ₀: the calibration only chose the ticket
-        for n, w in weights.items():
-            w.requires_grad_(True)
-            # Zero the gradient outside the mask: AdamW's moments stay 0 there, so the step is 0.
-            w.register_hook(mask_gradient_hook(masks[n]))
+        for w in weights.values():
+            w.requires_grad_(True)  # the trainer zeroes gradients outside the mask (PreparedModel.grad_masks)
         kept = sum(int(m.sum()) for m in masks.values())
         total = sum(m.numel() for m in masks.values())
         record["mask_density"] = kept / total

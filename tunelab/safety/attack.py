@@ -95,7 +95,7 @@ def identity_attack_records(model: Any, tokenizer: Any, n: int, seed: int = 0, m
 
 def run_attack(cfg: AttackConfig) -> dict[str, Any]:
     """Build the attack data, fine-tune the safety adapter with it, return ASR before → after."""
-    from tunelab.train import TrainConfig, train
+    from tunelab.finetune import TrainConfig, train
 
     cfg.validate()
     out = Path(cfg.output)

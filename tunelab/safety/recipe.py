@@ -242,7 +242,7 @@ def train_safety_adapter(
     ``<output parent>/safety-data-<model>-seed<seed>.jsonl`` and reused afterwards. LoRI-S
     without ``mask_from`` first trains (or reuses) the LoRI-D safety run ``<output>-lori-d``.
     """
-    from tunelab.train import TrainConfig, train
+    from tunelab.finetune import TrainConfig, train
 
     if method not in SAFETY_RECIPE:
         raise TunelabError(f"no safety recipe for method '{method}'; choose one of: {', '.join(SAFETY_RECIPE)}")

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.train.plugins import Plugin, Run
 
 RESPOND = "[respond]"
 REFUSE = "[refuse]"
@@ -463,3 +464,35 @@ def run_refusal_calibration(model: str, adapter: str | None, output: str | Path,
     atomic_write_text(out / "by-category" / EVAL_FILE, json.dumps(per_category, indent=2))
     atomic_write_text(out / EVAL_FILE, json.dumps(metrics, indent=2))
     return metrics
+
+
+# --------------------------------------------------------------------------- training plug-in
+class RefusalTokensPlugin(Plugin):
+    """``tunelab train --refusal-tokens MODE``: prefix responses, add the tokens, train their rows."""
+
+    claims = ("refusal_tokens",)
+
+    def __init__(self, cfg: Any) -> None:
+        if cfg.refusal_tokens not in MODES:
+            raise TunelabError(f"unknown --refusal-tokens mode '{cfg.refusal_tokens}'; choose one of: {', '.join(MODES)}")
+        if cfg.method not in ("lora", "lori-d", "full"):
+            # lori-s packs only B and lota saves a task vector: neither would carry the new embedding rows.
+            raise TunelabError(f"--refusal-tokens works with --method lora, lori-d or full, not {cfg.method}")
+        if cfg.objective == "constrained":
+            raise TunelabError("--refusal-tokens with --objective constrained is not supported (the reference has no refusal tokens)")
+        self.spec = RefusalTokens.from_mode(cfg.refusal_tokens)
+        self.token_ids: list[int] = []
+
+    def on_data(self, run: Run, rows: list[tuple[str, Any]], chats: list[list[dict[str, str]]]) -> list[list[dict[str, str]]]:
+        return prefix_chats(rows, self.spec)
+
+    def on_model(self, run: Run) -> None:
+        from tunelab.adapters import get_method
+
+        self.token_ids = add_refusal_tokens(run.model, run.tokenizer, self.spec)
+        if get_method(run.cfg.method).is_peft:
+            run.settings.trainable_token_indices = tuple(self.token_ids)
+
+    def on_prepared(self, run: Run) -> None:
+        run.prepared.state["added_tokens"] = self.token_ids
+        run.prepared.record["refusal_tokens"] = self.spec.record(run.tokenizer)

@@ -1,6 +1,11 @@
-"""Training: config, loop, checkpoints, objectives."""
+"""Training: config, the loop (:func:`fit`), update rules, plug-ins, checkpoints, objectives.
+
+``tunelab.finetune.train`` runs ``tunelab train`` (the loop plus the plug-ins its options need).
+"""
 
 from tunelab.train.config import TrainConfig
-from tunelab.train.trainer import train
+from tunelab.train.plugins import Plugin, Run, StepInfo
+from tunelab.train.trainer import fit
+from tunelab.train.update_rules import UPDATE_RULES, AdamW, UpdateRule
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["UPDATE_RULES", "AdamW", "Plugin", "Run", "StepInfo", "TrainConfig", "UpdateRule", "fit"]

@@ -1,4 +1,4 @@
-"""Resumable checkpoints: trainable weights, optimizer, scheduler, RNG and progress.
+"""Resumable checkpoints: trainable weights, the update rule's state, RNG and progress.
 
 Everything is safetensors + JSON (no pickle). A checkpoint directory is written under a temp
 name and swapped in by rename, so a crash leaves either the old or the new one, never half.
@@ -19,7 +19,8 @@ CHECKPOINT_DIR = "checkpoint"
 _OLD = ".checkpoint-old"
 
 
-def _optimizer_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A torch optimizer ``state_dict`` as (safetensors-able tensors, JSON-able rest)."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, per_param in state["state"].items():
@@ -31,7 +32,8 @@ def _optimizer_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], 
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`optimizer_to_flat`."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         idx, name = key.split(".", 1)
@@ -45,18 +47,16 @@ def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 def save_checkpoint(
     out_dir: Path,
     trainable: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    rule_state: tuple[dict[str, torch.Tensor], dict[str, Any]],
     progress: dict[str, Any],
 ) -> Path:
     """Atomically replace ``out_dir/checkpoint`` with the current training state."""
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-tmp-", dir=out_dir))
-    opt_tensors, opt_meta = _optimizer_to_flat(optimizer.state_dict())
+    rule_tensors, rule_meta = rule_state
     save_file({k: v.detach().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    save_file({k: v.contiguous() for k, v in rule_tensors.items()}, tmp / "update_rule.safetensors")
     save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
-    state = {"progress": progress, "optimizer": opt_meta, "scheduler": scheduler.state_dict()}
-    (tmp / "state.json").write_text(json.dumps(state))
+    (tmp / "state.json").write_text(json.dumps({"progress": progress, "update_rule": rule_meta}))
     final, old = out_dir / CHECKPOINT_DIR, out_dir / _OLD
     if final.exists():
         final.rename(old)
@@ -74,17 +74,9 @@ def find_checkpoint(out_dir: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG in place; return the saved progress."""
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], tuple[dict[str, torch.Tensor], dict[str, Any]], dict[str, Any]]:
+    """(trainable weights, update-rule state, progress) of a checkpoint; restores the RNG."""
     state = json.loads((path / "state.json").read_text())
-    trainable = load_file(path / "trainable.safetensors")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in trainable.items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(_optimizer_from_flat(load_file(path / "optimizer.safetensors"), state["optimizer"]))
-    scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(load_file(path / "rng.safetensors")["torch"])
-    return state["progress"]
+    rule_state = (load_file(path / "update_rule.safetensors"), state["update_rule"])
+    return load_file(path / "trainable.safetensors"), rule_state, state["progress"]

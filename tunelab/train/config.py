@@ -15,6 +15,7 @@ from tunelab.errors import TunelabError
 from tunelab.train.objectives import OBJECTIVES, BetaSchedule
 
 SCHEDULERS = ("constant", "linear", "cosine")
+PLUGIN = {"plugin": True}
 
 
 def bf16_supported() -> bool:
@@ -44,17 +45,19 @@ class TrainConfig:
     init_from: str | None = None  # continue from an earlier run (A frozen, B trained; lota: its weights)
     disjoint: bool = False  # lori-s/lota with init_from: the new mask avoids the earlier run's positions
     calibration_fraction: float = 0.1  # lota: share of the data for the dense calibration pass
-    safety_eval_limit: int | None = None  # harmful (and benign) prompts scored before/after; None: 32 with init_from, else 0
+    # Options marked PLUGIN are implemented by training plug-ins (tunelab.finetune composes them);
+    # fit() refuses a config that sets one that no given plug-in claims.
+    safety_eval_limit: int | None = field(default=None, metadata=PLUGIN)  # harmful (and benign) prompts scored before/after; None: 32 with init_from, else 0
     safety_max_new_tokens: int = 48
     # objective: "sft", or "constrained" (token-wise constrained SFT against a reference adapter)
-    objective: str = "sft"
+    objective: str = field(default="sft", metadata=PLUGIN)
     reference: str | None = None  # constrained: the aligned adapter/run; None: the --init-from one
     beta_first: float = 0.5  # β₁
     beta_early: float = 2.0  # β₂..β_{beta_early_until}
     beta_early_until: int = 5
     beta_late: float = 0.1  # β_t after that
     # refusal tokens: "single" ([refuse]/[respond]) or "categorical" (one per category + [respond]); None: off
-    refusal_tokens: str | None = None
+    refusal_tokens: str | None = field(default=None, metadata=PLUGIN)
     # optimisation
     lr: float | None = None  # None: the method's default
     epochs: int = 1
@@ -68,6 +71,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     bf16: bool | None = None  # None: on where the hardware supports it
     seed: int | None = None  # None: a fresh random seed, recorded in the run
+    fsdp: bool = False  # shard with PyTorch FSDP2 (under torchrun / accelerate launch)
     # bookkeeping
     save_every: int = 50
     log_every: int = 1
@@ -114,20 +118,11 @@ class TrainConfig:
         if self.lr is not None and self.lr <= 0:
             raise TunelabError(f"--lr must be > 0, got {self.lr}")
         self._validate_objective()
-        self._validate_refusal_tokens()
 
-    def _validate_refusal_tokens(self) -> None:
-        if self.refusal_tokens is None:
-            return
-        from tunelab.safety.refusal_tokens import MODES
-
-        if self.refusal_tokens not in MODES:
-            raise TunelabError(f"unknown --refusal-tokens mode '{self.refusal_tokens}'; choose one of: {', '.join(MODES)}")
-        if self.method not in ("lora", "lori-d", "full"):
-            # lori-s packs only B and lota saves a task vector: neither would carry the new embedding rows.
-            raise TunelabError(f"--refusal-tokens works with --method lora, lori-d or full, not {self.method}")
-        if self.objective == "constrained":
-            raise TunelabError("--refusal-tokens with --objective constrained is not supported (the reference has no refusal tokens)")
+    def plugin_options_set(self) -> list[str]:
+        """Plug-in options (metadata ``PLUGIN``) this config sets to something other than off/default."""
+        return [f.name for f in dataclasses.fields(self)
+                if f.metadata.get("plugin") and getattr(self, f.name) not in (f.default, 0)]
 
     def _validate_objective(self) -> None:
         if self.objective not in OBJECTIVES:

@@ -1,0 +1,160 @@
+"""The trainer's extension points: plug-in hooks, update rules, and what the loop refuses."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import tiny_config
+from tunelab.errors import TunelabError
+from tunelab.finetune import train
+from tunelab.train import AdamW, Plugin, Run, StepInfo, TrainConfig, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Recorder(Plugin):
+    """Records the hooks in call order; adds one chat, a loss factor and a record entry."""
+
+    def __init__(self, loss_factor: float = 1.0) -> None:
+        self.calls: list[str] = []
+        self.loss_factor = loss_factor
+        self.steps: list[StepInfo] = []
+
+    def on_data(self, run: Run, rows: list[tuple[str, Any]], chats: list[Any]) -> list[Any]:
+        self.calls.append("on_data")
+        self.n_rows = len(rows)
+        return chats + [[{"role": "user", "content": "extra?"}, {"role": "assistant", "content": "extra!"}]]
+
+    def on_model(self, run: Run) -> None:
+        self.calls.append("on_model")
+        assert run.model is not None and run.prepared is None and not run.examples
+
+    def on_prepared(self, run: Run) -> None:
+        self.calls.append("on_prepared")
+        assert run.prepared is not None and not (run.out / "config.yaml").exists()
+
+    def on_start(self, run: Run) -> None:
+        self.calls.append("on_start")
+        assert (run.out / "config.yaml").is_file()
+
+    def loss(self, run: Run, batch: dict[str, torch.Tensor], loss: torch.Tensor) -> torch.Tensor:
+        if "loss" not in self.calls:
+            self.calls.append("loss")
+        return loss * self.loss_factor
+
+    def on_step(self, run: Run, info: StepInfo) -> None:
+        self.steps.append(info)
+
+    def on_finish(self, run: Run, record: dict[str, Any]) -> None:
+        self.calls.append("on_finish")
+        record["recorder"] = {"steps": len(self.steps)}
+
+
+def test_hooks_run_in_order_and_reach_the_record(qa_file: Path, tmp_path: Path) -> None:
+    plugin = Recorder()
+    out = fit(tiny_config(qa_file, tmp_path / "run", max_steps=3), [plugin])
+    assert plugin.calls == ["on_data", "on_model", "on_prepared", "on_start", "loss", "on_finish"]
+    assert [s.step for s in plugin.steps] == [1, 2, 3]
+    record = json.loads((out / "tunelab.json").read_text())
+    assert record["recorder"] == {"steps": 3}
+    assert record["examples"] == plugin.n_rows + 1  # the chat on_data added was trained on
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows] == [s.loss for s in plugin.steps]
+
+
+def test_a_loss_term_reaches_the_gradient(qa_file: Path, tmp_path: Path) -> None:
+    # A plug-in that zeroes the loss leaves LoRA's B at its initial zeros: no gradient, no AdamW step.
+    out = fit(tiny_config(qa_file, tmp_path / "zero", max_steps=2), [Recorder(loss_factor=0.0)])
+    weights = load_file(out / "adapter_model.safetensors")
+    b = [v for k, v in weights.items() if "lora_B" in k]
+    assert b and all(torch.count_nonzero(v) == 0 for v in b)
+    out = fit(tiny_config(qa_file, tmp_path / "one", max_steps=2), [Recorder()])
+    assert any(torch.count_nonzero(v) for k, v in load_file(out / "adapter_model.safetensors").items() if "lora_B" in k)
+
+
+def test_docstring_example_plugin(qa_file: Path, tmp_path: Path) -> None:
+    """The example in tunelab.train.plugins' docstring runs as written."""
+    import tunelab.train.plugins as plugins_module
+
+    source = plugins_module.__doc__.split("::", 1)[1]
+    code = "\n".join(line[4:] for line in source.splitlines()).replace("fit(cfg, plugins=[L2(1e-4)])", "")
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "plugins-docstring", "exec"), namespace)  # noqa: S102 - our own docstring
+    out = fit(tiny_config(qa_file, tmp_path / "l2", max_steps=2), plugins=[namespace["L2"](1e-4)])
+    assert json.loads((out / "tunelab.json").read_text())["l2_weight"] == 1e-4
+
+
+def test_plugin_options_need_their_plugins(qa_file: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(qa_file, tmp_path / "run", refusal_tokens="single")
+    with pytest.raises(TunelabError, match="refusal_tokens need their plug-ins"):
+        fit(cfg)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    assert tiny_config(qa_file, tmp_path / "x").plugin_options_set() == []
+    assert tiny_config(qa_file, tmp_path / "x", safety_eval_limit=3, objective="constrained").plugin_options_set() \
+        == ["safety_eval_limit", "objective"]
+
+
+class SignSGD(AdamW):
+    """A custom update rule through the interface: sign of the gradient, fixed step."""
+
+    name = "signsgd"
+
+    def setup(self, run: Run, params: dict[str, torch.nn.Parameter], total_steps: int) -> None:
+        super().setup(run, params, total_steps)
+        self.steps = 0
+
+    def step(self) -> dict[str, float | None]:
+        self.masks.apply()
+        with torch.no_grad():
+            for p in self.params.values():
+                if p.grad is not None:
+                    p.add_(p.grad.sign(), alpha=-1e-3)
+                    p.grad = None
+        self.steps += 1
+        return {"lr": 1e-3, "grad_norm": None}
+
+
+def test_custom_update_rule_drives_the_update(qa_file: Path, tmp_path: Path) -> None:
+    rule = SignSGD()
+    out = fit(tiny_config(qa_file, tmp_path / "sign", "lora", max_steps=3, grad_accum=2), rule=rule)
+    assert rule.steps == 3
+    b = [v for k, v in load_file(out / "adapter_model.safetensors").items() if "lora_B" in k]
+    # B started at 0 and moved by ±1e-3 per step: every entry is a multiple of 1e-3 with |value| <= 3e-3
+    values = torch.cat([v.flatten() for v in b])
+    assert values.abs().max() <= 3e-3 + 1e-7 and values.abs().max() > 0
+
+
+def test_metrics_after_resume_hold_each_step_once(qa_file: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(qa_file, tmp_path / "run", max_steps=6, save_every=2)
+    train(cfg, stop_after_step=2)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    # as if the process had logged steps 3 and 4 and been killed before the next checkpoint
+    with metrics.open("a") as fh:
+        for step in (3, 4):
+            fh.write(json.dumps({"step": step, "loss": 9.0}) + "\n")
+    train(TrainConfig(**{**cfg.to_dict(), "resume": True}))
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert 9.0 not in [json.loads(line)["loss"] for line in metrics.read_text().splitlines()]
+
+
+def test_train_does_not_import_the_rooms_above_it() -> None:
+    """Dependencies point down: tunelab/train imports neither safety, privacy nor evaluate."""
+    above = ("tunelab.safety", "tunelab.privacy", "tunelab.evaluate", "tunelab.finetune", "tunelab.cli")
+    for path in (ROOT / "tunelab" / "train").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.startswith(above) for n in names), f"{path.name} imports {names}"
+    code = "import sys, tunelab.train; print(sorted(m for m in sys.modules if m.startswith(('tunelab.safety', 'tunelab.evaluate'))))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

@@ -1,0 +1,46 @@
+"""``tunelab train`` as a recipe: a :class:`~tunelab.train.TrainConfig` → the plug-ins its options
+need → :func:`tunelab.train.fit`.
+
+The loop in ``tunelab.train`` knows nothing of safety or privacy; this module composes it with the
+plug-ins of those rooms, the way a torchtune recipe composes library parts. Use :func:`train`
+for a run as the CLI does it; use ``fit`` with your own plug-ins and update rule to go further.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from tunelab.train import Plugin, TrainConfig, fit
+from tunelab.train.run_dir import resumed_config
+
+
+def plugins_for(cfg: TrainConfig) -> list[Plugin]:
+    """The plug-ins ``cfg``'s options ask for, in hook order; raises for options that cannot work."""
+    from tunelab.safety.safety_check import SafetyCheck
+
+    plugins: list[Plugin] = []
+    if cfg.refusal_tokens:
+        from tunelab.safety.refusal_tokens import RefusalTokensPlugin
+
+        plugins.append(RefusalTokensPlugin(cfg))
+    if cfg.objective == "constrained":
+        from tunelab.safety.constrained import ReferenceLogprobs
+
+        plugins.append(ReferenceLogprobs())
+    plugins.append(SafetyCheck())
+    return plugins
+
+
+def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Console | None = None) -> Path:
+    """Run one ``tunelab train`` job with the plug-ins its options need; return the output directory."""
+    from tunelab.safety.safety_check import default_limit
+
+    cfg = resumed_config(cfg)
+    if cfg.safety_eval_limit is None:
+        cfg = TrainConfig(**{**cfg.to_dict(), "safety_eval_limit": default_limit(cfg)})
+    return fit(cfg, plugins_for(cfg), stop_after_step=stop_after_step, console=console)
+
+
+__all__ = ["TrainConfig", "plugins_for", "train"]

@@ -1,0 +1,27 @@
+"""The constrained objective's training plug-in: the reference model's log-probs, once, before training.
+
+The loss itself (:class:`tunelab.train.objectives.ConstrainedLoss`) reads ``ref_logprobs`` from
+each batch; this plug-in fills them from the aligned adapter (``--reference``, else
+``--init-from``) in one pass over the training set, so the reference never runs per step.
+"""
+
+from __future__ import annotations
+
+from tunelab.train.objectives import reference_logprobs
+from tunelab.train.plugins import Plugin, Run
+
+
+class ReferenceLogprobs(Plugin):
+    """``tunelab train --objective constrained``: precompute log π_ref of every label."""
+
+    claims = ("objective",)
+
+    def on_prepared(self, run: Run) -> None:
+        from tunelab.evaluate.loading import load_with_adapter
+
+        cfg = run.cfg
+        reference = cfg.reference or cfg.init_from
+        run.console.print(f"reference log-probs from {reference} ({len(run.examples)} examples)")
+        ref_model, _ = load_with_adapter(cfg.model, reference)
+        reference_logprobs(ref_model.to(run.accelerator.device), run.examples, run.tokenizer.pad_token_id,
+                           batch_size=cfg.batch_size)

@@ -1,0 +1,93 @@
+"""Processes and devices: one place that knows whether a run is single-process, DDP or FSDP2.
+
+accelerate gives the process group, devices, mixed precision and DDP (``accelerate launch``, or
+``torchrun`` with ``ACCELERATE_USE_CPU=true`` on CPUs). With ``cfg.fsdp`` the model is sharded
+with PyTorch FSDP2 (:mod:`tunelab.train.fsdp`) instead of being wrapped in DDP — accelerate only
+offers FSDP on GPUs, FSDP2 itself runs on CPUs with gloo too — and weights and optimizer state
+move between full and sharded form here, for checkpoints and for saving.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from tunelab.errors import TunelabError
+from tunelab.train.config import TrainConfig
+from tunelab.train.plugins import Run
+
+
+def accelerator(cfg: TrainConfig) -> Accelerator:
+    """An Accelerator for this run, also when an earlier one in this process chose another precision."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    precision = "bf16" if cfg.bf16 else "no"
+    state = AcceleratorState._shared_state
+    if state and str(state.get("_mixed_precision", precision)) != precision and not AcceleratorState().use_distributed:
+        # accelerate keeps one process-wide state; a single-process program (tests, benchmarks,
+        # the demo) may train several runs with different precision one after another.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+
+
+def shared_seed(cfg: TrainConfig, acc: Accelerator) -> TrainConfig:
+    """Every rank takes rank 0's seed: each drew its own, and all must shuffle (and draw LoRI's A) alike."""
+    if acc.num_processes <= 1:
+        return cfg
+    from accelerate.utils import broadcast_object_list
+
+    return TrainConfig(**{**cfg.to_dict(), "seed": broadcast_object_list([cfg.seed])[0]})
+
+
+def prepare(run: Run, net: torch.nn.Module, loader: Any) -> tuple[torch.nn.Module, Any]:
+    """Put ``net`` on the device (DDP-wrapped, or FSDP2-sharded) and shard the loader across ranks."""
+    acc = run.accelerator
+    if not run.fsdp:
+        return acc.prepare(net, loader)
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        raise TunelabError("--fsdp needs a distributed launch: torchrun --nproc_per_node N -m tunelab.cli train ... "
+                           "(ACCELERATE_USE_CPU=true on CPUs), or accelerate launch")
+    from tunelab.train import fsdp
+
+    net.to(acc.device)
+    fsdp.shard_model(net, fsdp.mesh_for(acc.device))
+    return net, acc.prepare(loader)
+
+
+def trainable_state(run: Run, params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """Full (unsharded) values of the trainable weights; all ranks call it, rank 0 gets them."""
+    if not run.fsdp:
+        return {name: p.detach() for name, p in params.items()}
+    from tunelab.train import fsdp
+
+    return fsdp.full_tensors(params)
+
+
+def load_trainable(run: Run, params: dict[str, torch.nn.Parameter], values: dict[str, torch.Tensor]) -> None:
+    """Copy full checkpoint values into the (possibly sharded) trainable weights."""
+    missing = sorted(set(params) - set(values))
+    if missing:
+        raise TunelabError(f"{run.out}: the checkpoint lacks {len(missing)} trainable weights (e.g. {missing[0]}); "
+                           "it was written by another version — restart with --overwrite")
+    with torch.no_grad():
+        for name, param in params.items():
+            value = values[name]
+            if run.fsdp:
+                from tunelab.train import fsdp
+
+                value = fsdp.shard_like(param, value)
+            param.copy_(value)
+
+
+def gather_for_saving(run: Run, params: dict[str, torch.nn.Parameter]) -> None:
+    """After training under FSDP, make rank 0's model a plain module with full weights (for
+    the method's checks and PEFT's ``save_pretrained``). All ranks call it."""
+    run.accelerator.wait_for_everyone()
+    if not run.fsdp:
+        return
+    from tunelab.train import fsdp
+
+    fsdp.unshard_for_saving(run.prepared.model)

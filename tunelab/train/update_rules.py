@@ -1,0 +1,131 @@
+"""Update rules: how the micro-batches of one step become one parameter update.
+
+The loop owns data, accumulation bookkeeping, logging and checkpoints; a rule owns the
+optimizer. Per micro-batch the loop calls ``rule.micro_step(loss_fn, batch)`` inside
+``accelerator.accumulate``; once a step's micro-batches are in (``accelerator.sync_gradients``)
+it calls ``rule.step()``. ``loss_fn(batch)`` is the objective with the plug-ins' loss terms, so
+a rule may evaluate it as often as it likes (zeroth-order rules evaluate it twice, without
+backward). A rule's ``state_dict``/``load_state_dict`` are what a checkpoint keeps of it.
+
+:class:`AdamW` is backprop + AdamW with gradient accumulation, sparse gradient masks applied to
+``.grad`` before clipping (LoRI-S, LoTA: entries outside the mask get no gradient, so AdamW's
+moments and steps stay exactly 0 there), clipping and the LR schedule. Differentially private
+and zeroth-order rules plug in the same way.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable
+
+import torch
+from transformers import get_scheduler
+
+from tunelab.train.checkpoint import optimizer_from_flat, optimizer_to_flat
+from tunelab.train.plugins import Run
+
+LossFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+_SCHEDULER_NAMES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+
+
+class UpdateRule(abc.ABC):
+    """Turns micro-batches into parameter updates; see the module docstring."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def setup(self, run: Run, params: dict[str, torch.nn.Parameter], total_steps: int) -> None:
+        """Build the optimizer for the trainable ``params`` (named as in ``run.prepared.model``,
+        after any sharding) for a run of ``total_steps`` optimizer steps."""
+
+    @abc.abstractmethod
+    def micro_step(self, loss_fn: LossFn, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Process one micro-batch (e.g. forward + backward); return its detached loss."""
+
+    @abc.abstractmethod
+    def step(self) -> dict[str, float | None]:
+        """Apply the accumulated update; return ``{"lr": ..., "grad_norm": ...}``."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, JSON-able metadata) to checkpoint."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+class AdamW(UpdateRule):
+    """Backprop + AdamW: accumulation, gradient masks, clipping, the config's LR schedule."""
+
+    name = "adamw"
+
+    def setup(self, run: Run, params: dict[str, torch.nn.Parameter], total_steps: int) -> None:
+        cfg, accelerator = run.cfg, run.accelerator
+        self.run = run
+        self.params = params
+        self.masks = GradMasks(params, run.prepared.grad_masks() if run.prepared else {})
+        optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # accelerate steps a prepared scheduler once per process: scale the schedule to match.
+        scheduler = get_scheduler(
+            _SCHEDULER_NAMES[cfg.scheduler], optimizer,
+            num_warmup_steps=cfg.warmup_steps * accelerator.num_processes,
+            num_training_steps=total_steps * accelerator.num_processes,
+        )
+        self.optimizer, self.scheduler = accelerator.prepare(optimizer, scheduler)
+
+    def micro_step(self, loss_fn: LossFn, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = loss_fn(batch)
+        self.run.accelerator.backward(loss)
+        return loss.detach()
+
+    def step(self) -> dict[str, float | None]:
+        self.masks.apply()
+        grad_norm = None
+        if self.run.cfg.grad_clip > 0:
+            grad_norm = clip_grad_norm(self.run, list(self.params.values()), self.run.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm}
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, meta = optimizer_to_flat(self.optimizer.state_dict())
+        return tensors, {"optimizer": meta, "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
+        self.scheduler.load_state_dict(meta["scheduler"])
+
+
+class GradMasks:
+    """Sparse-update masks (True = trainable) applied to ``.grad`` in place.
+
+    Applied to the accumulated gradient before clipping, not as gradient hooks: hooks on
+    parameters do not survive FSDP's parameter swap, and masking the sum equals summing the
+    masked micro-batch gradients exactly. Masks are moved to each gradient's device once.
+    """
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
+        missing = sorted(set(masks) - set(params))
+        if missing:
+            raise RuntimeError(f"gradient masks for parameters that do not train: {missing[:3]}")
+        self.pairs = [(params[name], mask) for name, mask in masks.items()]
+        self._keep: dict[int, torch.Tensor] = {}
+
+    def apply(self) -> None:
+        for i, (param, mask) in enumerate(self.pairs):
+            if param.grad is None:
+                continue
+            keep = self._keep.get(i)
+            if keep is None:
+                keep = self._keep[i] = mask.to(device=param.grad.device, dtype=torch.bool)
+            param.grad.masked_fill_(~keep, 0.0)
+
+
+def clip_grad_norm(run: Run, params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Clip the total gradient norm to ``max_norm``; return the norm before clipping."""
+    return float(run.accelerator.clip_grad_norm_(params, max_norm))
+
+
+UPDATE_RULES: dict[str, type[UpdateRule]] = {AdamW.name: AdamW}
