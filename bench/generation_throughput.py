@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from tunelab.evaluate.generation import generate_ids  # noqa: E402
+from tunelab.evaluate.generation import decoder, generate_ids  # noqa: E402
 from tunelab.models import load_model  # noqa: E402
 from tunelab.tasks import get_task  # noqa: E402
 
@@ -129,6 +129,8 @@ def main() -> None:
     print(f"prompts: {len(prompts)}, prompt tokens {min(lengths)}-{max(lengths)} (mean {sum(lengths) / len(lengths):.1f}); "
           f"greedy, max_new_tokens {args.max_new_tokens}, HF fp32, tunelab {'bf16 autocast' if args.bf16 else 'fp32'} "
           f"batch size {args.batch_size}")
+    # "hf-generate: ..." here means tunelab fell back to HF generate: the ratio below then measures nothing.
+    print(f"tunelab decoder: {decoder(model)}")
 
     # Warm-up both paths (first-call allocations, lazy imports).
     hf_one_at_a_time(model, tokenizer, prompts[:2], 4)
@@ -165,7 +167,7 @@ def main() -> None:
 
     if args.json is not None:
         result = {"machine": machine, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
-                  "batch_size": args.batch_size, "bf16": args.bf16, "hf": {"seconds": hf_s, "new_tokens": rows[next(iter(rows))][1]},
+                  "batch_size": args.batch_size, "bf16": args.bf16, "decoder": decoder(model), "hf": {"seconds": hf_s, "new_tokens": rows[next(iter(rows))][1]},
                   "tunelab": {"seconds": tl_s, "new_tokens": new_tokens(tl_ids)}, "speedup": ratio,
                   "exact_match": matches, "mismatches": mismatches}
         args.json.parent.mkdir(parents=True, exist_ok=True)

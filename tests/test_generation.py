@@ -1,8 +1,13 @@
-"""Batched generation on tiny-random: equivalence with unbatched HF generate, seeding, arguments."""
+"""Batched generation on tiny-random: equivalence with unbatched HF generate, seeding, arguments,
+which decoder runs (own loop under either cache argument name, or a logged HF-generate fallback)."""
 
 from __future__ import annotations
 
 import copy
+import inspect
+import json
+import logging
+import warnings
 
 import pytest
 import torch
@@ -222,3 +227,136 @@ def test_unmerged_peft_adapter(lively):
     assert generation._own_loop_supported(peft_model)
     assert generate_ids(peft_model, tok, PROMPTS, max_new_tokens=8, batch_size=5, progress=False) == ref
     assert ref != generate_ids(model, tok, PROMPTS, max_new_tokens=8, progress=False)
+
+
+# --- which decoder runs ----------------------------------------------------------------------
+
+def _inner_cache_name(model) -> str:
+    """What this transformers' forward calls the KV cache (``cache`` from 5.24, ``past_key_values`` before)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class _Wrapped(torch.nn.Module):
+    """tiny-random behind a hand-written forward signature, to drive the decoder the way another
+    transformers version (or remote code) would; ``generate`` is the wrapped model's HF generate."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config, self.generation_config = inner.config, inner.generation_config
+
+    def _call(self, kv, **kwargs):
+        return self.inner(**kwargs, **{_inner_cache_name(self.inner): kv})
+
+    def generate(self, **kwargs):
+        return self.inner.generate(**kwargs)
+
+
+class OldSignature(_Wrapped):
+    """A forward taking ``past_key_values`` (transformers <= 5.23)."""
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
+                logits_to_keep=0):
+        return self._call(past_key_values, input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids, use_cache=use_cache, logits_to_keep=logits_to_keep)
+
+
+class NewSignature(_Wrapped):
+    """A forward taking ``cache`` (transformers >= 5.24)."""
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None, logits_to_keep=0):
+        return self._call(cache, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache, logits_to_keep=logits_to_keep)
+
+
+class NoCacheArgument(_Wrapped):
+    """A forward with no way to pass a KV cache in: only HF generate can drive it."""
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None):
+        return self._call(None, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache)
+
+
+NO_CACHE_REASON = "forward takes neither `cache` nor `past_key_values`"
+
+
+@pytest.fixture
+def cache_deprecations(monkeypatch):
+    """The cache-name deprecation messages transformers logs or warns during the test."""
+    seen: list[str] = []
+    # warning_once is lru-cached per process: record every call instead, so an earlier test can't hide one.
+    monkeypatch.setattr(logging.Logger, "warning_once", lambda self, msg, *a, **k: seen.append(str(msg)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield seen
+    seen.extend(str(w.message) for w in caught)
+    seen[:] = [m for m in seen if "past_key_values" in m or "`cache`" in m]
+
+
+def test_own_loop_runs_on_installed_transformers(lively):
+    model, tok = lively
+    assert generation.decoder(model) == generation.OWN_DECODER == "tunelab"
+    assert generation._cache_kwarg(model) == _inner_cache_name(model)
+    with generation.record_decoders() as used:
+        ids = generate_ids(model, tok, PROMPTS, max_new_tokens=8, batch_size=5, progress=False)
+    assert used == {"tunelab"}
+    assert ids == hf_one_at_a_time(model, tok, PROMPTS, 8)
+
+
+def test_no_cache_deprecation_warnings(lively, cache_deprecations):
+    model, tok = lively
+    generate_ids(model, tok, PROMPTS, max_new_tokens=8, batch_size=5, progress=False)
+    assert cache_deprecations == []
+
+
+@pytest.mark.parametrize("signature", [OldSignature, NewSignature])
+def test_either_cache_argument_name_drives_own_loop(lively, monkeypatch, signature):
+    model, tok = lively
+    wrapped = signature(model)
+    assert generation.decoder(wrapped) == "tunelab"
+    with generation.record_decoders() as used:
+        own = generate_ids(wrapped, tok, PROMPTS, max_new_tokens=10, batch_size=5, progress=False)
+    assert used == {"tunelab"}
+    monkeypatch.setattr(generation, "_own_loop_supported", lambda model: False)
+    with generation.record_decoders() as used:
+        assert generate_ids(model, tok, PROMPTS, max_new_tokens=10, batch_size=5, progress=False) == own
+    assert used == {"hf-generate: own loop disabled"}
+
+
+def test_fallback_reasons(tiny):
+    from peft import PromptTuningConfig, get_peft_model
+
+    model = copy.deepcopy(tiny[0])  # changed below
+    assert generation.decoder(NoCacheArgument(model)) == f"hf-generate: {NO_CACHE_REASON}"
+    prompt_tuned = get_peft_model(copy.deepcopy(model), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
+    assert generation.decoder(prompt_tuned) == "hf-generate: PEFT prompt learning"
+    model.config.is_encoder_decoder = True
+    assert generation.decoder(model) == "hf-generate: encoder-decoder"
+
+
+def test_fallback_warns_once_and_matches_own_loop(lively, monkeypatch, caplog):
+    model, tok = lively
+    monkeypatch.setattr(generation, "_warned", set())  # once per process: start this test's process afresh
+    wrapped = NoCacheArgument(model)
+    with caplog.at_level(logging.WARNING, logger=generation.__name__), generation.record_decoders() as used:
+        first = generate_ids(wrapped, tok, PROMPTS, max_new_tokens=10, batch_size=5, progress=False)
+        generate(wrapped, tok, PROMPTS[:2], max_new_tokens=3, progress=False)
+    assert used == {f"hf-generate: {NO_CACHE_REASON}"}
+    logged = [r.getMessage() for r in caplog.records if r.name == generation.__name__]
+    assert len(logged) == 1 and "NoCacheArgument" in logged[0] and NO_CACHE_REASON in logged[0]
+    assert first == generate_ids(model, tok, PROMPTS, max_new_tokens=10, batch_size=5, progress=False)
+
+
+def test_eval_result_records_the_decoder(lively, tmp_path):
+    from tunelab.evaluate.runner import EvalConfig, run_eval
+
+    model, tok = lively
+    cases = [("own", model, "tunelab"), ("fallback", NoCacheArgument(model), f"hf-generate: {NO_CACHE_REASON}")]
+    for name, lm, want in cases:
+        cfg = EvalConfig(model="tiny-random", task="arithmetic", limit=2, max_new_tokens=3, output=str(tmp_path / name))
+        assert run_eval(cfg, lm, tok)["decoder"] == want
+        assert json.loads((tmp_path / name / "metrics.json").read_text())["decoder"] == want
+    choices = tmp_path / "mc.jsonl"  # scored by log-likelihood: nothing generated, no decoder
+    choices.write_text(json.dumps({"prompt": "2+2?", "choices": ["3", "4"], "answer": "4"}) + "\n")
+    cfg = EvalConfig(model="tiny-random", task=str(choices), scorer="choice", output=str(tmp_path / "mc"))
+    assert run_eval(cfg, model, tok)["decoder"] is None

@@ -4,10 +4,13 @@ Prompts are sorted by length into batches, left-padded, prefilled once, then dec
 per step from the KV cache. A row that emits EOS leaves the batch: its entries are dropped from
 the cache, so later steps compute only the rows still generating (with the mixed answer lengths
 of real prompts, about half the row-steps of a fixed batch are otherwise spent on finished rows).
-Models this loop can't drive (encoder-decoders, PEFT prompt learning, forwards without
-``past_key_values``/``position_ids``) go through HF ``model.generate`` instead, with an explicit,
-fully specified ``GenerationConfig``, so the model's ``generation_config.json`` can't turn greedy
-into sampling or add penalties there either.
+The cache goes in under whichever name the model's forward takes (``cache`` since
+transformers 5.24, ``past_key_values`` before). Models this loop can't drive (encoder-decoders,
+PEFT prompt learning, forwards without a cache argument or ``position_ids``) go through HF
+``model.generate`` instead, with an explicit, fully specified ``GenerationConfig``, so the model's
+``generation_config.json`` can't turn greedy into sampling or add penalties there either. That
+fallback is much slower, so it is never silent: it logs a warning (once per model class and
+reason), and :func:`decoder` / :func:`record_decoders` say which decoder ran.
 
 Decoding is plain greedy (argmax) or temperature + top-p sampling. Sampling draws each prompt's
 tokens from its own ``torch.Generator`` seeded by hash(seed, prompt index): a seeded run is
@@ -18,11 +21,14 @@ differences that padding can make to the logits).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
+import logging
 import math
-from contextlib import nullcontext
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -32,6 +38,15 @@ from transformers.cache_utils import Cache
 from tunelab.errors import TunelabError
 
 Prompt = str | list[dict[str, str]]
+
+logger = logging.getLogger(__name__)
+
+OWN_DECODER = "tunelab"  # what decoder() says for the batched loop; a fallback says "hf-generate: <reason>"
+
+# The name of the KV cache as a forward argument and as an output field: "cache" since
+# transformers 5.24 (where "past_key_values" is a deprecated alias that warns), before that
+# "past_key_values".
+_CACHE_NAMES = ("cache", "past_key_values")
 
 # Decoding knobs a model's generation_config.json may set (Qwen/Llama ship do_sample=True,
 # temperature, top_p, top_k, repetition_penalty). HF generate fills every field we leave None
@@ -166,18 +181,88 @@ def _check_args(max_new_tokens: int, batch_size: int, do_sample: bool, temperatu
 
 
 def _forward_params(model: Any) -> set[str]:
+    """Parameter names of the forward (of the base model for PEFT: its wrapper forwards **kwargs)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return set(inspect.signature(base.forward).parameters)
 
 
+def _cache_kwarg(model: Any) -> str | None:
+    """The forward argument that takes the KV cache (``cache`` or ``past_key_values``), if any."""
+    params = _forward_params(model)
+    return next((name for name in _CACHE_NAMES if name in params), None)
+
+
+def _returned_cache(out: Any) -> Any:
+    """The KV cache of a forward output, read from the field its class declares.
+
+    Going by the declared fields never touches 5.24's deprecated ``past_key_values`` alias
+    (which logs a warning), whichever argument name the forward took.
+    """
+    declared = {f.name for f in dataclasses.fields(out)} if dataclasses.is_dataclass(out) else set(dir(out))
+    return getattr(out, next((name for name in _CACHE_NAMES if name in declared), "past_key_values"), None)
+
+
+def _fallback_reason(model: Any) -> str | None:
+    """Why ``_decode_batch`` can't drive this model (so HF ``generate`` must), or None if it can."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return "no model config"
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder"
+    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+        return "PEFT prompt learning"  # prefix/prompt tuning inject their own cache through PEFT's generate
+    if _cache_kwarg(model) is None:
+        return "forward takes neither `cache` nor `past_key_values`"
+    missing = sorted({"attention_mask", "position_ids", "use_cache"} - _forward_params(model))
+    return f"forward takes no {', '.join(f'`{m}`' for m in missing)}" if missing else None
+
+
 def _own_loop_supported(model: Any) -> bool:
     """Whether ``_decode_batch`` can drive this model (else HF ``generate`` does)."""
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "is_encoder_decoder", False):
-        return False
-    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
-        return False  # prefix/prompt tuning inject their own cache through PEFT's generate
-    return {"past_key_values", "attention_mask", "position_ids", "use_cache"} <= _forward_params(model)
+    return _fallback_reason(model) is None
+
+
+def decoder(model: Any) -> str:
+    """The decoder :func:`generate` / :func:`generate_ids` run for ``model``.
+
+    ``"tunelab"`` (:data:`OWN_DECODER`, the batched loop with cache pruning) or
+    ``"hf-generate: <reason>"`` for the HF ``generate`` fallback, e.g.
+    ``"hf-generate: encoder-decoder"``.
+    """
+    if _own_loop_supported(model):
+        return OWN_DECODER
+    return f"hf-generate: {_fallback_reason(model) or 'own loop disabled'}"
+
+
+_warned: set[tuple[str, str]] = set()  # (model class, decoder) pairs already warned about in this process
+_recording: ContextVar[set[str] | None] = ContextVar("tunelab_decoders", default=None)
+
+
+@contextmanager
+def record_decoders() -> Iterator[set[str]]:
+    """Collect the decoders (as :func:`decoder` names them) that generation ran inside the block.
+
+    ``with record_decoders() as used: ...`` leaves ``used`` empty when nothing was generated
+    (multiple-choice tasks score log-likelihoods instead).
+    """
+    used: set[str] = set()
+    token = _recording.set(used)
+    try:
+        yield used
+    finally:
+        _recording.reset(token)
+
+
+def _note_decoder(model: Any, name: str) -> None:
+    """Record the decoder for :func:`record_decoders`; warn once per model class and reason on a fallback."""
+    used = _recording.get()
+    if used is not None:
+        used.add(name)
+    key = (type(model).__name__, name)
+    if name != OWN_DECODER and key not in _warned:
+        _warned.add(key)
+        logger.warning("%s: generating with HF generate instead of tunelab's batched decoder (%s); this is several "
+                       "times slower", key[0], name.removeprefix("hf-generate: "))
 
 
 def _decode_batch(
@@ -198,6 +283,8 @@ def _decode_batch(
     """
     n = input_ids.shape[0]
     extra = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
+    cache_kwarg = _cache_kwarg(model)
+    assert cache_kwarg is not None  # decoder() sends models without one to HF generate
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **extra)
     next_position = position_ids[:, -1:] + 1
@@ -217,7 +304,7 @@ def _decode_batch(
         on_step(was_done.count(False), int(ended.sum()) - sum(was_done))
         if step + 1 == max_new_tokens or bool(ended.all()):
             break
-        cache = out.past_key_values
+        cache = _returned_cache(out)
         if cache is None:
             raise RuntimeError(f"{type(model).__name__} returned no KV cache with use_cache=True")
         if isinstance(cache, Cache) and bool(ended.any()):
@@ -236,7 +323,7 @@ def _decode_batch(
             tokens = tokens.masked_fill(done, pad)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=1)
         out = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=next_position,
-                    past_key_values=cache, use_cache=True, **extra)
+                    use_cache=True, **{cache_kwarg: cache}, **extra)
         next_position = next_position + 1
     return results
 
@@ -289,7 +376,10 @@ def generate_ids(
     progress: bool = True,
     first_step: FirstStep | None = None,
 ) -> list[list[int]]:
-    """Like :func:`generate`, but return each prompt's new token ids, cut before the first EOS."""
+    """Like :func:`generate`, but return each prompt's new token ids, cut before the first EOS.
+
+    Which decoder runs: :func:`decoder`; to collect it from calls made deeper down, :func:`record_decoders`.
+    """
     if not prompts:
         raise TunelabError("no prompts to generate from")
     _check_args(max_new_tokens, batch_size, do_sample, temperature, top_p)
@@ -305,7 +395,9 @@ def generate_ids(
     if do_sample:
         # Without a seed, draw one from torch's global RNG so torch.manual_seed still pins it.
         base_seed = seed if seed is not None else int(torch.randint(0, 2**62, ()).item())
-    own_loop = _own_loop_supported(model)
+    used = decoder(model)
+    own_loop = used == OWN_DECODER
+    _note_decoder(model, used)
     results: list[list[int]] = [[] for _ in texts]
     was_training = model.training
     model.eval()

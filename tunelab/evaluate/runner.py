@@ -3,6 +3,9 @@
 Output directory (``--output``, or ``ADAPTER/eval/<task-or-suite>`` when an adapter run is
 given): ``metrics.json`` (everything but the per-example records, plus the resolved config) and
 ``outputs.jsonl`` (one record per prompt with the model's output and its score or verdict).
+``metrics.json`` also records the ``decoder`` that generated the outputs: ``"tunelab"`` (the
+batched loop), ``"hf-generate: <reason>"`` (the slower fallback), or null when tunelab's
+generation did not run (multiple-choice tasks; lm-eval, which generates through its own harness).
 """
 
 from __future__ import annotations
@@ -188,10 +191,14 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[
         from tunelab.evaluate.loading import load_with_adapter
 
         model, tokenizer = load_with_adapter(cfg.model, cfg.adapter)
+    from tunelab.evaluate.generation import record_decoders
+
     started = time.perf_counter()
-    result = run(model, tokenizer)
-    result.update({"model": cfg.model, "adapter": cfg.adapter, "wall_time_s": time.perf_counter() - started,
-                   "config": asdict(cfg)})
+    with record_decoders() as decoders:
+        result = run(model, tokenizer)
+    # A slow fallback must show in the results, not just in a log line.
+    result.update({"model": cfg.model, "adapter": cfg.adapter, "decoder": "; ".join(sorted(decoders)) or None,
+                   "wall_time_s": time.perf_counter() - started, "config": asdict(cfg)})
     out = cfg.output_dir()
     if out is not None:
         write_result(result, out)
