@@ -113,7 +113,7 @@ class SignSGD(AdamW):
         self.steps = 0
 
     def step(self) -> dict[str, float | None]:
-        self.masks.apply()
+        self.mask_gradients()
         with torch.no_grad():
             for p in self.params.values():
                 if p.grad is not None:

@@ -34,14 +34,18 @@ def optimizer_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], d
 
 def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
     """Inverse of :func:`optimizer_to_flat`."""
-    state: dict[int, dict[str, Any]] = {}
+    state: dict[int | str, dict[str, Any]] = {}
     for key, value in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
+        idx, name = key.rsplit(".", 1)  # idx: a parameter index, or its name (FSDP's full state)
+        state.setdefault(_param_key(idx), {})[name] = value
     for idx, values in meta["scalars"].items():
-        state.setdefault(int(idx), {}).update(values)
+        state.setdefault(_param_key(idx), {}).update(values)
     groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
+
+
+def _param_key(idx: str) -> int | str:
+    return int(idx) if idx.isdigit() else idx
 
 
 def save_checkpoint(

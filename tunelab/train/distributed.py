@@ -9,14 +9,17 @@ move between full and sharded form here, for checkpoints and for saving.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
 
 from tunelab.errors import TunelabError
+from tunelab.train import fsdp
 from tunelab.train.config import TrainConfig
 from tunelab.train.plugins import Run
+from tunelab.train.precision import attention_kernels
 
 
 def accelerator(cfg: TrainConfig) -> Accelerator:
@@ -50,19 +53,35 @@ def prepare(run: Run, net: torch.nn.Module, loader: Any) -> tuple[torch.nn.Modul
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         raise TunelabError("--fsdp needs a distributed launch: torchrun --nproc_per_node N -m tunelab.cli train ... "
                            "(ACCELERATE_USE_CPU=true on CPUs), or accelerate launch")
-    from tunelab.train import fsdp
-
     net.to(acc.device)
+    # The loss module is the root unit: its forward gathers what lies outside the blocks
+    # (embeddings, final norm, LM head), which CausalLMLoss calls directly.
     fsdp.shard_model(net, fsdp.mesh_for(acc.device))
+    if run.cfg.bf16:  # accelerate.prepare would add this autocast; FSDP2 is reached without it
+        forward = net.forward
+
+        def autocast_forward(*args: Any, **kwargs: Any) -> Any:
+            with torch.autocast(acc.device.type, dtype=torch.bfloat16):
+                return forward(*args, **kwargs)
+
+        net.forward = autocast_forward
     return net, acc.prepare(loader)
+
+
+@contextlib.contextmanager
+def micro_batch(run: Run, net: torch.nn.Module, seq_len: int) -> Iterator[None]:
+    """The context of one micro-batch: accumulation bookkeeping (and DDP's no_sync), FSDP's
+    gradient sync only on a step's last micro-batch, the attention kernels for its length."""
+    acc = run.accelerator
+    with acc.accumulate(net), attention_kernels(seq_len, acc.device):
+        fsdp.set_gradient_sync(net, acc.sync_gradients)
+        yield
 
 
 def trainable_state(run: Run, params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     """Full (unsharded) values of the trainable weights; all ranks call it, rank 0 gets them."""
     if not run.fsdp:
         return {name: p.detach() for name, p in params.items()}
-    from tunelab.train import fsdp
-
     return fsdp.full_tensors(params)
 
 
@@ -74,20 +93,12 @@ def load_trainable(run: Run, params: dict[str, torch.nn.Parameter], values: dict
                            "it was written by another version — restart with --overwrite")
     with torch.no_grad():
         for name, param in params.items():
-            value = values[name]
-            if run.fsdp:
-                from tunelab.train import fsdp
-
-                value = fsdp.shard_like(param, value)
-            param.copy_(value)
+            param.copy_(fsdp.shard_like(param, values[name]))  # every rank read the file: no broadcast
 
 
-def gather_for_saving(run: Run, params: dict[str, torch.nn.Parameter]) -> None:
+def gather_for_saving(run: Run, net: torch.nn.Module) -> None:
     """After training under FSDP, make rank 0's model a plain module with full weights (for
     the method's checks and PEFT's ``save_pretrained``). All ranks call it."""
     run.accelerator.wait_for_everyone()
-    if not run.fsdp:
-        return
-    from tunelab.train import fsdp
-
-    fsdp.unshard_for_saving(run.prepared.model)
+    if run.fsdp:
+        fsdp.unshard_for_saving(net)

@@ -38,7 +38,7 @@ from tunelab.train.checkpoint import load_checkpoint, save_checkpoint
 from tunelab.train.config import TrainConfig
 from tunelab.train.objectives import CausalLMLoss, ConstrainedLoss, count_tokens
 from tunelab.train.plugins import Plugin, Run, StepInfo, unclaimed_options
-from tunelab.train.precision import attention_kernels, cast_norm_outputs, prepare_for_bf16
+from tunelab.train.precision import cast_norm_outputs, prepare_for_bf16
 from tunelab.train.run_dir import (MetricsLog, check_output_dir, open_output_dir, resolved_config, resumed_config,
                                    write_finished_run)
 from tunelab.train.update_rules import AdamW, UpdateRule
@@ -99,6 +99,8 @@ def fit(cfg: TrainConfig, plugins: Sequence[Plugin] = (), rule: UpdateRule | Non
         return loss
 
     def checkpoint() -> None:
+        if progress["step"] == 0:
+            return  # nothing trained yet: a resume would start from scratch anyway
         trainable = distributed.trainable_state(run, params)
         rule_state = rule.state_dict()
         if accelerator.is_main_process:
@@ -113,7 +115,7 @@ def fit(cfg: TrainConfig, plugins: Sequence[Plugin] = (), rule: UpdateRule | Non
         with _progress_bar(run) as bar:
             task = bar.add_task("train", total=total_steps, completed=progress["step"], loss=float("nan"), tps=0.0)
             for batch in loader:
-                with accelerator.accumulate(net), attention_kernels(batch["input_ids"].shape[1], accelerator.device):
+                with distributed.micro_batch(run, net, batch["input_ids"].shape[1]):
                     loss = rule.micro_step(loss_fn, batch)
                 window += torch.tensor([loss.item(), 1.0, *count_tokens(batch)], dtype=torch.float64)
                 if not accelerator.sync_gradients:
@@ -148,7 +150,7 @@ def fit(cfg: TrainConfig, plugins: Sequence[Plugin] = (), rule: UpdateRule | Non
             handle.remove()
         log.close()
 
-    distributed.gather_for_saving(run, params)
+    distributed.gather_for_saving(run, net)
     if accelerator.is_main_process:
         write_finished_run(run, progress, dropped, plugins)
     accelerator.wait_for_everyone()  # the other ranks return only once the run is written

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 from transformers import get_scheduler
 
+from tunelab.train import fsdp
 from tunelab.train.checkpoint import optimizer_from_flat, optimizer_to_flat
 from tunelab.train.plugins import Run
 
@@ -64,7 +65,10 @@ class AdamW(UpdateRule):
         cfg, accelerator = run.cfg, run.accelerator
         self.run = run
         self.params = params
-        self.masks = GradMasks(params, run.prepared.grad_masks() if run.prepared else {})
+        self.masks = run.prepared.grad_masks() if run.prepared else {}
+        stray = sorted(set(self.masks) - set(params))
+        if stray:
+            raise RuntimeError(f"gradient masks for parameters that do not train: {stray[:3]}")
         optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
         # accelerate steps a prepared scheduler once per process: scale the schedule to match.
         scheduler = get_scheduler(
@@ -80,52 +84,44 @@ class AdamW(UpdateRule):
         return loss.detach()
 
     def step(self) -> dict[str, float | None]:
-        self.masks.apply()
+        self.mask_gradients()
         grad_norm = None
         if self.run.cfg.grad_clip > 0:
-            grad_norm = clip_grad_norm(self.run, list(self.params.values()), self.run.cfg.grad_clip)
+            grad_norm = self.clip_gradients(self.run.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm}
 
+    def mask_gradients(self) -> None:
+        """Zero ``.grad`` outside the method's masks (LoRI-S, LoTA), before clipping and the step.
+
+        Not gradient hooks: those do not survive FSDP's parameter swap. Masking the accumulated
+        gradient equals summing masked micro-batch gradients exactly.
+        """
+        fsdp.apply_grad_masks(self.params, self.masks)
+
+    def clip_gradients(self, max_norm: float) -> float:
+        """Clip the total gradient norm (over all ranks) to ``max_norm``; return it before clipping."""
+        params = list(self.params.values())
+        if self.run.fsdp:
+            return fsdp.clip_grad_norm(params, max_norm)
+        return float(self.run.accelerator.clip_grad_norm_(params, max_norm))
+
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors, meta = optimizer_to_flat(self.optimizer.state_dict())
+        # Under FSDP the full state (keyed by parameter name) is gathered on rank 0; all ranks call this.
+        optimizer = self.optimizer.optimizer
+        state = fsdp.optimizer_full_state(self.run.prepared.model, optimizer) if self.run.fsdp else optimizer.state_dict()
+        tensors, meta = optimizer_to_flat(state) if state else ({}, {})
         return tensors, {"optimizer": meta, "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
+        state = optimizer_from_flat(tensors, meta["optimizer"])
+        if self.run.fsdp:
+            fsdp.load_full_state(self.run.prepared.model, self.optimizer.optimizer, None, state)
+        else:
+            self.optimizer.optimizer.load_state_dict(state)
         self.scheduler.load_state_dict(meta["scheduler"])
-
-
-class GradMasks:
-    """Sparse-update masks (True = trainable) applied to ``.grad`` in place.
-
-    Applied to the accumulated gradient before clipping, not as gradient hooks: hooks on
-    parameters do not survive FSDP's parameter swap, and masking the sum equals summing the
-    masked micro-batch gradients exactly. Masks are moved to each gradient's device once.
-    """
-
-    def __init__(self, params: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
-        missing = sorted(set(masks) - set(params))
-        if missing:
-            raise RuntimeError(f"gradient masks for parameters that do not train: {missing[:3]}")
-        self.pairs = [(params[name], mask) for name, mask in masks.items()]
-        self._keep: dict[int, torch.Tensor] = {}
-
-    def apply(self) -> None:
-        for i, (param, mask) in enumerate(self.pairs):
-            if param.grad is None:
-                continue
-            keep = self._keep.get(i)
-            if keep is None:
-                keep = self._keep[i] = mask.to(device=param.grad.device, dtype=torch.bool)
-            param.grad.masked_fill_(~keep, 0.0)
-
-
-def clip_grad_norm(run: Run, params: list[torch.nn.Parameter], max_norm: float) -> float:
-    """Clip the total gradient norm to ``max_norm``; return the norm before clipping."""
-    return float(run.accelerator.clip_grad_norm_(params, max_norm))
 
 
 UPDATE_RULES: dict[str, type[UpdateRule]] = {AdamW.name: AdamW}
