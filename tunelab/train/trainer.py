@@ -52,38 +52,9 @@ def fit(cfg: TrainConfig, plugins: Sequence[Plugin] = (), rule: UpdateRule | Non
     process had been killed there (used to test ``--resume``).
     """
     plugins, rule = list(plugins), rule or AdamW()
-    resume_from = check_output_dir(cfg)
-    cfg = resolved_config(resumed_config(cfg))
-    unclaimed = unclaimed_options(cfg, plugins)
-    if unclaimed:
-        raise TunelabError(f"option(s) {', '.join(unclaimed)} need their plug-ins: train with tunelab.finetune.train "
-                           "(or pass the plug-ins to fit)")
-    accelerator = distributed.accelerator(cfg)
-    cfg = distributed.shared_seed(cfg, accelerator)
-    run = Run(cfg, Path(cfg.output), console or Console(stderr=True), accelerator,
-              resumed=resume_from is not None, fsdp=cfg.fsdp)
-
-    # Everything that can fail on bad input happens before the output dir is touched.
-    dropped = _load(run, plugins)
-    open_output_dir(run)
-    get_method(cfg.method).on_output_ready(run.prepared, run.out)
-    if accelerator.is_main_process:
-        for plugin in plugins:
-            plugin.on_start(run)
-
-    norm_hooks = []
-    if cfg.bf16 and not run.fsdp:  # FSDP2 all-gathers one dtype per unit: the model stays fp32
-        prepare_for_bf16(run.prepared.model)
-        norm_hooks = cast_norm_outputs(run.prepared.model)
-    net = ConstrainedLoss(run.prepared.model, cfg.beta_schedule()) if cfg.objective == "constrained" \
-        else CausalLMLoss(run.prepared.model)
-    batches, total_steps = _plan(cfg, run, accelerator.num_processes)
-    loader = DataLoader(range(len(run.examples)), batch_sampler=batches,
-                        collate_fn=Collator(run.examples, run.tokenizer.pad_token_id))
-    net, loader = distributed.prepare(run, net, loader)
-    params = {n: p for n, p in run.prepared.model.named_parameters() if p.requires_grad}
-    rule.setup(run, params, total_steps)
-
+    run, resume_from, dropped = _open(cfg, plugins, console)
+    cfg, accelerator = run.cfg, run.accelerator
+    net, loader, params, total_steps, norm_hooks = _assemble(run, rule)
     progress: dict[str, Any] = {"step": 0, "losses": [], "tokens": 0, "loss_tokens": 0, "train_seconds": 0.0}
     if resume_from is not None:
         trainable, rule_state, progress = load_checkpoint(resume_from)
@@ -99,13 +70,8 @@ def fit(cfg: TrainConfig, plugins: Sequence[Plugin] = (), rule: UpdateRule | Non
         return loss
 
     def checkpoint() -> None:
-        if progress["step"] == 0:
-            return  # nothing trained yet: a resume would start from scratch anyway
-        trainable = distributed.trainable_state(run, params)
-        rule_state = rule.state_dict()
-        if accelerator.is_main_process:
-            save_checkpoint(run.out, trainable, rule_state, progress)
-        accelerator.wait_for_everyone()
+        if progress["step"]:  # before the first step there is nothing to resume
+            _checkpoint(run, params, rule, progress)
 
     log = MetricsLog(run.out, progress["step"] if resume_from else None, accelerator.is_main_process)
     window = torch.zeros(4, dtype=torch.float64)  # loss sum, micro-batches, tokens, supervised tokens
@@ -121,17 +87,8 @@ def fit(cfg: TrainConfig, plugins: Sequence[Plugin] = (), rule: UpdateRule | Non
                 if not accelerator.sync_gradients:
                     continue
                 update = rule.step()
-                total = accelerator.reduce(window.to(accelerator.device), "sum").cpu()  # one collective per step
-                window.zero_()
-                elapsed = time.perf_counter() - start
-                progress["step"] += 1
-                progress["losses"].append(float(total[0] / total[1]))
-                progress["tokens"] += int(total[2])
-                progress["loss_tokens"] += int(total[3])
-                progress["train_seconds"] = elapsed
-                info = StepInfo(progress["step"], progress["losses"][-1], update["lr"], update["grad_norm"],
-                                progress["tokens"], elapsed)
-                bar.update(task, completed=info.step, loss=info.loss, tps=info.tokens / max(elapsed, 1e-9))
+                info = _count_step(run, progress, window, update, time.perf_counter() - start)
+                bar.update(task, completed=info.step, loss=info.loss, tps=info.tokens / max(info.elapsed_s, 1e-9))
                 if info.step % cfg.log_every == 0 or info.step == total_steps:
                     log.write(info)
                 for plugin in plugins:
@@ -155,6 +112,74 @@ def fit(cfg: TrainConfig, plugins: Sequence[Plugin] = (), rule: UpdateRule | Non
         write_finished_run(run, progress, dropped, plugins)
     accelerator.wait_for_everyone()  # the other ranks return only once the run is written
     return run.out
+
+
+def _open(cfg: TrainConfig, plugins: list[Plugin], console: Console | None) -> tuple[Run, Path | None, int]:
+    """Check the config and output dir, load data, model and adapter, then open the output dir.
+
+    Returns the run, the checkpoint to resume from, and how many records truncation dropped.
+    Everything that can fail on bad input happens before the output dir is touched.
+    """
+    resume_from = check_output_dir(cfg)
+    cfg = resolved_config(resumed_config(cfg))
+    unclaimed = unclaimed_options(cfg, plugins)
+    if unclaimed:
+        raise TunelabError(f"option(s) {', '.join(unclaimed)} need their plug-ins: train with tunelab.finetune.train "
+                           "(or pass the plug-ins to fit)")
+    accelerator = distributed.accelerator(cfg)
+    cfg = distributed.shared_seed(cfg, accelerator)
+    run = Run(cfg, Path(cfg.output), console or Console(stderr=True), accelerator,
+              resumed=resume_from is not None, fsdp=cfg.fsdp)
+    dropped = _load(run, plugins)
+    open_output_dir(run)
+    get_method(cfg.method).on_output_ready(run.prepared, run.out)
+    if accelerator.is_main_process:
+        for plugin in plugins:
+            plugin.on_start(run)
+    return run, resume_from, dropped
+
+
+def _assemble(run: Run, rule: UpdateRule) -> tuple[torch.nn.Module, Any, dict[str, torch.nn.Parameter], int, list[Any]]:
+    """The objective around the prepared model, the batches, devices/sharding and the update rule.
+
+    Returns (net, loader, trainable params by name, optimizer steps, hooks to remove at the end).
+    """
+    cfg = run.cfg
+    norm_hooks = []
+    if cfg.bf16 and not run.fsdp:  # FSDP2 all-gathers one dtype per unit: the model stays fp32
+        prepare_for_bf16(run.prepared.model)
+        norm_hooks = cast_norm_outputs(run.prepared.model)
+    net = ConstrainedLoss(run.prepared.model, cfg.beta_schedule()) if cfg.objective == "constrained" \
+        else CausalLMLoss(run.prepared.model)
+    batches, total_steps = _plan(cfg, run, run.accelerator.num_processes)
+    loader = DataLoader(range(len(run.examples)), batch_sampler=batches,
+                        collate_fn=Collator(run.examples, run.tokenizer.pad_token_id))
+    net, loader = distributed.prepare(run, net, loader)
+    params = {n: p for n, p in run.prepared.model.named_parameters() if p.requires_grad}
+    rule.setup(run, params, total_steps)
+    return net, loader, params, total_steps, norm_hooks
+
+
+def _count_step(run: Run, progress: dict[str, Any], window: torch.Tensor, update: dict[str, float | None],
+                elapsed: float) -> StepInfo:
+    """Fold one step's micro-batch window (summed over ranks: one collective) into ``progress``."""
+    total = run.accelerator.reduce(window.to(run.accelerator.device), "sum").cpu()
+    window.zero_()
+    progress["step"] += 1
+    progress["losses"].append(float(total[0] / total[1]))
+    progress["tokens"] += int(total[2])
+    progress["loss_tokens"] += int(total[3])
+    progress["train_seconds"] = elapsed
+    return StepInfo(progress["step"], progress["losses"][-1], update["lr"], update["grad_norm"], progress["tokens"], elapsed)
+
+
+def _checkpoint(run: Run, params: dict[str, torch.nn.Parameter], rule: UpdateRule, progress: dict[str, Any]) -> None:
+    """Gather the trainable weights and the rule's state (collectives under FSDP); rank 0 writes them."""
+    trainable = distributed.trainable_state(run, params)
+    rule_state = rule.state_dict()
+    if run.accelerator.is_main_process:
+        save_checkpoint(run.out, trainable, rule_state, progress)
+    run.accelerator.wait_for_everyone()
 
 
 def _load(run: Run, plugins: list[Plugin]) -> int:
