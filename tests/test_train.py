@@ -89,7 +89,7 @@ def test_yaml_config_and_unknown_keys(tmp_path: Path, qa_file: Path):
     assert cfg.method == "lori-d" and cfg.max_steps == 3 and cfg.rank == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: tiny-random\nlearning_rate: 1\n")
-    with pytest.raises(TunelabError, match="bad.yaml: unknown option 'learning_rate'"):
+    with pytest.raises(TunelabError, match="bad.yaml:2: unknown option 'learning_rate'"):
         TrainConfig.from_sources(bad)
 
 

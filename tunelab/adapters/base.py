@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import json
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from tunelab.errors import TunelabError
+from tunelab.files import read_json
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PEFT_PREFIX = "base_model.model."
@@ -172,7 +172,7 @@ class InitAdapter:
 def read_run_record(path: Path) -> dict[str, Any]:
     """A finished run's ``tunelab.json`` ({} for a plain PEFT adapter dir)."""
     record = Path(path) / "tunelab.json"
-    return json.loads(record.read_text()) if record.is_file() else {}
+    return read_json(record, "run record") if record.is_file() else {}
 
 
 def read_init_adapter(init_from: str, settings: AdapterSettings, methods: tuple[str, ...]) -> InitAdapter:
@@ -194,7 +194,7 @@ def read_init_adapter(init_from: str, settings: AdapterSettings, methods: tuple[
         peft_dir = storage.unpack(path, Path(tempfile.mkdtemp(prefix="tunelab-init-")))
     if not (peft_dir / storage.PEFT_CONFIG).is_file():
         raise TunelabError(f"--init-from {path}: no adapter_config.json (not a PEFT adapter or tunelab run)")
-    config = json.loads((peft_dir / storage.PEFT_CONFIG).read_text())
+    config = read_json(peft_dir / storage.PEFT_CONFIG, "adapter config")
     if config.get("r") != settings.rank or float(config.get("lora_alpha", 0)) != float(settings.alpha):
         raise TunelabError(f"--init-from {path}: rank {config.get('r')} / alpha {config.get('lora_alpha')}; "
                            f"pass --rank {config.get('r')} --alpha {config.get('lora_alpha')}")

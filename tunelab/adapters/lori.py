@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from tunelab.adapters.base import (
     wrap_lora,
 )
 from tunelab.errors import TunelabError
+from tunelab.files import read_json
 
 GRANULARITIES = ("global", "layer", "matrix")
 
@@ -87,7 +87,7 @@ def _load_source(mask_from: str, settings: AdapterSettings) -> tuple[dict[str, A
     meta_path = src / "tunelab.json"
     if not meta_path.is_file():
         raise TunelabError(f"--mask-from {src}: not a finished tunelab run (no tunelab.json)")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path, "run record")
     if meta.get("method") not in ("lori-d", "lori-s"):
         raise TunelabError(f"--mask-from {src}: a '{meta.get('method')}' run; a mask needs a lori-d (or lori-s) run")
     if meta.get("base_model") != settings.base_model:

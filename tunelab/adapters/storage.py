@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from tunelab.adapters.base import module_key
 from tunelab.adapters.projection import generate_a
-from tunelab.errors import TunelabError
+from tunelab.errors import TunelabError, first_line
+from tunelab.files import json_field, load_safetensors, open_safetensors, read_text
 
 from tunelab.layout import COMPACT_FILE, MASK_FILE, PEFT_CONFIG, PEFT_WEIGHTS, atomic_write_text  # noqa: F401 (re-exported)
 
@@ -49,15 +49,27 @@ def _unpack_bits(bits: torch.Tensor, shape: list[int] | tuple[int, ...]) -> torc
     return torch.from_numpy(np.unpackbits(bits.numpy(), count=n).astype(bool)).reshape(tuple(shape))
 
 
+def load_file(path: str | Path, what: str = "adapter weights") -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` for files a user hands over: a missing, truncated or corrupt
+    file is a one-line ``TunelabError`` naming it."""
+    return load_safetensors(path, what)[1]
+
+
 def _read_formatted(path: Path, fmt: str, what: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """Metadata and tensors of a tunelab safetensors file, checking its ``format`` tag."""
     if not path.is_file():
         raise TunelabError(f"{path}: {what} file not found")
-    with safe_open(path, framework="pt") as fh:
+    with open_safetensors(path, what) as fh:
         metadata = fh.metadata() or {}
         if metadata.get("format") != fmt:
             raise TunelabError(f"{path}: not a tunelab {what} (format {metadata.get('format')!r})")
         return metadata, {k: fh.get_tensor(k) for k in fh.keys()}
+
+
+def _corrupt(path: Path, what: str, exc: BaseException) -> TunelabError:
+    """A tunelab file whose header parsed but whose contents do not fit together."""
+    detail = f"missing tensor or field {exc}" if isinstance(exc, KeyError) else first_line(exc)
+    return TunelabError(f"{path}: corrupt {what} ({detail})")
 
 
 def lora_b_from_peft_file(path: Path) -> dict[str, torch.Tensor]:
@@ -86,12 +98,15 @@ def save_masks(masks: dict[str, torch.Tensor], path: Path, packed: bool = False)
 
 def load_masks(path: Path) -> dict[str, torch.Tensor]:
     """Bool masks from :func:`save_masks` (either form)."""
-    with safe_open(Path(path), framework="pt") as fh:
-        metadata = fh.metadata() or {}
-        stored = {k: fh.get_tensor(k) for k in fh.keys()}
+    path = Path(path)
+    metadata, stored = load_safetensors(path, "mask file")
     if metadata.get("format") != MASK_BITMAP_FORMAT:
         return stored
-    return {key: _unpack_bits(stored[key], shape) for key, shape in json.loads(metadata["shapes"]).items()}
+    shapes = json_field(metadata.get("shapes", ""), path, "shapes", dict)
+    try:
+        return {key: _unpack_bits(stored[key], shape) for key, shape in shapes.items()}
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise _corrupt(path, "mask file", exc) from None
 
 
 def pack(run_dir: Path, a_seed: int, support: dict[str, torch.Tensor] | None = None) -> Path:
@@ -124,7 +139,7 @@ def pack(run_dir: Path, a_seed: int, support: dict[str, torch.Tensor] | None = N
     metadata = {
         "format": COMPACT_FORMAT,
         "a_seed": str(a_seed),
-        "adapter_config": (run_dir / PEFT_CONFIG).read_text(),
+        "adapter_config": read_text(run_dir / PEFT_CONFIG, "adapter config"),
         "modules": json.dumps(modules),
     }
     out = run_dir / COMPACT_FILE
@@ -138,17 +153,25 @@ def unpack(compact_path: Path, out_dir: Path) -> Path:
     if compact_path.is_dir():
         compact_path = compact_path / COMPACT_FILE
     metadata, stored = _read_formatted(compact_path, COMPACT_FORMAT, "compact adapter")
-    a_seed = int(metadata["a_seed"])
+    modules = json_field(metadata.get("modules", ""), compact_path, "modules", dict)
+    json_field(metadata.get("adapter_config", ""), compact_path, "adapter_config", dict)
     weights: dict[str, torch.Tensor] = {k.removeprefix("dense/"): v for k, v in stored.items() if k.startswith("dense/")}
-    for key, info in json.loads(metadata["modules"]).items():
-        rank, in_features = info["a_shape"]
-        b_shape = info["b_shape"]
-        mask = _unpack_bits(stored[f"{key}.bitmap"], b_shape)
-        b = torch.zeros(b_shape, dtype=getattr(torch, info["dtype"]))
-        b[mask] = stored[f"{key}.values"]
-        a = generate_a(a_seed, key, rank, in_features).to(b.dtype)
-        weights[info["peft_prefix"] + _A] = a
-        weights[info["peft_prefix"] + _B] = b
+    try:
+        a_seed = int(metadata["a_seed"])
+        for key, info in modules.items():
+            rank, in_features = info["a_shape"]
+            b_shape = info["b_shape"]
+            mask = _unpack_bits(stored[f"{key}.bitmap"], b_shape)
+            dtype = getattr(torch, info["dtype"])
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"dtype {info['dtype']!r}")
+            b = torch.zeros(b_shape, dtype=dtype)
+            b[mask] = stored[f"{key}.values"]
+            a = generate_a(a_seed, key, rank, in_features).to(b.dtype)
+            weights[info["peft_prefix"] + _A] = a
+            weights[info["peft_prefix"] + _B] = b
+    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as exc:  # fields that do not fit together
+        raise _corrupt(compact_path, "compact adapter", exc) from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / PEFT_CONFIG, metadata["adapter_config"])
@@ -190,19 +213,22 @@ def load_task_vector(path: Path, dense: bool = True) -> dict[str, torch.Tensor]:
         path = path / TASK_VECTOR_FILE
     metadata, stored = _read_formatted(path, TASK_VECTOR_FORMAT, "task vector")
     out: dict[str, torch.Tensor] = {}
-    for name, shape in json.loads(metadata["shapes"]).items():
-        idx, values = stored[f"{name}.indices"], stored[f"{name}.values"]
-        n = int(np.prod(shape))
-        if dense:
-            flat = torch.zeros(n, dtype=values.dtype)
-            flat[idx.long()] = values
-            out[name] = flat.reshape(shape)
-        else:
-            out[name] = torch.sparse_coo_tensor(idx.long().unsqueeze(0), values, (n,)).coalesce()
+    try:
+        for name, shape in json_field(metadata.get("shapes", ""), path, "shapes", dict).items():
+            idx, values = stored[f"{name}.indices"], stored[f"{name}.values"]
+            n = int(np.prod(shape))
+            if dense:
+                flat = torch.zeros(n, dtype=values.dtype)
+                flat[idx.long()] = values
+                out[name] = flat.reshape(shape)
+            else:
+                out[name] = torch.sparse_coo_tensor(idx.long().unsqueeze(0), values, (n,)).coalesce()
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:  # indices past the shape, ...
+        raise _corrupt(path, "task vector", exc) from None
     return out
 
 
 def task_vector_metadata(path: Path) -> dict[str, str]:
     """The metadata block of a task-vector file (format, shapes, base model, ...)."""
-    with safe_open(Path(path), framework="pt") as fh:
+    with open_safetensors(path, "task vector") as fh:
         return dict(fh.metadata() or {})

@@ -87,6 +87,8 @@ class ClassifierJudge:
     def __init__(self, path: str | Path, threshold: float = 0.5, batch_size: int = 8, max_length: int = 1024) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
+        from tunelab.models import check_model_dir
+
         path = Path(path)
         if not (path / "config.json").is_file():
             raise TunelabError(f"judge model not found: {path} (expected a local HF model directory with config.json)")
@@ -96,6 +98,7 @@ class ClassifierJudge:
         self.threshold = threshold
         self.batch_size = batch_size
         self.max_length = max_length
+        check_model_dir(path)  # a broken config or weights file is one line, not a library traceback
         config = AutoConfig.from_pretrained(path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token_id is None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from tunelab.data import read_rows
 from tunelab.errors import TunelabError
+from tunelab.files import read_text
 
 
 def harmbench_path() -> Path:
@@ -41,7 +42,7 @@ def read_prompt_file(path: str | Path, default_category: str) -> list[dict[str, 
     if not path.is_file():
         raise TunelabError(f"prompt file not found: {path}")
     if path.suffix.lower() == ".txt":
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text(path, "prompt file").splitlines()
         prompts = [{"prompt": line.strip(), "category": default_category} for line in lines if line.strip()]
     else:
         prompts = []

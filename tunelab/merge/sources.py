@@ -13,7 +13,6 @@ rsLoRA), α and r taken from ``alpha_pattern`` / ``rank_pattern`` where they nam
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -21,12 +20,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from tunelab.adapters import storage
 from tunelab.adapters.base import module_key
 from tunelab.errors import TunelabError
+from tunelab.files import json_field, json_type, open_safetensors, read_json
 from tunelab.layout import COMPACT_FILE, MASK_FILE, PEFT_CONFIG, PEFT_WEIGHTS, RUN_FILE
 
 _A, _B = ".lora_A.weight", ".lora_B.weight"
@@ -143,13 +141,18 @@ def read_sources(paths: Sequence[str | Path]) -> list[AdapterSource]:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TunelabError(f"{path}: cannot read JSON ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if not isinstance(data, dict):
-        raise TunelabError(f"{path}: expected a JSON object")
-    return data
+    return read_json(path, path.name)
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", dict: "an object"}
+
+
+def _config_value(value: object, field: str, kind: type, path: Path) -> object:
+    """One field of an adapter config, checked for type (bools are not numbers)."""
+    fits = isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool)
+    if not fits:
+        raise TunelabError(f"{path}: field '{field}' must be {_KIND_NAMES[kind]}, got {json_type(value)}")
+    return value
 
 
 def _read_peft(path: Path, files: Path, run: dict, method: str) -> AdapterSource:
@@ -165,12 +168,19 @@ def _read_peft(path: Path, files: Path, run: dict, method: str) -> AdapterSource
         raise TunelabError(f"{path}: bias={cfg.get('bias')!r} adapters are not supported by tunelab merge (only bias='none')")
     if not (files / PEFT_WEIGHTS).is_file():
         raise TunelabError(f"{path}: {PEFT_WEIGHTS} not found")
-    weights = load_file(files / PEFT_WEIGHTS)
+    weights = storage.load_file(files / PEFT_WEIGHTS)
     extra = [k for k in weights if not (k.endswith(_A) or k.endswith(_B))]
     if extra:
         raise TunelabError(f"{path}: holds non-LoRA weights (e.g. {extra[0]}); only lora_A/lora_B weights can be merged")
-    r_default, alpha_default = int(cfg.get("r", 8)), float(cfg.get("lora_alpha", 8))
-    rank_pattern, alpha_pattern = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
+    # A compact file carries its adapter config inside: name the file the user has.
+    config_file = files / PEFT_CONFIG if files == path else path / COMPACT_FILE
+    r_default = int(_config_value(cfg.get("r", 8), "r", int, config_file))  # type: ignore[call-overload]
+    alpha_default = float(_config_value(cfg.get("lora_alpha", 8), "lora_alpha", float, config_file))  # type: ignore[arg-type]
+    rank_pattern: dict = _config_value(cfg.get("rank_pattern") or {}, "rank_pattern", dict, config_file)  # type: ignore[assignment]
+    alpha_pattern: dict = _config_value(cfg.get("alpha_pattern") or {}, "alpha_pattern", dict, config_file)  # type: ignore[assignment]
+    for name, pattern, kind in (("rank_pattern", rank_pattern, int), ("alpha_pattern", alpha_pattern, float)):
+        for module, value in pattern.items():
+            _config_value(value, f"{name}.{module}", kind, config_file)
     factors: dict[str, LoraFactors] = {}
     for name, a in weights.items():
         if not name.endswith(_A):
@@ -180,6 +190,9 @@ def _read_peft(path: Path, files: Path, run: dict, method: str) -> AdapterSource
             raise TunelabError(f"{path}: {prefix} has lora_A but no lora_B")
         key = module_key(prefix)
         b = weights[prefix + _B].to(torch.float32)
+        if a.dim() != 2 or b.dim() != 2 or b.shape[1] != a.shape[0]:
+            raise TunelabError(f"{files / PEFT_WEIGHTS if files == path else path / COMPACT_FILE}: {key} has lora_A "
+                               f"{tuple(a.shape)} and lora_B {tuple(b.shape)}, which do not multiply (corrupt file?)")
         rank = int(a.shape[0])
         configured = int(rank_pattern.get(get_pattern_key(list(rank_pattern), key), r_default)) if rank_pattern else r_default
         if configured != rank:
@@ -193,6 +206,10 @@ def _read_peft(path: Path, files: Path, run: dict, method: str) -> AdapterSource
     masks = None
     if (path / MASK_FILE).is_file():
         masks = {k: m.to(torch.bool) for k, m in storage.load_masks(path / MASK_FILE).items()}
+        for key, f in factors.items():
+            if key in masks and masks[key].shape != f.b.shape:
+                raise TunelabError(f"{path / MASK_FILE}: mask of {key} is {tuple(masks[key].shape)}, but its lora_B is "
+                                   f"{tuple(f.b.shape)} (a mask from another run?)")
     elif method == "lori-s":
         masks = {k: f.b != 0 for k, f in factors.items()}  # the mask is recoverable as B ≠ 0
     base = run.get("base_model") or cfg.get("base_model_name_or_path")
@@ -204,14 +221,23 @@ def _read_task_vector(path: Path, run: dict) -> AdapterSource:
     if not file.is_file():
         raise TunelabError(f"{path}: a {run.get('method', 'lota')} run without {storage.TASK_VECTOR_FILE}")
     # Read indices + values as stored (storage.load_task_vector densifies or builds COO tensors).
-    with safe_open(file, framework="pt") as fh:
+    with open_safetensors(file, "task vector") as fh:
         meta = fh.metadata() or {}
         if meta.get("format") != storage.TASK_VECTOR_FORMAT:
             raise TunelabError(f"{file}: not a tunelab task vector (format {meta.get('format')!r})")
-        shapes = json.loads(meta.get("shapes", "{}"))
-        deltas = {name: SparseDelta(fh.get_tensor(f"{name}.indices").to(torch.int64),
-                                    fh.get_tensor(f"{name}.values").to(torch.float32), tuple(int(x) for x in shape))
-                  for name, shape in shapes.items()}
+        shapes = json_field(meta.get("shapes", "{}"), file, "shapes", dict)
+        stored = set(fh.keys())
+        deltas = {}
+        for name, shape in shapes.items():
+            missing = [k for k in (f"{name}.indices", f"{name}.values") if k not in stored]
+            if missing or not isinstance(shape, list) or not all(isinstance(x, int) and x >= 0 for x in shape):
+                raise TunelabError(f"{file}: corrupt task vector ({f'no tensor {missing[0]}' if missing else f'bad shape for {name}'})")
+            indices = fh.get_tensor(f"{name}.indices").to(torch.int64)
+            values = fh.get_tensor(f"{name}.values").to(torch.float32)
+            if indices.shape != values.shape or indices.dim() != 1 or \
+                    (indices.numel() and not 0 <= int(indices.min()) <= int(indices.max()) < math.prod(shape)):
+                raise TunelabError(f"{file}: corrupt task vector (indices of {name} do not fit its values or shape {shape})")
+            deltas[name] = SparseDelta(indices, values, tuple(shape))
     base = run.get("base_model") or meta.get("base_model")
     return AdapterSource(path=path, method=str(run.get("method") or "lota"), base_model=str(base) if base else None, task_vector=deltas)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.files import json_field, open_safetensors, read_json
 from tunelab.layout import EVAL_FILE, RUN_FILE, atomic_write_text
 
 ATTACKS = ("harmful", "identity")
@@ -138,11 +139,10 @@ def run_attack(cfg: AttackConfig) -> dict[str, Any]:
 def _adapter_config(adapter: Path) -> dict[str, Any]:
     config = adapter / "adapter_config.json"
     if config.is_file():
-        return json.loads(config.read_text())
-    from safetensors import safe_open
-
-    with safe_open(adapter / "adapter_compact.safetensors", framework="pt") as fh:
-        return json.loads((fh.metadata() or {})["adapter_config"])
+        return read_json(config, "adapter config")
+    compact = adapter / "adapter_compact.safetensors"
+    with open_safetensors(compact, "compact adapter") as fh:
+        return json_field((fh.metadata() or {}).get("adapter_config", ""), compact, "adapter_config", dict)
 
 
 def _targets(peft_config: dict[str, Any]) -> list[str]:
