@@ -94,32 +94,19 @@ def matmul_peak_cuda() -> float:
     return 2 * n**3 * 20 / (time.perf_counter() - t) / 1e12
 
 
+def _capture_plugin():  # noqa: ANN202
+    """A training plug-in that keeps the trained model (for the reload and invariant checks)."""
+    from tunelab.train import Plugin
+
+    class Capture(Plugin):
+        def on_finish(self, run, record) -> None:  # noqa: ANN001
+            Captured.prepared = run.prepared
+
+    return Capture()
+
+
 class Captured:
     prepared = None
-
-
-def _install_capture() -> None:
-    import tunelab.train.trainer as trainer
-
-    original = trainer._finish
-
-    def finish(cfg, method, prepared, *args, **kwargs):  # noqa: ANN001
-        Captured.prepared = prepared
-        return original(cfg, method, prepared, *args, **kwargs)
-
-    trainer._finish = finish
-
-
-def _cuda_masks_workaround() -> None:
-    """Put LoRI-S masks on CUDA, so the gradient hook multiplies tensors on one device."""
-    import tunelab.adapters.lori as lori
-
-    original = lori.compute_masks
-
-    def on_cuda(*args, **kwargs):  # noqa: ANN002, ANN003
-        return {k: m.cuda() for k, m in original(*args, **kwargs).items()}
-
-    lori.compute_masks = on_cuda
 
 
 def _lora_tensors(model) -> dict[str, torch.Tensor]:  # noqa: ANN001
@@ -198,7 +185,8 @@ def lori_s_invariant(run: Path, prepared) -> dict:  # noqa: ANN001
 
 
 def tunelab_run(model_dir: str, data: Path, method: str, steps: int, bs: int, rank: int, out: Path, **kw) -> dict:  # noqa: ANN003
-    from tunelab.finetune import TrainConfig, train
+    from tunelab.finetune import TrainConfig, plugins_for
+    from tunelab.train import fit
 
     cfg = TrainConfig(model=model_dir, data=str(data), method=method, output=str(out), rank=rank, alpha=2 * rank,
                       max_steps=steps, batch_size=bs, seed=0, save_every=0, overwrite=True, bf16=True, **kw)
@@ -206,7 +194,7 @@ def tunelab_run(model_dir: str, data: Path, method: str, steps: int, bs: int, ra
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
     Captured.prepared = None
-    train(cfg)
+    fit(cfg, [*plugins_for(cfg), _capture_plugin()])
     torch.cuda.synchronize()
     run = json.loads((out / "tunelab.json").read_text())
     losses = run["losses"]
@@ -277,7 +265,6 @@ def spine(args: argparse.Namespace) -> None:
     from tunelab.models import load_model
 
     transformers.logging.set_verbosity_error()
-    _install_capture()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     props = torch.cuda.get_device_properties(0)
@@ -288,7 +275,6 @@ def spine(args: argparse.Namespace) -> None:
     all_lines = Path(args.data).read_text().splitlines()
     report: dict = {"device": props.name, "bf16_peak_tflops": peak, "configs": []}
     model, tokenizer = load_model(args.model)
-    masks_patched = False
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         steps, n = args.steps, args.steps * bs
         lines = (all_lines * (n // len(all_lines) + 1))[:n]  # cycle when the task has fewer distinct examples
@@ -315,13 +301,7 @@ def spine(args: argparse.Namespace) -> None:
                 err = "".join(traceback.format_exception_only(type(exc), exc)).strip()
                 print(f"!! tunelab {method} failed: {err}\n{traceback.format_exc()[-3000:]}", flush=True)
                 conf["runs"][method] = {"error": err}
-                if method != "lori-s" or masks_patched:
-                    continue
-                print("   retrying lori-s with the CUDA-mask workaround (masks moved to CUDA)", flush=True)
-                _cuda_masks_workaround()
-                masks_patched = True
-                res = tunelab_run(args.model, data, method, steps, bs, args.rank, out, **kw)
-                res["note"] = "with CUDA-mask workaround"
+                continue
             conf["runs"][method] = res
             if method in ("lora", "lori-s"):
                 conf["checks"][f"{method}_reload"] = _guard(reload_check, args.model, out, Captured.prepared.model)
@@ -343,7 +323,6 @@ def spine(args: argparse.Namespace) -> None:
             print(f"{name:14s} {tps:12.0f} {tps / base:7.2f}x {r['mfu']:6.1%} {r['peak_cuda_mb']:8.0f} "
                   f"{r['loss_first']:8.3f}->{r['loss_last']:.3f}")
         print("checks:", json.dumps(conf["checks"], indent=1), flush=True)
-    report["masks_workaround_used"] = masks_patched
     text = json.dumps(report, indent=1)
     (work / "gpu_check.json").write_text(text)
     if os.environ.get("OUT"):
