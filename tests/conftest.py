@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -37,3 +40,25 @@ def tiny_config(data: Path, output: Path, method: str = "lora", **kw):
                   max_steps=4, batch_size=4, seed=123, lr=1e-2, save_every=0, bf16=False)
     values.update(kw)
     return TrainConfig(**values)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def launch(args: list[str], cwd: Path, processes: int = 1, module: str = "tunelab.cli") -> None:
+    """``python -m MODULE ARGS`` in a fresh process, or ``processes`` gloo ranks under torchrun.
+
+    accelerate's own CPU launcher needs mpirun; torchrun + ACCELERATE_USE_CPU gives gloo DDP/FSDP.
+    """
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", module, *args]
+    if processes > 1:
+        env["ACCELERATE_USE_CPU"] = "true"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               "--master_port", str(port), "-m", module, *args]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420, cwd=cwd)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]

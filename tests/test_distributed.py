@@ -7,36 +7,14 @@ accumulates those two micro-batches, and the sparse methods must keep their inva
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import launch
 from tunelab.adapters import storage
 from tunelab.tasks import TASKS
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(args: list[str], processes: int, tmp: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if processes == 1:
-        cmd = [sys.executable, "-m", "tunelab.cli", *args]
-    else:
-        # accelerate's own CPU launcher needs mpirun; torchrun + ACCELERATE_USE_CPU gives gloo DDP
-        env["ACCELERATE_USE_CPU"] = "true"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_port", str(_free_port()), "-m", "tunelab.cli", *args]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +28,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_two_processes_equal_one_with_accumulation(data: Path, tmp_path: Path):
     common = ["train", "--model", "tiny-random", "--data", str(data), "--method", "lota", "--max-steps", "3",
               "--batch-size", "2", "--seed", "3", "--no-bf16", "--lr", "1e-3", "--sparsity", "0.9"]
-    _launch([*common, "--output", str(tmp_path / "ddp")], 2, tmp_path)
-    _launch([*common, "--grad-accum", "2", "--output", str(tmp_path / "single")], 1, tmp_path)
+    launch([*common, "--output", str(tmp_path / "ddp")], tmp_path, processes=2)
+    launch([*common, "--grad-accum", "2", "--output", str(tmp_path / "single")], tmp_path)
 
     ddp, single = (json.loads((tmp_path / d / "tunelab.json").read_text()) for d in ("ddp", "single"))
     assert ddp["steps"] == single["steps"] == 3

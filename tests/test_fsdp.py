@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,29 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import launch
 from tunelab.adapters import storage
 from tunelab.tasks import TASKS
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _run(args: list[str], tmp: Path, processes: int = 2, module: str = "tunelab.cli") -> None:
-    env = {**os.environ, **ENV}
-    if processes == 1:
-        cmd = [sys.executable, "-m", module, *args]
-    else:
-        env["ACCELERATE_USE_CPU"] = "true"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_port", str(_free_port()), "-m", module, *args]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420, cwd=tmp)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    launch(args, tmp, processes=processes, module=module)
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +127,6 @@ def test_resumed_fsdp_run_equals_uninterrupted(data: Path, tmp_path: Path, mask_
 def test_fsdp_without_a_distributed_launch_is_one_line(data: Path, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", "--model", "tiny-random", "--data", str(data),
                              "--fsdp", "--max-steps", "1", "--no-bf16", "--output", str(tmp_path / "x")],
-                            env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300)
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "--fsdp needs a distributed launch" in result.stderr
