@@ -47,7 +47,7 @@ def mask_source(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _common(data: Path, method: str, mask_source: Path) -> list[str]:
     args = ["train", "--model", "tiny-random", "--data", str(data), "--method", method, "--max-steps", "3",
             "--batch-size", "2", "--seed", "3", "--no-bf16", "--rank", "4", "--alpha", "8", "--save-every", "0"]
-    lr = {"lora": "1e-2", "lori-s": "1e-2", "lota": "1e-3", "full": "1e-4"}[method]
+    lr = {"lora": "1e-2", "lori-d": "1e-2", "lori-s": "1e-2", "lota": "1e-3", "full": "1e-4"}[method]
     args += ["--lr", lr]
     if method == "lori-s":
         args += ["--mask-from", str(mask_source), "--sparsity", "0.9"]
@@ -101,7 +101,7 @@ def test_lori_s_two_sharded_ranks_equal_one_with_accumulation(data: Path, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["lora", "lota", "full"])
+@pytest.mark.parametrize("method", ["lora", "lori-d", "lota", "full"])
 def test_two_sharded_ranks_equal_one_with_accumulation(data: Path, tmp_path: Path, mask_source: Path, method: str) -> None:
     _check_same_training(data, tmp_path, method, mask_source)
 
