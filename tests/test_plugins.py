@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from tests.conftest import tiny_config
 from tunelab.errors import TunelabError
 from tunelab.finetune import train
-from tunelab.train import AdamW, Plugin, Run, StepInfo, TrainConfig, fit
+from tunelab.train import Plugin, Run, StepInfo, TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,15 +81,21 @@ def test_a_loss_term_reaches_the_gradient(qa_file: Path, tmp_path: Path) -> None
     assert any(torch.count_nonzero(v) for k, v in load_file(out / "adapter_model.safetensors").items() if "lora_B" in k)
 
 
+def _docstring_code(module: Any, drop: str) -> dict[str, Any]:
+    """Run the example in ``module``'s docstring (without its last call, ``drop``); return its names."""
+    source = module.__doc__.split("::", 1)[1]
+    code = "\n".join(line[4:] for line in source.splitlines()).replace(drop, "")
+    namespace: dict[str, Any] = {}
+    exec(compile(code, f"{module.__name__}-docstring", "exec"), namespace)  # noqa: S102 - our own docstring
+    return namespace
+
+
 def test_docstring_example_plugin(qa_file: Path, tmp_path: Path) -> None:
     """The example in tunelab.train.plugins' docstring runs as written."""
     import tunelab.train.plugins as plugins_module
 
-    source = plugins_module.__doc__.split("::", 1)[1]
-    code = "\n".join(line[4:] for line in source.splitlines()).replace("fit(cfg, plugins=[L2(1e-4)])", "")
-    namespace: dict[str, Any] = {}
-    exec(compile(code, "plugins-docstring", "exec"), namespace)  # noqa: S102 - our own docstring
-    out = fit(tiny_config(qa_file, tmp_path / "l2", max_steps=2), plugins=[namespace["L2"](1e-4)])
+    l2 = _docstring_code(plugins_module, "fit(cfg, plugins=[L2(1e-4)])")["L2"]
+    out = fit(tiny_config(qa_file, tmp_path / "l2", max_steps=2), plugins=[l2(1e-4)])
     assert json.loads((out / "tunelab.json").read_text())["l2_weight"] == 1e-4
 
 
@@ -103,34 +109,18 @@ def test_plugin_options_need_their_plugins(qa_file: Path, tmp_path: Path) -> Non
         == ["safety_eval_limit", "objective"]
 
 
-class SignSGD(AdamW):
-    """A custom update rule through the interface: sign of the gradient, fixed step."""
+def test_docstring_example_update_rule_drives_the_update(qa_file: Path, tmp_path: Path) -> None:
+    import tunelab.train.update_rules as rules_module
 
-    name = "signsgd"
-
-    def setup(self, run: Run, params: dict[str, torch.nn.Parameter], total_steps: int) -> None:
-        super().setup(run, params, total_steps)
-        self.steps = 0
-
-    def step(self) -> dict[str, float | None]:
-        self.mask_gradients()
-        with torch.no_grad():
-            for p in self.params.values():
-                if p.grad is not None:
-                    p.add_(p.grad.sign(), alpha=-1e-3)
-                    p.grad = None
-        self.steps += 1
-        return {"lr": 1e-3, "grad_norm": None}
-
-
-def test_custom_update_rule_drives_the_update(qa_file: Path, tmp_path: Path) -> None:
-    rule = SignSGD()
+    rule = _docstring_code(rules_module, "fit(cfg, rule=SignSGD())")["SignSGD"]()
     out = fit(tiny_config(qa_file, tmp_path / "sign", "lora", max_steps=3, grad_accum=2), rule=rule)
-    assert rule.steps == 3
-    b = [v for k, v in load_file(out / "adapter_model.safetensors").items() if "lora_B" in k]
-    # B started at 0 and moved by ±1e-3 per step: every entry is a multiple of 1e-3 with |value| <= 3e-3
-    values = torch.cat([v.flatten() for v in b])
-    assert values.abs().max() <= 3e-3 + 1e-7 and values.abs().max() > 0
+    record = json.loads((out / "tunelab.json").read_text())
+    assert record["steps"] == 3
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == [1e-3] * 3 and all(r["grad_norm"] is None for r in rows)
+    # B started at 0 and moved by at most 1e-3 per step, in sign steps
+    values = torch.cat([v.flatten() for k, v in load_file(out / "adapter_model.safetensors").items() if "lora_B" in k])
+    assert 0 < values.abs().max() <= 3e-3 + 1e-7
 
 
 def test_metrics_after_resume_hold_each_step_once(qa_file: Path, tmp_path: Path) -> None:

@@ -10,7 +10,23 @@ backward). A rule's ``state_dict``/``load_state_dict`` are what a checkpoint kee
 :class:`AdamW` is backprop + AdamW with gradient accumulation, sparse gradient masks applied to
 ``.grad`` before clipping (LoRI-S, LoTA: entries outside the mask get no gradient, so AdamW's
 moments and steps stay exactly 0 there), clipping and the LR schedule. Differentially private
-and zeroth-order rules plug in the same way.
+and zeroth-order rules plug in the same way. Example — sign-SGD, keeping AdamW's set-up, masks
+and checkpoints but replacing the update::
+
+    import torch
+    from tunelab.train import AdamW, fit
+
+    class SignSGD(AdamW):
+        def step(self):
+            self.mask_gradients()
+            with torch.no_grad():
+                for p in self.params.values():
+                    if p.grad is not None:
+                        p.add_(p.grad.sign(), alpha=-1e-3)
+                        p.grad = None
+            return {"lr": 1e-3, "grad_norm": None}
+
+    fit(cfg, rule=SignSGD())
 """
 
 from __future__ import annotations
