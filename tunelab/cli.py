@@ -110,6 +110,8 @@ def train(
         beta_early=beta_early, beta_early_until=beta_early_until, beta_late=beta_late, refusal_tokens=refusal_tokens,
     )
     out = run_training(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun / accelerate launch: one summary per run, from rank 0
     run = json.loads((out / "tunelab.json").read_text())
     console.print(
         f"[green]done[/] {out}: {run['steps']} steps, final loss {run['losses'][-1]:.4f}, "
