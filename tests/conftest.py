@@ -32,6 +32,17 @@ def qa_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def arithmetic_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """32 examples of the built-in arithmetic task as JSONL (the multi-process tests' data)."""
+    from tunelab.tasks import TASKS
+
+    path = tmp_path_factory.mktemp("arithmetic") / "train.jsonl"
+    rows = TASKS["arithmetic"].examples("train", 32, seed=0)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def tiny_config(data: Path, output: Path, method: str = "lora", **kw):
     """A fast TrainConfig on tiny-random."""
     from tunelab.train import TrainConfig

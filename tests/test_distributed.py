@@ -9,24 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from tests.conftest import launch
 from tunelab.adapters import storage
-from tunelab.tasks import TASKS
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ddp") / "train.jsonl"
-    rows = TASKS["arithmetic"].examples("train", 32, seed=0)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def test_two_processes_equal_one_with_accumulation(data: Path, tmp_path: Path):
-    common = ["train", "--model", "tiny-random", "--data", str(data), "--method", "lota", "--max-steps", "3",
+def test_two_processes_equal_one_with_accumulation(arithmetic_file: Path, tmp_path: Path):
+    common = ["train", "--model", "tiny-random", "--data", str(arithmetic_file), "--method", "lota", "--max-steps", "3",
               "--batch-size", "2", "--seed", "3", "--no-bf16", "--lr", "1e-3", "--sparsity", "0.9"]
     launch([*common, "--output", str(tmp_path / "ddp")], tmp_path, processes=2)
     launch([*common, "--grad-accum", "2", "--output", str(tmp_path / "single")], tmp_path)

@@ -20,7 +20,6 @@ from safetensors.torch import load_file
 
 from tests.conftest import launch
 from tunelab.adapters import storage
-from tunelab.tasks import TASKS
 
 
 def _run(args: list[str], tmp: Path, processes: int = 2, module: str = "tunelab.cli") -> None:
@@ -28,24 +27,16 @@ def _run(args: list[str], tmp: Path, processes: int = 2, module: str = "tunelab.
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("fsdp") / "train.jsonl"
-    rows = TASKS["arithmetic"].examples("train", 32, seed=0)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture(scope="module")
-def mask_source(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mask_source(arithmetic_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished LoRI-D run for LoRI-S to take its mask from."""
     out = tmp_path_factory.mktemp("fsdp-src") / "lori-d"
-    _run(["train", "--model", "tiny-random", "--data", str(data), "--method", "lori-d", "--max-steps", "2",
+    _run(["train", "--model", "tiny-random", "--data", str(arithmetic_file), "--method", "lori-d", "--max-steps", "2",
           "--rank", "4", "--alpha", "8", "--seed", "1", "--no-bf16", "--output", str(out)], out.parent, processes=1)
     return out
 
 
-def _common(data: Path, method: str, mask_source: Path) -> list[str]:
-    args = ["train", "--model", "tiny-random", "--data", str(data), "--method", method, "--max-steps", "3",
+def _common(arithmetic_file: Path, method: str, mask_source: Path) -> list[str]:
+    args = ["train", "--model", "tiny-random", "--data", str(arithmetic_file), "--method", method, "--max-steps", "3",
             "--batch-size", "2", "--seed", "3", "--no-bf16", "--rank", "4", "--alpha", "8", "--save-every", "0"]
     lr = {"lora": "1e-2", "lori-d": "1e-2", "lori-s": "1e-2", "lota": "1e-3", "full": "1e-4"}[method]
     args += ["--lr", lr]
@@ -64,8 +55,8 @@ def _weights(run: Path, method: str) -> dict[str, torch.Tensor]:
     return load_file(run / storage.PEFT_WEIGHTS)
 
 
-def _check_same_training(data: Path, tmp_path: Path, method: str, mask_source: Path) -> tuple[Path, Path]:
-    common = _common(data, method, mask_source)
+def _check_same_training(arithmetic_file: Path, tmp_path: Path, method: str, mask_source: Path) -> tuple[Path, Path]:
+    common = _common(arithmetic_file, method, mask_source)
     _run([*common, "--fsdp", "--output", str(tmp_path / "fsdp")], tmp_path)
     _run([*common, "--grad-accum", "2", "--output", str(tmp_path / "single")], tmp_path, processes=1)
     fsdp_run, single = (json.loads((tmp_path / d / "tunelab.json").read_text()) for d in ("fsdp", "single"))
@@ -78,8 +69,8 @@ def _check_same_training(data: Path, tmp_path: Path, method: str, mask_source: P
     return tmp_path / "fsdp", tmp_path / "single"
 
 
-def test_lori_s_two_sharded_ranks_equal_one_with_accumulation(data: Path, tmp_path: Path, mask_source: Path) -> None:
-    fsdp_dir, _ = _check_same_training(data, tmp_path, "lori-s", mask_source)
+def test_lori_s_two_sharded_ranks_equal_one_with_accumulation(arithmetic_file: Path, tmp_path: Path, mask_source: Path) -> None:
+    fsdp_dir, _ = _check_same_training(arithmetic_file, tmp_path, "lori-s", mask_source)
     # exact zeros outside the mask, although fully_shard drops gradient hooks
     masks = storage.load_masks(fsdp_dir / storage.MASK_FILE)
     weights = load_file(fsdp_dir / storage.PEFT_WEIGHTS)
@@ -102,12 +93,12 @@ def test_lori_s_two_sharded_ranks_equal_one_with_accumulation(data: Path, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "lori-d", "lota", "full"])
-def test_two_sharded_ranks_equal_one_with_accumulation(data: Path, tmp_path: Path, mask_source: Path, method: str) -> None:
-    _check_same_training(data, tmp_path, method, mask_source)
+def test_two_sharded_ranks_equal_one_with_accumulation(arithmetic_file: Path, tmp_path: Path, mask_source: Path, method: str) -> None:
+    _check_same_training(arithmetic_file, tmp_path, method, mask_source)
 
 
-def test_resumed_fsdp_run_equals_uninterrupted(data: Path, tmp_path: Path, mask_source: Path) -> None:
-    common = _common(data, "lori-s", mask_source)
+def test_resumed_fsdp_run_equals_uninterrupted(arithmetic_file: Path, tmp_path: Path, mask_source: Path) -> None:
+    common = _common(arithmetic_file, "lori-s", mask_source)
     common[common.index("--max-steps") + 1] = "4"
     common[common.index("--save-every") + 1] = "2"
     _run([*common, "--fsdp", "--output", str(tmp_path / "full")], tmp_path)
@@ -124,8 +115,8 @@ def test_resumed_fsdp_run_equals_uninterrupted(data: Path, tmp_path: Path, mask_
     assert steps == [1, 2, 3, 4]
 
 
-def test_fsdp_without_a_distributed_launch_is_one_line(data: Path, tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", "--model", "tiny-random", "--data", str(data),
+def test_fsdp_without_a_distributed_launch_is_one_line(arithmetic_file: Path, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "tunelab.cli", "train", "--model", "tiny-random", "--data", str(arithmetic_file),
                              "--fsdp", "--max-steps", "1", "--no-bf16", "--output", str(tmp_path / "x")],
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "Traceback" not in result.stderr
