@@ -12,6 +12,10 @@ Meant for a CUDA machine; everything runs in one process so every side shares th
         plain PEFT with identical logits.
     python bench/gpu_check.py compare RUN_A RUN_B
         Losses and adapter tensors of two finished runs (e.g. DDP vs one process).
+    python bench/gpu_check.py fsdp --model MODEL_DIR --data train.jsonl --work WORK [--gpus N]
+        FSDP2 on CUDA: for lora, lori-d, lori-s and full, `torchrun --nproc_per_node N ... --fsdp`
+        (nccl) against one plain process with --grad-accum N on the same micro-batches, fp32 unless
+        --bf16; prints the largest weight difference, the LoRI-S invariant on disk, each side's tokens/s.
 """
 
 from __future__ import annotations
@@ -346,6 +350,50 @@ def compare(a: Path, b: Path) -> None:
           f"bitwise equal tensors: {sum(d[0] == 0 for d in diffs)}/{len(diffs)}")
 
 
+def fsdp_check(args: argparse.Namespace) -> None:
+    """The FSDP2 path on CUDA: sharded ranks vs one plain process with accumulation, per method."""
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    gpus = args.gpus or torch.cuda.device_count()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    common = ["train", "--model", args.model, "--data", args.data, "--max-steps", str(args.steps), "--batch-size", "8",
+              "--seed", "0", "--rank", "16", "--alpha", "32", "--save-every", "0", "--overwrite",
+              "--bf16" if args.bf16 else "--no-bf16"]  # fp32 by default: the sides then agree to fp32 rounding
+    extra = {"lora": ["--lr", "1e-3"], "lori-d": ["--lr", "1e-3"], "full": ["--lr", "1e-5"],
+             "lori-s": ["--lr", "1e-2", "--mask-from", str(work / "lori-d-single")]}
+    report = {}
+    for method in ("lora", "lori-d", "lori-s", "full"):
+        args_m = [*common, "--method", method, *extra[method]]
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(gpus), "-m", "tunelab.cli"]
+        runs = {"fsdp": [*torchrun, *args_m, "--fsdp", "--output", str(work / f"{method}-fsdp")],
+                "single": [sys.executable, "-m", "tunelab.cli", *args_m, "--grad-accum", str(gpus),
+                           "--output", str(work / f"{method}-single")]}
+        row: dict = {}
+        for side in ("single", "fsdp"):  # single first: lori-s takes its mask from lori-d-single
+            result = subprocess.run(runs[side], capture_output=True, text=True)
+            if result.returncode != 0:
+                row[side] = {"error": result.stderr[-1500:]}
+                continue
+            record = json.loads((work / f"{method}-{side}" / "tunelab.json").read_text())
+            row[side] = {"tokens_per_s": record["tokens_per_s"], "final_loss": record["losses"][-1]}
+        if all("error" not in row[s] for s in ("single", "fsdp")):
+            files = {s: next((work / f"{method}-{s}").glob("*.safetensors")) for s in ("single", "fsdp")}
+            if method != "full":
+                files = {s: work / f"{method}-{s}" / "adapter_model.safetensors" for s in ("single", "fsdp")}
+            a, b = load_file(files["single"]), load_file(files["fsdp"])
+            row["max_abs_diff"] = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+            if method == "lori-s":
+                row["lori_s_invariant"] = lori_s_invariant(work / "lori-s-fsdp", None)
+        report[method] = row
+        print(f"{method}: {json.dumps(row)}", flush=True)
+    (work / "fsdp_check.json").write_text(json.dumps(report, indent=1))
+    if os.environ.get("OUT"):
+        shutil.copy(work / "fsdp_check.json", Path(os.environ["OUT"]) / "fsdp_check.json")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -365,6 +413,13 @@ def main() -> None:
     p = sub.add_parser("compare")
     p.add_argument("a")
     p.add_argument("b")
+    p = sub.add_parser("fsdp")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--work", required=True)
+    p.add_argument("--gpus", type=int, default=0, help="ranks (default: every visible GPU)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (the plain side also stores frozen weights in bf16)")
     args = parser.parse_args()
     if args.cmd == "make-model":
         make_model(Path(args.config_dir), Path(args.out))
@@ -372,6 +427,8 @@ def main() -> None:
         spine(args)
     elif args.cmd == "diag":
         diag()
+    elif args.cmd == "fsdp":
+        fsdp_check(args)
     elif args.cmd == "check-mask":
         print("LoRI-S invariant on disk:", json.dumps(lori_s_invariant(Path(args.run), None)))
     else:
