@@ -48,7 +48,7 @@ def shared_seed(cfg: TrainConfig, acc: Accelerator) -> TrainConfig:
 def prepare(run: Run, net: torch.nn.Module, loader: Any) -> tuple[torch.nn.Module, Any]:
     """Put ``net`` on the device (DDP-wrapped, or FSDP2-sharded) and shard the loader across ranks."""
     acc = run.accelerator
-    if not run.fsdp:
+    if not run.cfg.fsdp:
         return acc.prepare(net, loader)
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         raise TunelabError("--fsdp needs a distributed launch: torchrun --nproc_per_node N -m tunelab.cli train ... "
@@ -80,7 +80,7 @@ def micro_batch(run: Run, net: torch.nn.Module, seq_len: int) -> Iterator[None]:
 
 def trainable_state(run: Run, params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     """Full (unsharded) values of the trainable weights; all ranks call it, rank 0 gets them."""
-    if not run.fsdp:
+    if not run.cfg.fsdp:
         return {name: p.detach() for name, p in params.items()}
     return fsdp.full_tensors(params)
 
@@ -100,5 +100,5 @@ def gather_for_saving(run: Run, net: torch.nn.Module) -> None:
     """After training under FSDP, make rank 0's model a plain module with full weights (for
     the method's checks and PEFT's ``save_pretrained``). All ranks call it."""
     run.accelerator.wait_for_everyone()
-    if run.fsdp:
+    if run.cfg.fsdp:
         fsdp.unshard_for_saving(net)

@@ -73,7 +73,6 @@ class Run:
     settings: AdapterSettings | None = None
     examples: list[Example] = field(default_factory=list)
     prepared: PreparedModel | None = None
-    fsdp: bool = False  # parameters are sharded with FSDP2 (DTensors)
 
 
 @dataclass

@@ -128,7 +128,7 @@ def _open(cfg: TrainConfig, plugins: list[Plugin], console: Console | None) -> t
     accelerator = distributed.accelerator(cfg)
     cfg = distributed.shared_seed(cfg, accelerator)
     run = Run(cfg, Path(cfg.output), console or Console(stderr=True), accelerator,
-              resumed=resume_from is not None, fsdp=cfg.fsdp)
+              resumed=resume_from is not None)
     dropped = _load(run, plugins)
     open_output_dir(run)
     get_method(cfg.method).on_output_ready(run.prepared, run.out)
@@ -145,7 +145,7 @@ def _assemble(run: Run, rule: UpdateRule) -> tuple[torch.nn.Module, Any, dict[st
     """
     cfg = run.cfg
     norm_hooks = []
-    if cfg.bf16 and not run.fsdp:  # FSDP2 all-gathers one dtype per unit: the model stays fp32
+    if cfg.bf16 and not cfg.fsdp:  # FSDP2 all-gathers one dtype per unit: the model stays fp32
         prepare_for_bf16(run.prepared.model)
         norm_hooks = cast_norm_outputs(run.prepared.model)
     net = ConstrainedLoss(run.prepared.model, cfg.beta_schedule()) if cfg.objective == "constrained" \

@@ -120,20 +120,20 @@ class AdamW(UpdateRule):
     def clip_gradients(self, max_norm: float) -> float:
         """Clip the total gradient norm (over all ranks) to ``max_norm``; return it before clipping."""
         params = list(self.params.values())
-        if self.run.fsdp:
+        if self.run.cfg.fsdp:
             return fsdp.clip_grad_norm(params, max_norm)
         return float(self.run.accelerator.clip_grad_norm_(params, max_norm))
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         # Under FSDP the full state (keyed by parameter name) is gathered on rank 0; all ranks call this.
         optimizer = self.optimizer.optimizer
-        state = fsdp.optimizer_full_state(self.run.prepared.model, optimizer) if self.run.fsdp else optimizer.state_dict()
+        state = fsdp.optimizer_full_state(self.run.prepared.model, optimizer) if self.run.cfg.fsdp else optimizer.state_dict()
         tensors, meta = optimizer_to_flat(state) if state else ({}, {})
         return tensors, {"optimizer": meta, "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         state = optimizer_from_flat(tensors, meta["optimizer"])
-        if self.run.fsdp:
+        if self.run.cfg.fsdp:
             fsdp.load_full_state(self.run.prepared.model, self.optimizer.optimizer, None, state)
         else:
             self.optimizer.optimizer.load_state_dict(state)
