@@ -121,3 +121,4 @@ def test_fsdp_without_a_distributed_launch_is_one_line(arithmetic_file: Path, tm
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "--fsdp needs a distributed launch" in result.stderr
+    assert not (tmp_path / "x").exists()  # refused before the output dir was touched

@@ -33,7 +33,11 @@ def accelerator(cfg: TrainConfig) -> Accelerator:
         # the demo) may train several runs with different precision one after another.
         AcceleratorState._reset_state()
         GradientState._reset_state()
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+    acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+    if cfg.fsdp and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise TunelabError("--fsdp needs a distributed launch: torchrun --nproc_per_node N -m tunelab.cli train ... "
+                           "(ACCELERATE_USE_CPU=true on CPUs), or accelerate launch")
+    return acc
 
 
 def shared_seed(cfg: TrainConfig, acc: Accelerator) -> TrainConfig:
@@ -50,9 +54,6 @@ def prepare(run: Run, net: torch.nn.Module, loader: Any) -> tuple[torch.nn.Modul
     acc = run.accelerator
     if not run.cfg.fsdp:
         return acc.prepare(net, loader)
-    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        raise TunelabError("--fsdp needs a distributed launch: torchrun --nproc_per_node N -m tunelab.cli train ... "
-                           "(ACCELERATE_USE_CPU=true on CPUs), or accelerate launch")
     net.to(acc.device)
     # The loss module is the root unit: its forward gathers what lies outside the blocks
     # (embeddings, final norm, LM head), which CausalLMLoss calls directly.
