@@ -102,6 +102,16 @@ def json_field(text: str, path: str | Path, field: str, expect: type | None = No
     return value
 
 
+_KINDS = {int: "an integer", float: "a number", str: "a string", dict: "an object"}
+
+
+def json_value(value: Any, path: str | Path, field: str, kind: type) -> Any:
+    """A field of a user's JSON file, checked for type: ints count as numbers, bools never do."""
+    if isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool):
+        return value
+    raise TunelabError(f"{path}: field '{field}' must be {_KINDS[kind]}, got {json_type(value)}")
+
+
 # --------------------------------------------------------------------------- safetensors
 def _safetensors_error(path: str | Path, exc: BaseException) -> TunelabError:
     reason = first_line(exc).removeprefix("Error while deserializing header: ")

@@ -10,7 +10,7 @@ from peft import PeftModel
 
 from tunelab.adapters import storage
 from tunelab.errors import TunelabError, first_line
-from tunelab.files import check_safetensors, json_type, read_json
+from tunelab.files import check_safetensors, json_value, read_json
 from tunelab.layout import RUN_FILE
 from tunelab.models import load_model
 
@@ -77,10 +77,9 @@ def check_adapter_files(path: Path, config_file: Path | None = None) -> None:
     config = read_json(path / storage.PEFT_CONFIG, storage.PEFT_CONFIG)
     shown = config_file or path / storage.PEFT_CONFIG
     # The fields PEFT does arithmetic with; a wrong type would fail deep inside it.
-    for field, kind, name in (("peft_type", str, "a string"), ("r", int, "an integer"), ("lora_alpha", (int, float), "a number")):
-        value = config.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-            raise TunelabError(f"{shown}: field '{field}' must be {name}, got {json_type(value)}")
+    for field, kind in (("peft_type", str), ("r", int), ("lora_alpha", float)):
+        if config.get(field) is not None:
+            json_value(config[field], shown, field, kind)
     weights = path / storage.PEFT_WEIGHTS
     if weights.is_file():
         check_safetensors(weights, "adapter weights")

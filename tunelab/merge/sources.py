@@ -24,7 +24,7 @@ import torch
 from tunelab.adapters import storage
 from tunelab.adapters.base import module_key
 from tunelab.errors import TunelabError
-from tunelab.files import json_field, json_type, open_safetensors, read_json
+from tunelab.files import json_field, json_value, open_safetensors, read_json
 from tunelab.layout import COMPACT_FILE, MASK_FILE, PEFT_CONFIG, PEFT_WEIGHTS, RUN_FILE
 
 _A, _B = ".lora_A.weight", ".lora_B.weight"
@@ -110,7 +110,7 @@ def read_source(path: str | Path) -> AdapterSource:
         raise TunelabError(f"adapter directory not found: {path}")
     if not path.is_dir():
         raise TunelabError(f"{path}: not a directory (pass the adapter's directory)")
-    run = _read_json(path / RUN_FILE) if (path / RUN_FILE).is_file() else {}
+    run = read_json(path / RUN_FILE, RUN_FILE) if (path / RUN_FILE).is_file() else {}
     method = str(run.get("method") or "peft")
     has_peft = (path / PEFT_CONFIG).is_file() or (path / COMPACT_FILE).is_file()
     if method == "lota" or ((path / storage.TASK_VECTOR_FILE).is_file() and not has_peft):
@@ -140,25 +140,10 @@ def read_sources(paths: Sequence[str | Path]) -> list[AdapterSource]:
     return sources
 
 
-def _read_json(path: Path) -> dict:
-    return read_json(path, path.name)
-
-
-_KIND_NAMES = {int: "an integer", float: "a number", dict: "an object"}
-
-
-def _config_value(value: object, field: str, kind: type, path: Path) -> object:
-    """One field of an adapter config, checked for type (bools are not numbers)."""
-    fits = isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool)
-    if not fits:
-        raise TunelabError(f"{path}: field '{field}' must be {_KIND_NAMES[kind]}, got {json_type(value)}")
-    return value
-
-
 def _read_peft(path: Path, files: Path, run: dict, method: str) -> AdapterSource:
     from peft.utils.other import get_pattern_key
 
-    cfg = _read_json(files / PEFT_CONFIG)
+    cfg = read_json(files / PEFT_CONFIG, PEFT_CONFIG)
     if cfg.get("peft_type", "LORA") != "LORA":
         raise TunelabError(f"{path}: a {cfg.get('peft_type')} adapter; only LoRA-family adapters can be merged")
     for flag, what in (("use_dora", "DoRA"), ("fan_in_fan_out", "fan_in_fan_out"), ("lora_bias", "lora_bias")):
@@ -174,13 +159,13 @@ def _read_peft(path: Path, files: Path, run: dict, method: str) -> AdapterSource
         raise TunelabError(f"{path}: holds non-LoRA weights (e.g. {extra[0]}); only lora_A/lora_B weights can be merged")
     # A compact file carries its adapter config inside: name the file the user has.
     config_file = files / PEFT_CONFIG if files == path else path / COMPACT_FILE
-    r_default = int(_config_value(cfg.get("r", 8), "r", int, config_file))  # type: ignore[call-overload]
-    alpha_default = float(_config_value(cfg.get("lora_alpha", 8), "lora_alpha", float, config_file))  # type: ignore[arg-type]
-    rank_pattern: dict = _config_value(cfg.get("rank_pattern") or {}, "rank_pattern", dict, config_file)  # type: ignore[assignment]
-    alpha_pattern: dict = _config_value(cfg.get("alpha_pattern") or {}, "alpha_pattern", dict, config_file)  # type: ignore[assignment]
+    r_default = int(json_value(cfg.get("r", 8), config_file, "r", int))  # type: ignore[call-overload]
+    alpha_default = float(json_value(cfg.get("lora_alpha", 8), config_file, "lora_alpha", float))  # type: ignore[arg-type]
+    rank_pattern: dict = json_value(cfg.get("rank_pattern") or {}, config_file, "rank_pattern", dict)  # type: ignore[assignment]
+    alpha_pattern: dict = json_value(cfg.get("alpha_pattern") or {}, config_file, "alpha_pattern", dict)  # type: ignore[assignment]
     for name, pattern, kind in (("rank_pattern", rank_pattern, int), ("alpha_pattern", alpha_pattern, float)):
         for module, value in pattern.items():
-            _config_value(value, f"{name}.{module}", kind, config_file)
+            json_value(value, config_file, f"{name}.{module}", kind)
     factors: dict[str, LoraFactors] = {}
     for name, a in weights.items():
         if not name.endswith(_A):
