@@ -13,6 +13,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# The default suite is deterministic (CI must not go red on a newly drawn example);
+# HYPOTHESIS_PROFILE=explore draws fresh examples, and more of them.
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

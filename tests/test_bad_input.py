@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import string
 import subprocess
@@ -151,7 +152,7 @@ def test_broken_saved_dataset_dir(capsys: pytest.CaptureFixture[str], tmp_path: 
 
 
 # Any bytes spliced into line 2 of a good file: either still fine (then the unknown model stops the
-# run before anything trains), or one line naming the file; bytes that are not UTF-8 name line 2.
+# run before anything trains), or one line naming the file and the first bad line.
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(junk=st.binary(min_size=1, max_size=12), at=st.integers(min_value=0, max_value=len(GOOD_LINE) - 1))
 def test_any_bytes_in_a_data_file_give_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path, junk: bytes, at: int):
@@ -164,8 +165,14 @@ def test_any_bytes_in_a_data_file_give_one_line(capsys: pytest.CaptureFixture[st
     try:
         content.decode("utf-8")
     except UnicodeDecodeError as exc:  # junk holding b"\n" moves the bad byte to a later line
-        line = content.count(b"\n", 0, exc.start) + 1
-        assert f"{path}:{line}: not UTF-8 text" in message
+        bad = content.count(b"\n", 0, exc.start) + 1
+        # Lines are read in order: an earlier line may already fail as JSON; the non-UTF-8 line
+        # itself is always reported as such.
+        named = re.search(re.escape(str(path)) + r":(\d+): ", message)
+        assert named, message
+        assert int(named.group(1)) <= bad
+        if int(named.group(1)) == bad:
+            assert "not UTF-8 text" in message
     else:
         assert f"{path}:" in message or "unknown model 'no-such-model'" in message
 
