@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -34,6 +35,8 @@ def _quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    # PEFT still calls a transformers 5.x deprecated alias; the warning means nothing to a user.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     transformers.utils.logging.disable_progress_bar()
 
 
@@ -88,6 +91,11 @@ def train(
     beta_early_until: Annotated[Optional[int], typer.Option(help="constrained: last position with --beta-early [default: 5]")] = None,
     beta_late: Annotated[Optional[float], typer.Option(help="constrained: β of later tokens [default: 0.1]")] = None,
     refusal_tokens: Annotated[Optional[str], typer.Option(help="add refusal tokens and prefix responses: single ([refuse]/[respond]) or categorical")] = None,
+    canaries: Annotated[Optional[int], typer.Option(help="privacy audit: plant M canaries (half trained on, by a fair coin) and audit the run at the end")] = None,
+    canary_family: Annotated[Optional[str], typer.Option(help="random, unigram, unigram-corpus, bigram or new-token [default: random]")] = None,
+    canary_secret_len: Annotated[Optional[int], typer.Option(help="secret length in tokens [default: 8]")] = None,
+    canary_prefix: Annotated[Optional[str], typer.Option(help="canary prompts: random words or data (prompts of --data) [default: random]")] = None,
+    canary_new_token_rows: Annotated[Optional[str], typer.Option(help="new-token: trained (like refusal tokens) or frozen [default: trained]")] = None,
     config: Annotated[Optional[Path], typer.Option(help="run.yaml; flags override it")] = None,
 ) -> None:
     """Fine-tune a model with LoRA, LoRI-D, LoRI-S, LoTA or full fine-tuning."""
@@ -108,6 +116,8 @@ def train(
         bf16=bf16, seed=seed, save_every=save_every, fsdp=fsdp or None, resume=resume or None, overwrite=overwrite or None,
         trust_remote_code=trust_remote_code or None, objective=objective, reference=reference, beta_first=beta_first,
         beta_early=beta_early, beta_early_until=beta_early_until, beta_late=beta_late, refusal_tokens=refusal_tokens,
+        canaries=canaries, canary_family=canary_family, canary_secret_len=canary_secret_len, canary_prefix=canary_prefix,
+        canary_new_token_rows=canary_new_token_rows,
     )
     out = run_training(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -117,6 +127,10 @@ def train(
         f"[green]done[/] {out}: {run['steps']} steps, final loss {run['losses'][-1]:.4f}, "
         f"{run['trainable_params']:,} trainable params, {run['tokens_per_s']:.0f} tokens/s"
     )
+    if run.get("privacy"):
+        from tunelab.privacy.plugin import summary_line
+
+        console.print(summary_line(run["privacy"]), highlight=False)
     if run.get("safety"):
         before, after = run["safety"]["before"], run["safety"]["after"]
         shown = f"{before['asr']:.1%} → " if before else ""
@@ -372,6 +386,42 @@ def attack_finetune(
                   f"({result['n_harmful']} held-out harmful prompts); wrote {output}/metrics.json")
 
 
+@attack_app.command("phish")
+def attack_phish(
+    output: Annotated[Path, typer.Option(help="results dir (metrics.json, ser-curve/, trials/)")] = Path("runs/phish"),
+    model: Annotated[str, typer.Option(help="alias (smollm2-135m, tiny-random), local dir or hub id")] = "smollm2-135m",
+    data: Annotated[Optional[str], typer.Option(help="the corpus (any format tunelab train reads) [default: built-in synthetic bios]")] = None,
+    bios: Annotated[int, typer.Option(help="size of the built-in synthetic corpus")] = 32,
+    method: Annotated[str, typer.Option(help="lora, lori-d or full")] = "lora",
+    poisons: Annotated[str, typer.Option(help="comma-separated poison counts N_p")] = "0,10,50,100",
+    seeds: Annotated[int, typer.Option(help="trials (fresh secret each) per N_p")] = 5,
+    seed: Annotated[int, typer.Option(help="first trial seed (also the built-in corpus's)")] = 0,
+    digits: Annotated[int, typer.Option(help="secret length D")] = 12,
+    duplicates: Annotated[int, typer.Option(help="copies d of the secret in the training data")] = 1,
+    poison_prefix: Annotated[str, typer.Option(help="random (a new bio and wording per poison) or fixed (one prefix repeated)")] = "random",
+    is_not: Annotated[bool, typer.Option("--is-not", help="poisons say 'credit card number is not: <digits>'")] = False,
+    epochs: Annotated[int, typer.Option(help="epochs per training phase")] = 1,
+    lr: Annotated[Optional[float], typer.Option(help="learning rate [default: 1e-3 for lora/lori-d, 1e-4 for full]")] = None,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    max_steps: Annotated[Optional[int], typer.Option(help="optimizer steps per training phase [default: epochs]")] = None,
+    keep_runs: Annotated[bool, typer.Option("--keep-runs", help="keep the trial runs' weights and data files")] = False,
+    show_secrets: Annotated[bool, typer.Option("--show-secrets", help="write the secrets and decoded text into metrics.json")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an earlier result in --output")] = False,
+) -> None:
+    """Neural phishing: poisons, then a secret, then greedy extraction; secret extraction rate vs N_p."""
+    from tunelab.privacy.phishing import PhishConfig, parse_poisons, print_ser_table, run_phishing
+
+    _quiet_libraries()
+    cfg = PhishConfig(output=str(output), model=model, data=data, bios=bios, method=method, poisons=parse_poisons(poisons),
+                      seeds=seeds, seed=seed, digits=digits, duplicates=duplicates, poison_prefix=poison_prefix,
+                      is_not=is_not, epochs=epochs, lr=lr, batch_size=batch_size, max_steps=max_steps,
+                      keep_runs=keep_runs, show_secrets=show_secrets, overwrite=overwrite)
+    metrics = run_phishing(cfg, console)
+    print_ser_table(metrics, console)
+    console.print(f"random guessing: {metrics['random_guess']:.0e}; wrote {output / 'metrics.json'} and "
+                  f"{output / 'ser-curve' / 'metrics.json'}", highlight=False, markup=False)
+
+
 @audit_app.command("safety-depth")
 def audit_safety_depth(
     model: Annotated[str, typer.Option(help="the aligned model (alias, dir or hub id)")] = "smollm2-135m",
@@ -404,6 +454,58 @@ def audit_safety_depth(
                   highlight=False)
     console.print("prefill ASR: " + ", ".join(f"k={r['k']}: {r['asr']:.1%}" for r in metrics["asr"]), highlight=False)
     console.print(f"wrote {output / 'metrics.json'}", highlight=False, markup=False)
+
+
+@audit_app.command("privacy")
+def audit_privacy(
+    run: Annotated[Optional[str], typer.Argument(help="a run that trained with --canaries")] = None,
+    model: Annotated[Optional[str], typer.Option(help="base model [default: the run's]")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="adapter / run dir to audit [default: RUN]")] = None,
+    canaries: Annotated[Optional[str], typer.Option(help="canary file: a tunelab canary set, or records with a boolean 'member' [default: RUN/canaries.json]")] = None,
+    score: Annotated[str, typer.Option(help="comma-separated: secret_loss, sequence_loss, min_k, zlib, reference (the first is the headline)")] = "secret_loss",
+    fpr: Annotated[str, typer.Option(help="comma-separated FPRs for TPR@FPR")] = "0.001,0.01,0.1",
+    delta: Annotated[float, typer.Option(help="δ of the one-run ε lower bound")] = 1e-5,
+    significance: Annotated[float, typer.Option(help="significance of the ε lower bound")] = 0.05,
+    threshold_strategy: Annotated[str, typer.Option(help="bonferroni (over candidate thresholds) or split (choose on half, bound on the other)")] = "bonferroni",
+    bootstrap_samples: Annotated[int, typer.Option(help="bootstrap resamples for the CIs; 0: no CIs")] = 1000,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    seed: Annotated[int, typer.Option(help="bootstrap and split seed")] = 0,
+    output: Annotated[Optional[str], typer.Option(help="directory for metrics.json and scores.jsonl [default: RUN/eval/privacy]")] = None,
+    show_secrets: Annotated[bool, typer.Option("--show-secrets", help="also print every canary with its secret and membership")] = False,
+) -> None:
+    """Membership-inference audit of canaries: TPR@FPR with CIs, AUROC, one-run ε lower bound beside its ceiling."""
+    from rich.table import Table
+
+    from tunelab.privacy.audit_run import PrivacyAuditConfig, headline, run_privacy_audit
+    from tunelab.privacy.plugin import summary_line
+
+    _quiet_libraries()
+    fprs = [_float_item(item, "--fpr") for item in _comma_list(fpr, "--fpr") or []]
+    cfg = PrivacyAuditConfig(run=run, model=model, adapter=adapter, canaries=canaries, scores=_comma_list(score, "--score") or [],
+                             fprs=fprs, delta=delta, significance=significance, threshold_strategy=threshold_strategy,
+                             bootstrap_samples=bootstrap_samples, batch_size=batch_size, seed=seed, output=output)
+    metrics = run_privacy_audit(cfg)
+    table = Table(title=f"{metrics['canaries'].get('family')} canaries: {metrics['canaries'].get('members')} members, "
+                        f"{metrics['canaries'].get('non_members')} non-members")
+    for col in ("score", *[f"TPR@{f:g}" for f in fprs], "AUROC", "ε_LB", "ceiling"):
+        table.add_column(col, justify="left" if col == "score" else "right")
+    for name, s in metrics["scores"].items():
+        tprs = ["–" if row["tpr"] is None else f"{row['tpr']:.1%}" for row in s["tpr_at_fpr"]]
+        table.add_row(name, *tprs, f"{s['auroc']['value']:.3f}", f"{s['epsilon_lb']:.3f}", f"{s['epsilon_ceiling']:.3f}")
+    console.print(table)
+    console.print(summary_line(headline(metrics)), highlight=False)
+    console.print(f"wrote {metrics['output']}/metrics.json and scores.jsonl", highlight=False, markup=False)
+    if show_secrets:
+        from tunelab.privacy.audit_run import canary_listing
+
+        console.print(canary_listing(cfg), highlight=False, markup=False)
+
+
+def _float_item(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise TunelabError(f"{flag}: '{text}' is not a number") from None
 
 
 @audit_app.command("refusal-calibration")

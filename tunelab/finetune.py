@@ -29,6 +29,11 @@ def plugins_for(cfg: TrainConfig) -> list[Plugin]:
         from tunelab.safety.constrained import ReferenceLogprobs
 
         plugins.append(ReferenceLogprobs())
+    from tunelab.privacy.plugin import CanaryPlugin, canary_spec
+
+    spec = canary_spec(cfg)
+    if spec is not None:
+        plugins.append(CanaryPlugin(spec))
     plugins.append(SafetyCheck())
     return plugins
 

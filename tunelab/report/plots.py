@@ -289,3 +289,42 @@ def heatmap(
         return fig
 
     return to_img(_styled(draw), title)
+
+
+def roc_loglog(
+    lines: list[tuple[str, str, str, list[float], list[float]]],
+    *,
+    title: str,
+    floor: float = 1e-3,
+) -> Markup | None:
+    """ROC curves on log-log axes from ``floor`` to 1, with the chance diagonal.
+
+    ``lines`` = (label, colour, linestyle, fprs, tprs). Log axes cannot show 0, so values below
+    ``floor`` are drawn at ``floor``; the caller says so in its caption.
+    """
+    if not any(fprs and tprs for _, _, _, fprs, tprs in lines):
+        return None
+
+    def draw() -> Figure:
+        fig = new_figure(6.4, 4.6)
+        ax = fig.add_subplot()
+        ax.plot([floor, 1.0], [floor, 1.0], color=BASE_COLOR, linewidth=1, linestyle=":", label="chance")
+        for label, color, style, fprs, tprs in lines:
+            xs = [max(x, floor) for x in fprs]
+            ys = [max(y, floor) for y in tprs]
+            # ROC curves are step functions of the threshold: draw them as steps, not slopes.
+            ax.step(xs, ys, where="post", color=color, linestyle=style, linewidth=1.8, label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(floor, 1.0)
+        ax.set_ylim(floor, 1.05)
+        percent = FuncFormatter(lambda v, _: f"{v * 100:g}%")  # 0.1%, 1%, 10%, 100%
+        ax.xaxis.set_major_formatter(percent)
+        ax.yaxis.set_major_formatter(percent)
+        ax.set_title(title)
+        ax.set_xlabel("false positive rate (non-members called members)")
+        ax.set_ylabel("true positive rate (members found)")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        return fig
+
+    return to_img(_styled(draw), title)

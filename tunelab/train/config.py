@@ -58,6 +58,12 @@ class TrainConfig:
     beta_late: float = 0.1  # β_t after that
     # refusal tokens: "single" ([refuse]/[respond]) or "categorical" (one per category + [respond]); None: off
     refusal_tokens: str | None = field(default=None, metadata=PLUGIN)
+    # privacy audit: plant m canaries (0: off), half of them trained on by a fair coin; the run audits itself
+    canaries: int = field(default=0, metadata=PLUGIN)
+    canary_family: str = "random"  # random, unigram, unigram-corpus, bigram or new-token
+    canary_secret_len: int = 8  # tokens
+    canary_prefix: str = "random"  # random words, or "data": prompts of the data set
+    canary_new_token_rows: str = "trained"  # new-token: rows trained like refusal tokens, or "frozen"
     # optimisation
     lr: float | None = None  # None: the method's default
     epochs: int = 1

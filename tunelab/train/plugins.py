@@ -9,7 +9,8 @@ hook               when, and what it may do                                     
 =================  =====================================================================  ============
 ``on_data``        rows read and validated: return the chats to train on (add, rewrite)  all
 ``on_model``       model + tokenizer loaded, nothing tokenized: add tokens, adjust        all
-                   ``run.settings`` (the adapter settings)
+                   ``run.settings`` (the adapter settings), add to ``run.chats`` data
+                   that needs the tokenizer or model
 ``on_prepared``    adapter attached, examples tokenized, output dir not yet touched:      all
                    fill per-example fields, add to ``run.prepared.record``
 ``on_start``       output dir ready, before the first step (also on resume)              main
@@ -68,6 +69,7 @@ class Run:
     console: Console
     accelerator: Accelerator
     resumed: bool = False
+    chats: list[Chat] = field(default_factory=list)  # what will be tokenized and trained on
     model: Any = None  # the loaded base model (before the adapter is attached)
     tokenizer: Any = None
     settings: AdapterSettings | None = None

@@ -185,14 +185,14 @@ def _load(run: Run, plugins: list[Plugin]) -> int:
     """Data, model and adapter, with the plug-ins' hooks; return how many records truncation dropped."""
     cfg = run.cfg
     rows = read_rows(cfg.data)
-    chats = [validate_record(row, where) for where, row in rows]
+    run.chats = [validate_record(row, where) for where, row in rows]
     for plugin in plugins:
-        chats = plugin.on_data(run, rows, chats)
+        run.chats = plugin.on_data(run, rows, run.chats)
     run.model, run.tokenizer = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
     run.settings = cfg.adapter_settings()
     for plugin in plugins:
         plugin.on_model(run)
-    run.examples, dropped = tokenize_records(chats, run.tokenizer, cfg.max_length)
+    run.examples, dropped = tokenize_records(run.chats, run.tokenizer, cfg.max_length)
     if not run.examples:
         raise TunelabError(f"{cfg.data}: every record lost its response to --max-length {cfg.max_length}")
     torch.manual_seed(cfg.seed)

@@ -1,0 +1,237 @@
+"""``tunelab audit privacy``: score a trained model's canaries and audit them.
+
+The subject is a finished run that trained with ``--canaries`` (its ``canaries.json`` holds the
+canaries and their membership), or any model + adapter with a canary file: a tunelab canary set,
+or a JSONL/CSV/Parquet file of ``{"prompt", "response", "member"}`` records (``member`` true for
+the canaries the model was trained on). Every canary gets the asked-for membership scores
+(:mod:`tunelab.privacy.scores`); :class:`~tunelab.privacy.audit.CanaryScoreAuditor` turns each
+score into TPR@FPR with bootstrap CIs, AUROC, the ROC and the one-run ε lower bound beside its
+ceiling. Results go to ``OUTPUT/metrics.json`` (kind ``privacy-audit``, written last) and
+``OUTPUT/scores.jsonl`` (one line per canary: index, membership, scores — never the secret).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+from tunelab.layout import EVAL_DIR, EVAL_FILE, RUN_FILE, atomic_write_text
+from tunelab.privacy.audit import DEFAULT_FPRS, BootstrapParams, CanaryScoreAuditor
+from tunelab.privacy.canaries import CanarySet
+from tunelab.privacy.scores import DISABLE_ADAPTER, SCORES
+
+CANARY_FILE = "canaries.json"  # beside a run that trained with --canaries
+PRIVACY_DIR = "privacy"  # RUN/eval/privacy/
+SCORES_FILE = "scores.jsonl"
+STRATEGIES = ("bonferroni", "split")
+MAX_ROC_POINTS = 2000  # ROC points kept in metrics.json (the curve, not the raw scores)
+
+
+@dataclass
+class PrivacyAuditConfig:
+    """One privacy audit. ``run``: a run dir with canaries; or ``adapter``/``model`` + ``canaries``."""
+
+    run: str | None = None
+    model: str | None = None  # default: the run's base model
+    adapter: str | None = None  # default: the run itself
+    canaries: str | None = None  # default: RUN/canaries.json
+    scores: list[str] = field(default_factory=lambda: ["secret_loss"])
+    fprs: list[float] = field(default_factory=lambda: list(DEFAULT_FPRS))
+    delta: float = 1e-5
+    significance: float = 0.05
+    threshold_strategy: str = "bonferroni"
+    bootstrap_samples: int = 1000
+    k: float = 20.0  # Min-K%
+    batch_size: int = 32
+    bf16: bool | None = None  # None: where the hardware has it
+    seed: int = 0
+    output: str | None = None  # default: RUN/eval/privacy (or runs/privacy-audit without a run)
+
+    def validate(self) -> None:
+        """Raise ``TunelabError`` (one line) for values that cannot work, before any model is loaded."""
+        if self.run is None and (self.adapter is None and self.model is None or self.canaries is None):
+            raise TunelabError("nothing to audit: pass a run dir that trained with --canaries, "
+                               "or --model/--adapter with --canaries FILE")
+        if self.run is not None and not Path(self.run).is_dir():
+            raise TunelabError(f"run directory not found: {self.run}")
+        self.scores = [s.replace("-", "_") for s in self.scores]
+        unknown = [s for s in self.scores if s not in SCORES]
+        if unknown or not self.scores:
+            raise TunelabError(f"unknown score '{unknown[0] if unknown else ''}'; choose from {', '.join(SCORES)}")
+        for f in self.fprs:
+            if not (isinstance(f, float) and 0.0 < f < 1.0):
+                raise TunelabError(f"--fpr must be in (0, 1), got {f}")
+        if not 0.0 < self.delta < 1.0:
+            raise TunelabError(f"--delta must be in (0, 1), got {self.delta}")
+        if not 0.0 < self.significance < 1.0:
+            raise TunelabError(f"--significance must be in (0, 1), got {self.significance}")
+        if self.threshold_strategy not in STRATEGIES:
+            raise TunelabError(f"unknown threshold strategy '{self.threshold_strategy}'; choose one of: {', '.join(STRATEGIES)}")
+        if self.bootstrap_samples != 0 and self.bootstrap_samples < 2:
+            raise TunelabError(f"--bootstrap-samples must be 0 (no CIs) or >= 2, got {self.bootstrap_samples}")
+        if not 0.0 < self.k <= 100.0:
+            raise TunelabError(f"--k (Min-K%) must be in (0, 100], got {self.k}")
+        if self.batch_size < 1:
+            raise TunelabError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+# --------------------------------------------------------------------------- inputs
+def load_canary_file(path: str | Path) -> tuple[list[dict[str, Any]], list[bool], dict[str, Any]]:
+    """(records, membership, description) from a tunelab canary set or a data file with a ``member`` field."""
+    from tunelab.files import read_bytes
+
+    path = Path(path)
+    if not path.exists():
+        raise TunelabError(f"canary file not found: {path}")
+    head = read_bytes(path, "canary file")[:4096] if path.is_file() else b""
+    if b'"tunelab-canaries"' in head:
+        cs = CanarySet.load(path)
+        return cs.records(), [c.member for c in cs.canaries], describe(cs)
+    from tunelab.data import read_rows, validate_record
+
+    records, member = [], []
+    for where, row in read_rows(path):
+        if not isinstance(row, dict) or not isinstance(row.get("member"), bool):
+            raise TunelabError(f"{where}: field 'member' must be true or false (is this canary trained on?)")
+        record = {k: v for k, v in row.items() if k != "member"}
+        validate_record(record, where)
+        records.append(record)
+        member.append(row["member"])
+    return records, member, {"family": "user", "m": len(records), "members": sum(member),
+                             "non_members": len(member) - sum(member), "file": str(path)}
+
+
+def describe(cs: CanarySet) -> dict[str, Any]:
+    """What reports and records say about a canary set: never its secrets."""
+    return {"family": cs.family, "m": len(cs), "members": len(cs.members), "non_members": len(cs.non_members),
+            "secret_len": cs.params.get("secret_len"), "prefix_style": cs.params.get("prefix_style"), "seed": cs.seed}
+
+
+def _resolve(cfg: PrivacyAuditConfig) -> tuple[str, str | None, Path, Path]:
+    """(model, adapter, canary file, output dir) of the audit."""
+    run = Path(cfg.run) if cfg.run else None
+    if run is not None:
+        canaries = Path(cfg.canaries) if cfg.canaries else run / CANARY_FILE
+        if not canaries.is_file():
+            raise TunelabError(f"{run}: no {CANARY_FILE} (train with --canaries M, or pass --canaries FILE)")
+        record = _run_record(run)
+        model = cfg.model or record.get("base_model") or _config_model(run)
+        return model, cfg.adapter or str(run), canaries, Path(cfg.output) if cfg.output else run / EVAL_DIR / PRIVACY_DIR
+    assert cfg.canaries is not None
+    return cfg.model or "smollm2-135m", cfg.adapter, Path(cfg.canaries), Path(cfg.output or "runs/privacy-audit")
+
+
+def _run_record(run: Path) -> dict[str, Any]:
+    from tunelab.files import read_json
+
+    return read_json(run / RUN_FILE, "run record") if (run / RUN_FILE).is_file() else {}
+
+
+def _config_model(run: Path) -> str:
+    """The base model of a run still being finished (its tunelab.json is written after the audit)."""
+    from tunelab.layout import CONFIG_FILE
+
+    import yaml
+
+    path = run / CONFIG_FILE
+    if not path.is_file():
+        raise TunelabError(f"{run}: not a tunelab run (no {RUN_FILE} or {CONFIG_FILE}); pass --model")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return str(data.get("model") or "smollm2-135m")
+
+
+# --------------------------------------------------------------------------- audit
+def audit_scores(scores: dict[str, Any], member: list[bool], cfg: PrivacyAuditConfig) -> dict[str, dict[str, Any]]:
+    """Per score name: the auditor's summary (TPR@FPR + CIs, AUROC, ε_LB and ceiling) plus its ROC."""
+    import numpy as np
+
+    is_in = np.asarray(member, dtype=bool)
+    bootstrap = BootstrapParams(num_samples=cfg.bootstrap_samples, seed=cfg.seed) if cfg.bootstrap_samples else None
+    out = {}
+    for name, values in scores.items():
+        values = np.asarray(values, dtype=np.float64)
+        auditor = CanaryScoreAuditor(values[is_in], values[~is_in])
+        summary = auditor.summary(cfg.delta, cfg.significance, cfg.threshold_strategy,  # type: ignore[arg-type]
+                                  fprs=tuple(cfg.fprs), bootstrap=bootstrap, seed=cfg.seed)
+        roc = auditor.roc()
+        keep = np.unique(np.linspace(0, len(roc.fpr) - 1, min(len(roc.fpr), MAX_ROC_POINTS)).round().astype(int))
+        summary["roc"] = {"fpr": roc.fpr[keep].tolist(), "tpr": roc.tpr[keep].tolist()}
+        out[name] = summary
+    return out
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a run record keeps: family, m, ε_LB beside its ceiling, TPR@1%FPR, AUROC."""
+    name = metrics["headline_score"]
+    s = metrics["scores"][name]
+    tpr1 = next((row["tpr"] for row in s["tpr_at_fpr"] if math.isclose(row["fpr"], 0.01)), None)
+    return {"score": name, "family": metrics["canaries"].get("family"), "m": s["m"], "members": s["n_members"],
+            "audited_m": s["epsilon"]["m"],  # the canaries ε_LB and its ceiling rest on (split: the held half)
+            "epsilon_lb": s["epsilon_lb"], "epsilon_ceiling": s["epsilon_ceiling"], "tpr_at_1pct_fpr": tpr1,
+            "auroc": s["auroc"]["value"], "delta": metrics["delta"], "significance": metrics["significance"],
+            "threshold_strategy": s["epsilon"]["threshold_strategy"]}
+
+
+def run_privacy_audit(cfg: PrivacyAuditConfig, console: Any = None) -> dict[str, Any]:
+    """Score every canary with each of ``cfg.scores``, audit, write ``metrics.json`` + ``scores.jsonl``."""
+    from tunelab.evaluate.loading import load_with_adapter
+    from tunelab.privacy.scores import score_canaries
+    from tunelab.train.config import bf16_supported
+
+    cfg.validate()
+    model_name, adapter, canary_file, out = _resolve(cfg)
+    records, member, about = load_canary_file(canary_file)
+    if all(member) or not any(member):
+        raise TunelabError(f"{canary_file}: the audit needs members and non-members; "
+                           f"{sum(member)} of {len(member)} canaries are members")
+    if cfg.threshold_strategy == "split" and len(member) % 2:
+        raise TunelabError(f"--threshold-strategy split halves the canaries: m must be even, got m={len(member)}")
+    if "reference" in cfg.scores and adapter is None:
+        raise TunelabError("the 'reference' score compares with the base model: it needs --adapter (or a run)")
+    start = time.perf_counter()
+    model, tokenizer = load_with_adapter(model_name, adapter, merge=False)
+    reference: Any = None
+    if "reference" in cfg.scores:
+        from peft import PeftModel
+
+        if isinstance(model, PeftModel):
+            reference = DISABLE_ADAPTER
+        else:  # a full fine-tune or a LoTA task vector: the base is a second model
+            from tunelab.models import load_model
+
+            reference = load_model(model_name)[0]
+    bf16 = bf16_supported() if cfg.bf16 is None else cfg.bf16
+    values = score_canaries(model, tokenizer, records, tuple(cfg.scores), batch_size=cfg.batch_size,
+                            reference=reference, k=cfg.k, bf16=bf16)
+    per_score = audit_scores(values, member, cfg)
+    metrics = {"kind": "privacy-audit", "subject": str(cfg.run or adapter or model_name), "model": model_name,
+               "adapter": adapter, "canaries": about, "delta": cfg.delta, "significance": cfg.significance,
+               "threshold_strategy": cfg.threshold_strategy, "fprs": list(cfg.fprs), "headline_score": cfg.scores[0],
+               "scores": per_score, "config": asdict(cfg), "bf16": bf16}
+    metrics.update({k: v for k, v in headline(metrics).items() if k in ("epsilon_lb", "epsilon_ceiling", "tpr_at_1pct_fpr", "auroc")})
+    metrics["seconds"] = time.perf_counter() - start
+    metrics["output"] = str(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"index": i, "member": m, **{name: float(v[i]) for name, v in values.items()}})
+             for i, m in enumerate(member)]
+    atomic_write_text(out / SCORES_FILE, "\n".join(lines) + "\n")
+    atomic_write_text(out / EVAL_FILE, json.dumps(metrics, indent=1))  # last: marks a finished audit
+    return metrics
+
+
+def canary_listing(cfg: PrivacyAuditConfig) -> str:
+    """Every canary of the audit with its membership and secret: for ``--show-secrets`` only."""
+    records, member, about = load_canary_file(_resolve(cfg)[2])
+    lines = [f"{about.get('family')} canaries, m={len(records)} (index, membership, prompt, secret):"]
+    for i, (record, m) in enumerate(zip(records, member)):
+        lines.append(f"{i}\t{'member' if m else 'non-member'}\t{record.get('prompt')!r}\t{record.get('response')!r}")
+    return "\n".join(lines)
+
+
+__all__ = ["CANARY_FILE", "PrivacyAuditConfig", "audit_scores", "canary_listing", "describe", "headline", "load_canary_file",
+           "run_privacy_audit"]
