@@ -115,6 +115,18 @@ def test_cli_train_and_audit(capsys, qa_file, tmp_path):
     assert code == 0 and all(c.secret in text for c in cs.canaries)
 
 
+def test_reference_score_of_a_full_run_with_new_tokens(capsys, qa_file, tmp_path):
+    """A full fine-tune has no adapter to switch off: the reference is the base, grown by the new tokens."""
+    out = tmp_path / "full"
+    code, text = run_cli(capsys, *_train_args(qa_file, out, "--method", "full", "--canaries", "10", "--canary-family",
+                                              "new-token", "--canary-secret-len", "1"))
+    assert code == 0, text
+    code, text = run_cli(capsys, "audit", "privacy", str(out), "--score", "secret_loss,reference", "--bootstrap-samples", "0")
+    assert code == 0, text
+    scores = [json.loads(line) for line in (out / "eval" / "privacy" / "scores.jsonl").read_text().splitlines()]
+    assert len(scores) == 10 and all(abs(s["reference"]) < 50 for s in scores)
+
+
 def test_audit_any_adapter_with_a_membership_file(capsys, canary_run, tmp_path):
     out = canary_run
     cs = CanarySet.load(out / CANARY_FILE)

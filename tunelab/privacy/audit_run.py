@@ -145,6 +145,20 @@ def _config_model(run: Path) -> str:
     return str(data.get("model") or "smollm2-135m")
 
 
+def _base_for(model_name: str, tokenizer: Any) -> Any:
+    """The base model as the run started: tokens the run added (refusal, new-token canaries) get the
+    rows training gave them at the start (the mean row), so the reference can read every canary."""
+    from tunelab.models import load_model
+    from tunelab.safety.refusal_tokens import resize_for_tokenizer
+
+    base, base_tokenizer = load_model(model_name)
+    known = base_tokenizer.get_vocab()
+    added = [t for t in tokenizer.get_vocab() if t not in known]
+    if added:
+        resize_for_tokenizer(base, tokenizer, added)
+    return base
+
+
 # --------------------------------------------------------------------------- audit
 def audit_scores(scores: dict[str, Any], member: list[bool], cfg: PrivacyAuditConfig) -> dict[str, dict[str, Any]]:
     """Per score name: the auditor's summary (TPR@FPR + CIs, AUROC, ε_LB and ceiling) plus its ROC."""
@@ -202,9 +216,7 @@ def run_privacy_audit(cfg: PrivacyAuditConfig, console: Any = None) -> dict[str,
         if isinstance(model, PeftModel):
             reference = DISABLE_ADAPTER
         else:  # a full fine-tune or a LoTA task vector: the base is a second model
-            from tunelab.models import load_model
-
-            reference = load_model(model_name)[0]
+            reference = _base_for(model_name, tokenizer)
     bf16 = bf16_supported() if cfg.bf16 is None else cfg.bf16
     values = score_canaries(model, tokenizer, records, tuple(cfg.scores), batch_size=cfg.batch_size,
                             reference=reference, k=cfg.k, bf16=bf16)
