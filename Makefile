@@ -86,6 +86,7 @@ test-slow: install
 bench: install
 	$(PY) bench/train_throughput.py --repeats 3
 	$(PY) bench/generation_throughput.py
+	$(PY) bench/privacy_scoring.py
 
 clean:
 	rm -rf $(VENV) $(LATEST) runs .pytest_cache

@@ -203,17 +203,21 @@ def test_cli_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path):
     curve = json.loads((out / "ser-curve" / "metrics.json").read_text())
     assert metrics["kind"] == "phishing" and curve["kind"] == "curve"
     assert len(metrics["trials"]) == 2 * 3 and {r["poisons"] for r in metrics["ser"]} == {0, 2}
-    assert all(set(r) == {"poisons", "seed", "prefix", "success", "matched_digits"} for r in metrics["trials"])
+    assert all(set(r) == {"poisons", "seed", "prefix", "success", "matched_digits", "final_losses"} for r in metrics["trials"])
     assert [s["x"] for s in curve["series"]] == [[0, 2]] * 3 and metrics["curves"][0]["label"] == "true prefix"
     assert "trial 2/2: N_p=2 seed=0" in output and "Secret extraction rate" in output
     for text in (output, (out / "metrics.json").read_text(), (out / "ser-curve" / "metrics.json").read_text()):
         assert not any(secret in text for secret in _secrets(range(1)))
-    assert not list(out.rglob("*.safetensors")) and list(out.rglob("metrics.jsonl"))  # weights gone, losses kept
-    assert not list(out.rglob("poison.jsonl")) and not list(out.rglob("secret.jsonl"))  # the data held the secret
+    assert not (out / "trials" / "np0-seed0").exists()  # weights and data (which held the secret) are gone
+    assert all(len(r["final_losses"]) == 2 for r in metrics["trials"])
     from tunelab.report.collect import collect
 
     evals = {e.kind: e for e in collect([out]).evals}
     assert evals["curve"].series[0].x == [0, 2] and evals["curve"].subject == "phish"
+    from tunelab.report import build_report
+
+    page = build_report([out], tmp_path / "report.html").read_text()
+    assert "<h2>Neural phishing</h2>" in page and "0/1" in page and "Other evaluations" not in page
 
     assert_one_line(*run_cli(capsys, *args), "--overwrite")
     code, output = run_cli(capsys, *args[:5], "0", *args[6:], "--overwrite", "--show-secrets")

@@ -404,7 +404,7 @@ def attack_phish(
     lr: Annotated[Optional[float], typer.Option(help="learning rate [default: 1e-3 for lora/lori-d, 1e-4 for full]")] = None,
     batch_size: Annotated[int, typer.Option()] = 8,
     max_steps: Annotated[Optional[int], typer.Option(help="optimizer steps per training phase [default: epochs]")] = None,
-    keep_runs: Annotated[bool, typer.Option("--keep-runs", help="keep the trial runs' weights and data files")] = False,
+    keep_runs: Annotated[bool, typer.Option("--keep-runs", help="keep each trial's two runs and their data files (one holds the secret)")] = False,
     show_secrets: Annotated[bool, typer.Option("--show-secrets", help="write the secrets and decoded text into metrics.json")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an earlier result in --output")] = False,
 ) -> None:

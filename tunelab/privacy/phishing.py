@@ -42,9 +42,9 @@ The built-in corpus is drawn once from ``seed`` and its people never appear in p
 Output (``output``): ``metrics.json`` (``"kind": "phishing"``, written last) with the config,
 per-trial results (no secret digits, no generated text unless ``show_secrets``), the SER table with
 Wilson 95% intervals and the curves; ``ser-curve/metrics.json`` (``"kind": "curve"``) for the
-report's curves section; ``trials/np{N}-seed{S}/`` holds the two runs (``poison/``, ``secret/``) and
-their data files (``poison.jsonl``, ``secret.jsonl``). After extraction the runs' weights and both data
-files (one holds the secret) are deleted unless ``keep_runs``; records, configs and losses stay.
+report's curves section. A trial trains in ``trials/np{N}-seed{S}/`` (the two runs ``poison/`` and
+``secret/`` and their data files; one holds the secret); after extraction that directory is deleted
+unless ``keep_runs`` — each per-trial row keeps both phases' final losses.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_FILE, atomic_write_text
+from tunelab.layout import EVAL_FILE, RUN_FILE, atomic_write_text
 
 PREFIX_KINDS = ("true", "similar", "random")
 POISON_PREFIXES = ("fixed", "random")
@@ -385,13 +385,6 @@ def _train_phase(cfg: PhishConfig, data: Path, out: Path, seed: int, previous: P
     return train(tc, console=Console(quiet=True))
 
 
-def _drop_weights(run_dir: Path) -> None:
-    """Delete a finished trial's weights (they are big); records, configs and losses stay."""
-    for path in run_dir.rglob("*"):
-        if path.is_file() and path.suffix in (".safetensors", ".bin", ".pt", ".pth"):
-            path.unlink()
-
-
 def extraction_texts(tokenizer: Any, secret: Secret) -> dict[str, str]:
     """Model input per prefix kind: the chat-rendered question + the assistant turn's start."""
     from tunelab.evaluate.generation import render_prompts
@@ -431,15 +424,16 @@ def run_trial(cfg: PhishConfig, corpus: Sequence[dict[str, Any]], n_poisons: int
     model, tokenizer = load_with_adapter(cfg.model, run2)
     generated = extract(model, tokenizer, secret, cfg.digits)
     del model
+    losses = [json.loads((run / RUN_FILE).read_text())["losses"][-1] for run in (run1, run2)]
     if not cfg.keep_runs:
-        _drop_weights(trial_dir)
-        data1.unlink()
-        data2.unlink()  # it holds the secret
+        # The runs' weights are big and one data file holds the secret; the per-trial rows below
+        # keep what the result needs (and the report does not list dozens of trial runs).
+        shutil.rmtree(trial_dir)
     rows = []
     for kind, text in generated.items():
         found = extract_digits(text, cfg.digits)
         row: dict[str, Any] = {"poisons": n_poisons, "seed": seed, "prefix": kind, "success": found == secret.digits,
-                               "matched_digits": leading_matches(found, secret.digits)}
+                               "matched_digits": leading_matches(found, secret.digits), "final_losses": losses}
         if cfg.show_secrets:
             row |= {"secret": secret.digits, "extracted": found, "generated": text}
         rows.append(row)

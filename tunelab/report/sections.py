@@ -831,3 +831,32 @@ def _privacy_epsilon_figure(rows: list[_PrivacyRow]) -> str | None:
 
 
 SECTIONS.insert(index_of("safety") + 1, Section("privacy", "Privacy audit", privacy_section, kinds=("privacy-audit",)))
+
+
+# --- neural phishing (tunelab attack phish) ------------------------------------------------------
+
+def phishing_section(data: ReportData, palette: Palette) -> str | None:
+    """Secret extraction rate per (N_p, prefix) with Wilson intervals; the curve is in "Curves"."""
+    evals = data.evals_of_kind("phishing")
+    if not evals:
+        return None
+    parts = []
+    for ev in sorted(evals, key=lambda e: str(e.path)):
+        d = ev.data
+        rows = [[fmt_int(r.get("poisons")), r.get("prefix") or "–", fmt_pct(r.get("ser")),
+                 f"[{fmt_pct(r.get('ci_low'))}, {fmt_pct(r.get('ci_high'))}]",
+                 f"{fmt_int(r.get('successes'))}/{fmt_int(r.get('trials'))}"]
+                for r in d.get("ser") or [] if isinstance(r, dict)]
+        if not rows:
+            continue
+        caption = (f"{d.get('method') or '–'}, {fmt_int(d.get('digits'))}-digit synthetic secret inserted "
+                   f"{fmt_int(d.get('duplicates'))}×, {d.get('poison_prefix') or '–'} poison prefixes"
+                   f"{', is not:' if d.get('is_not') else ''}; training: {d.get('training_order') or '–'}. "
+                   f"SER = exact extraction by greedy decoding (random guessing: {d.get('random_guess')}); "
+                   "95% Wilson intervals.")
+        parts.append(f"<h3>{esc(ev.subject)}</h3>")
+        parts.append(table(["N_p", "prefix", "SER", "95% CI", "hits"], rows, numeric=(0, 2, 3, 4), caption=caption))
+    return "\n".join(parts) or None
+
+
+SECTIONS.insert(index_of("privacy") + 1, Section("phishing", "Neural phishing", phishing_section, kinds=("phishing",)))
