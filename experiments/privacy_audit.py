@@ -11,7 +11,8 @@ Claims tested in direction (specs/privacy.md): designed canaries ≫ random in T
 secret-span ≫ whole-sequence scoring; frozen embeddings kill new-token canaries; phishing SER rises
 with poisons.
 
-Run:  python experiments/privacy_audit.py [--quick] [--seed 0] [--output runs/privacy-audit]
+Run:  python experiments/privacy_audit.py [--quick] [--seed 0] [--epochs 1] [--arms lora-random,...] [--skip-phish]
+                                         [--output runs/privacy-audit]
 
 Writes ``results.json``, ``results.md`` (the README table) and ``report.html`` (log-log ROC per
 family, ε_LB vs ceiling, SER vs N_p) under ``--output``; finished runs are reused when re-run.
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="override the plan's model (e.g. tiny-random)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--canaries", type=int, default=None, help="m per run [default: 1000]")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per run [default: 1]")
     parser.add_argument("--arms", default=None, help="comma-separated run names to do (e.g. lora-random,lora-new-token)")
     parser.add_argument("--skip-phish", action="store_true")
     parser.add_argument("--output", type=Path, default=Path("runs/privacy-audit"))
@@ -160,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(**{**asdict(plan), "model": args.model})
     if args.canaries:
         plan = Plan(**{**asdict(plan), "m": args.canaries})
+    if args.epochs:
+        plan = Plan(**{**asdict(plan), "epochs": args.epochs})
     started = time.perf_counter()
     root = args.output
     data = _data(plan, root, args.seed)
