@@ -206,6 +206,43 @@ def grouped_bars(
     return to_img(_styled(draw), title)
 
 
+def hbars(
+    labels: list[str],
+    groups: dict[str, list[float | None]],
+    palette: Palette,
+    *,
+    title: str,
+    xlabel: str = "",
+    value_format: Callable[[float], str] | None = None,
+) -> Markup | None:
+    """Horizontal grouped bars: one row per label, one bar per group; the figure grows with the rows,
+    so long labels (run · family · score) stay readable however many there are."""
+    if not labels or not any(v is not None for vals in groups.values() for v in vals):
+        return None
+    fmt = value_format or _short_number
+
+    def draw() -> Figure:
+        n = len(groups)
+        fig = new_figure(8.0, 1.0 + 0.28 * len(labels) * max(n, 1))
+        ax = fig.add_subplot()
+        bar_h = 0.8 / max(n, 1)
+        for j, (name, vals) in enumerate(groups.items()):
+            pts = [(i - 0.4 + bar_h * (j + 0.5), v) for i, v in enumerate(vals) if v is not None]
+            bars = ax.barh([p[0] for p in pts], [p[1] for p in pts], bar_h * 0.92, color=palette(name), label=name)
+            ax.bar_label(bars, labels=[fmt(p[1]) for p in pts], fontsize=8, padding=2)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.invert_yaxis()  # first label on top, like the table
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.grid(axis="y", visible=False)
+        ax.set_xlim(0, _value_range(groups)[1] * 1.15 or 1)
+        if n > 1:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        return fig
+
+    return to_img(_styled(draw), title)
+
+
 def line_chart(
     lines: list[tuple[str, str, list[float], list[float]]],
     *,

@@ -564,7 +564,7 @@ SECTIONS.insert(index_of("safety") + 1, Section("merge", "Merging and interferen
 PRIVACY_FPRS = (0.001, 0.01, 0.1)  # the audit's default TPR@FPR targets, used when a file names none
 ROC_FLOOR = 1e-3  # lower end of the log-log ROC axes (lower still when a curve has smaller values)
 NEAR_CEILING = 0.9  # ε_LB at this share of its ceiling: the canaries, not the model, limit the bound
-_SCORE_STYLES = ("-", "--", ":", "-.")
+_SCORE_STYLES: tuple[Any, ...] = ("-", "--", ":", "-.", (0, (6, 2, 1, 2, 1, 2)))  # one per score, five scores
 _EPS_PALETTE = {"ε_LB": "#1f77b4", "ceiling": "#c8c8c8"}  # fixed: these bars are not runs
 
 
@@ -814,15 +814,16 @@ def _privacy_roc_figures(rows: list[_PrivacyRow], palette: Palette, tags: dict[i
 def _privacy_epsilon_figure(rows: list[_PrivacyRow]) -> str | None:
     """ε_LB beside its ceiling for each audit's headline score."""
     heads = [r for r in rows if r.headline]
-    categories = [f"{r.label}\n{r.family}\n{r.score}" for r in heads]  # stacked: the chart is narrow
+    one_score = len({r.score for r in heads}) == 1
+    categories = [f"{r.label} · {r.family}" + ("" if one_score else f" · {r.score}") for r in heads]
     pairs = [_privacy_epsilon(r) for r in heads]
     names = list(_EPS_PALETTE)
     groups = {names[0]: [p[0] for p in pairs], names[1]: [p[1] for p in pairs]}
-    title = "ε_LB vs ceiling (headline scores)"
+    title = "ε_LB vs ceiling" + (f" ({heads[0].score})" if one_score and heads else " (headline scores)")
     if len(categories) == 1:
-        title = f"ε_LB vs ceiling: {categories[0].replace(chr(10), ', ')}"
-    img = plots.grouped_bars(categories, groups, Palette(dict(_EPS_PALETTE)), title=title, ylabel="ε",
-                             value_format=lambda v: f"{v:.2f}", height=3.4)
+        title = f"ε_LB vs ceiling: {categories[0]}"
+    img = plots.hbars(categories, groups, Palette(dict(_EPS_PALETTE)), title=title, xlabel="ε",
+                      value_format=lambda v: f"{v:.2f}")
     if not img:
         return None
     return (f"<figure>{img}<figcaption>{esc(title)}: the one-run ε lower bound of each audit's headline score beside the "
