@@ -116,7 +116,7 @@ def _tpr(score: dict[str, Any], fpr: float = 0.01) -> str:
 def tables(results: dict[str, Any], plan: Plan, seed: int) -> str:
     """The README tables."""
     lines = [f"{plan.model}, {plan.task_n} arithmetic examples + m = {plan.m} canaries per run (secret {plan.secret_len} "
-             f"tokens, random-word prompts, membership by a fair coin), {plan.epochs} epochs, LoRA r=32 lr {plan.lora_lr:g} / "
+             f"tokens, random-word prompts, membership by a fair coin), {plan.epochs} epoch{'s' if plan.epochs > 1 else ''}, LoRA r=32 lr {plan.lora_lr:g} / "
              f"full lr {plan.full_lr:g}, seed {seed}; δ = 1e-5, significance 0.05, Bonferroni over the ROC hull.", "",
              "**TPR at 1% FPR** [95% bootstrap CI] per membership score, and the one-run ε lower bound of the "
              "secret-span score beside its ceiling (a perfect attack with the same canaries)", "",
