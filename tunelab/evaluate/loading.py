@@ -98,13 +98,20 @@ def _with_adapter_tokenizer(base: Any, tokenizer: Any, path: Path) -> tuple[Any,
         saved = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:  # JSON that parses but is not a tokenizer
         raise TunelabError(f"{path}: cannot load the adapter's tokenizer ({first_line(exc)})") from exc
-    known = tokenizer.get_vocab()  # get_vocab builds a fresh dict: call it once
-    added = [t for t in saved.get_vocab() if t not in known]
-    if not added:
+    if not grow_to_tokenizer(base, tokenizer, saved):
         return base, tokenizer
-    from tunelab.safety.refusal_tokens import resize_for_tokenizer
-
     if saved.pad_token is None:
         saved.pad_token = saved.eos_token
-    resize_for_tokenizer(base, saved, added)
     return base, saved
+
+
+def grow_to_tokenizer(base: Any, base_tokenizer: Any, tokenizer: Any) -> bool:
+    """Resize ``base`` for the tokens ``tokenizer`` has beyond ``base_tokenizer`` (refusal tokens,
+    new-token canaries), their rows at the start training gave them; return whether any were added."""
+    known = base_tokenizer.get_vocab()  # get_vocab builds a fresh dict: call it once
+    added = [t for t in tokenizer.get_vocab() if t not in known]
+    if added:
+        from tunelab.safety.refusal_tokens import resize_for_tokenizer
+
+        resize_for_tokenizer(base, tokenizer, added)
+    return bool(added)

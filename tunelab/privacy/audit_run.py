@@ -135,27 +135,21 @@ def _run_record(run: Path) -> dict[str, Any]:
 def _config_model(run: Path) -> str:
     """The base model of a run still being finished (its tunelab.json is written after the audit)."""
     from tunelab.layout import CONFIG_FILE
+    from tunelab.train.config import TrainConfig
 
-    import yaml
-
-    path = run / CONFIG_FILE
-    if not path.is_file():
+    if not (run / CONFIG_FILE).is_file():
         raise TunelabError(f"{run}: not a tunelab run (no {RUN_FILE} or {CONFIG_FILE}); pass --model")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return str(data.get("model") or "smollm2-135m")
+    return TrainConfig.from_sources(run / CONFIG_FILE).model  # the checked YAML reader: one-line errors
 
 
 def _base_for(model_name: str, tokenizer: Any) -> Any:
     """The base model as the run started: tokens the run added (refusal, new-token canaries) get the
     rows training gave them at the start (the mean row), so the reference can read every canary."""
+    from tunelab.evaluate.loading import grow_to_tokenizer
     from tunelab.models import load_model
-    from tunelab.safety.refusal_tokens import resize_for_tokenizer
 
     base, base_tokenizer = load_model(model_name)
-    known = base_tokenizer.get_vocab()
-    added = [t for t in tokenizer.get_vocab() if t not in known]
-    if added:
-        resize_for_tokenizer(base, tokenizer, added)
+    grow_to_tokenizer(base, base_tokenizer, tokenizer)
     return base
 
 
