@@ -96,9 +96,19 @@ def train(
     canary_secret_len: Annotated[Optional[int], typer.Option(help="secret length in tokens [default: 8]")] = None,
     canary_prefix: Annotated[Optional[str], typer.Option(help="canary prompts: random words or data (prompts of --data) [default: random]")] = None,
     canary_new_token_rows: Annotated[Optional[str], typer.Option(help="new-token: trained (like refusal tokens) or frozen [default: trained]")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adamw, zo (MeZO zeroth-order), dp-zo or dp-sgd (differentially private) [default: adamw]")] = None,
+    zo_eps: Annotated[Optional[float], typer.Option(help="zo/dp-zo perturbation φ [default: 1e-3 full, 1e-2 adapters]")] = None,
+    noise: Annotated[Optional[str], typer.Option(help="DP noise: gaussian, or laplace (dp-zo) [default: gaussian]")] = None,
+    clip: Annotated[Optional[float], typer.Option(help="DP per-example clip C (dp-sgd: gradient norm; dp-zo: |projected gradient|) [default: 1.0]")] = None,
+    target_epsilon: Annotated[Optional[float], typer.Option(help="DP: calibrate the noise to spend this ε over the run")] = None,
+    target_delta: Annotated[Optional[float], typer.Option(help="DP: δ of the guarantee (0 with laplace: pure ε-DP) [default: 1e-5]")] = None,
+    noise_multiplier: Annotated[Optional[float], typer.Option(help="DP: σ (gaussian) or b (laplace) in units of C, instead of --target-epsilon")] = None,
+    accountant: Annotated[Optional[str], typer.Option(help="DP accountant: pld or rdp (gaussian only) [default: pld]")] = None,
+    physical_batch_size: Annotated[Optional[int], typer.Option(help="DP: examples per forward pass (memory); --batch-size is the expected batch")] = None,
+    log_private_metrics: Annotated[bool, typer.Option("--log-private-metrics", help="DP: log the training loss anyway (a side channel; noted in the ledger)")] = False,
     config: Annotated[Optional[Path], typer.Option(help="run.yaml; flags override it")] = None,
 ) -> None:
-    """Fine-tune a model with LoRA, LoRI-D, LoRI-S, LoTA or full fine-tuning."""
+    """Fine-tune a model with LoRA, LoRI-D, LoRI-S, LoTA or full fine-tuning (AdamW, zeroth-order, or DP)."""
     from tunelab.finetune import TrainConfig
     from tunelab.finetune import train as run_training
     from tunelab.layout import CONFIG_FILE
@@ -117,16 +127,23 @@ def train(
         trust_remote_code=trust_remote_code or None, objective=objective, reference=reference, beta_first=beta_first,
         beta_early=beta_early, beta_early_until=beta_early_until, beta_late=beta_late, refusal_tokens=refusal_tokens,
         canaries=canaries, canary_family=canary_family, canary_secret_len=canary_secret_len, canary_prefix=canary_prefix,
-        canary_new_token_rows=canary_new_token_rows,
+        canary_new_token_rows=canary_new_token_rows, optimizer=optimizer, zo_eps=zo_eps, noise=noise, clip=clip,
+        target_epsilon=target_epsilon, target_delta=target_delta, noise_multiplier=noise_multiplier, accountant=accountant,
+        physical_batch_size=physical_batch_size, log_private_metrics=log_private_metrics or None,
     )
     out = run_training(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun / accelerate launch: one summary per run, from rank 0
     run = json.loads((out / "tunelab.json").read_text())
+    loss = f"final loss {run['losses'][-1]:.4f}, " if run["losses"] else ""
     console.print(
-        f"[green]done[/] {out}: {run['steps']} steps, final loss {run['losses'][-1]:.4f}, "
+        f"[green]done[/] {out}: {run['steps']} steps, {loss}"
         f"{run['trainable_params']:,} trainable params, {run['tokens_per_s']:.0f} tokens/s"
     )
+    if run.get("dp"):
+        from tunelab.privacy.dp import ledger_line
+
+        console.print(ledger_line(run["dp"]), highlight=False)
     if run.get("privacy"):
         from tunelab.privacy.plugin import summary_line
 

@@ -281,6 +281,9 @@ class Collator:
 
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         batch = [self.examples[i] for i in indices]
+        if not batch:  # Poisson sampling (DP) may draw an empty batch: the step still happens
+            empty = torch.zeros((0, 0), dtype=torch.long)
+            return {"input_ids": empty, "attention_mask": empty.clone(), "labels": empty.clone()}
         width = max(len(ex.input_ids) for ex in batch)
         input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)

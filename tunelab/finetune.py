@@ -8,12 +8,14 @@ for a run as the CLI does it; use ``fit`` with your own plug-ins and update rule
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from rich.console import Console
 
 from tunelab.train import Plugin, TrainConfig, fit
 from tunelab.train.run_dir import resumed_config
+from tunelab.train.update_rules import UpdateRule
 
 
 def plugins_for(cfg: TrainConfig) -> list[Plugin]:
@@ -38,6 +40,21 @@ def plugins_for(cfg: TrainConfig) -> list[Plugin]:
     return plugins
 
 
+# --optimizer name → its update rule, imported only when used (opacus is heavy to import)
+RULES = {
+    "adamw": "tunelab.train.update_rules:AdamW",
+    "zo": "tunelab.train.zo:ZO",
+    "dp-zo": "tunelab.privacy.dp_zo:DPZO",
+    "dp-sgd": "tunelab.privacy.dp_sgd:DPSGD",
+}
+
+
+def rule_for(cfg: TrainConfig) -> UpdateRule:
+    """The update rule ``cfg.optimizer`` names."""
+    module, name = RULES[cfg.optimizer].split(":")
+    return getattr(importlib.import_module(module), name)()
+
+
 def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Console | None = None) -> Path:
     """Run one ``tunelab train`` job with the plug-ins its options need; return the output directory."""
     from tunelab.safety.safety_check import default_limit
@@ -45,7 +62,7 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Cons
     cfg = resumed_config(cfg)
     if cfg.safety_eval_limit is None:
         cfg = TrainConfig(**{**cfg.to_dict(), "safety_eval_limit": default_limit(cfg)})
-    return fit(cfg, plugins_for(cfg), stop_after_step=stop_after_step, console=console)
+    return fit(cfg, plugins_for(cfg), rule_for(cfg), stop_after_step=stop_after_step, console=console)
 
 
-__all__ = ["TrainConfig", "plugins_for", "train"]
+__all__ = ["TrainConfig", "plugins_for", "rule_for", "train"]

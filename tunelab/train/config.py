@@ -15,6 +15,13 @@ from tunelab.errors import TunelabError
 from tunelab.train.objectives import OBJECTIVES, BetaSchedule
 
 SCHEDULERS = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "zo", "dp-zo", "dp-sgd")
+PRIVATE_OPTIMIZERS = ("dp-zo", "dp-sgd")
+NOISES = ("gaussian", "laplace")
+ACCOUNTANTS = ("pld", "rdp")
+DEFAULT_DELTA = 1e-5
+DP_OPTIONS = ("noise", "clip", "target_epsilon", "target_delta", "noise_multiplier", "accountant",
+              "physical_batch_size", "log_private_metrics")
 PLUGIN = {"plugin": True}
 
 
@@ -78,6 +85,18 @@ class TrainConfig:
     bf16: bool | None = None  # None: on where the hardware supports it
     seed: int | None = None  # None: a fresh random seed, recorded in the run
     fsdp: bool = False  # shard with PyTorch FSDP2 (under torchrun / accelerate launch)
+    # update rule: adamw (backprop), zo (MeZO's zeroth-order SPSA), dp-zo or dp-sgd (differentially private)
+    optimizer: str = "adamw"
+    zo_eps: float | None = None  # zo/dp-zo perturbation φ; None: 1e-3 for full, 1e-2 for adapters
+    # differential privacy (dp-zo, dp-sgd). --batch-size is the expected batch B of Poisson sampling (q = B/N)
+    noise: str = "gaussian"  # gaussian, or laplace (dp-zo)
+    clip: float = 1.0  # C: per-example clip (dp-sgd: gradient L2 norm; dp-zo: |projected gradient|)
+    target_epsilon: float | None = None  # calibrate the noise to spend this ε over the run...
+    target_delta: float | None = None  # ...at this δ (None: 1e-5; 0 with laplace: pure ε-DP)
+    noise_multiplier: float | None = None  # ...or give the noise directly: σ (gaussian) or b (laplace), in units of C
+    accountant: str = "pld"  # pld, or rdp (gaussian only)
+    physical_batch_size: int | None = None  # DP: examples per forward (memory); None: --batch-size
+    log_private_metrics: bool = False  # DP: log the training loss anyway (recorded in the ledger)
     # bookkeeping
     save_every: int = 50
     log_every: int = 1
@@ -124,6 +143,64 @@ class TrainConfig:
         if self.lr is not None and self.lr <= 0:
             raise TunelabError(f"--lr must be > 0, got {self.lr}")
         self._validate_objective()
+        self._validate_optimizer()
+
+    @property
+    def private(self) -> bool:
+        """A differentially private run (dp-zo, dp-sgd)."""
+        return self.optimizer in PRIVATE_OPTIMIZERS
+
+    @property
+    def delta(self) -> float:
+        """The δ the run is accounted at."""
+        return DEFAULT_DELTA if self.target_delta is None else self.target_delta
+
+    def _validate_optimizer(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise TunelabError(f"unknown optimizer '{self.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}")
+        if self.zo_eps is not None and not self.zo_eps > 0:
+            raise TunelabError(f"--zo-eps must be > 0, got {self.zo_eps}")
+        if self.zo_eps is not None and self.optimizer not in ("zo", "dp-zo"):
+            raise TunelabError(f"--zo-eps only applies to --optimizer zo or dp-zo, not {self.optimizer}")
+        if self.optimizer != "adamw" and (self.fsdp or self.objective != "sft"):
+            what = "--fsdp" if self.fsdp else f"--objective {self.objective}"
+            raise TunelabError(f"--optimizer {self.optimizer} does not support {what}")
+        if not self.private:
+            for f in dataclasses.fields(self):
+                if f.name in DP_OPTIONS and getattr(self, f.name) != f.default:
+                    raise TunelabError(f"--{f.name.replace('_', '-')} only applies to --optimizer dp-zo or dp-sgd")
+            return
+        self._validate_privacy()
+
+    def _validate_privacy(self) -> None:
+        opt = f"--optimizer {self.optimizer}"
+        if self.noise not in NOISES:
+            raise TunelabError(f"unknown noise '{self.noise}'; choose one of: {', '.join(NOISES)}")
+        if self.accountant not in ACCOUNTANTS:
+            raise TunelabError(f"unknown accountant '{self.accountant}'; choose one of: {', '.join(ACCOUNTANTS)}")
+        if self.noise == "laplace" and self.optimizer == "dp-sgd":
+            raise TunelabError("--noise laplace applies to --optimizer dp-zo; dp-sgd adds Gaussian noise to a vector")
+        if self.noise == "laplace" and self.accountant == "rdp":
+            raise TunelabError("the RDP accountant cannot account for Poisson-sampled Laplace noise; use --accountant pld")
+        if not self.clip > 0:
+            raise TunelabError(f"--clip must be > 0, got {self.clip}")
+        if self.target_epsilon is not None and not self.target_epsilon > 0:
+            raise TunelabError(f"--target-epsilon must be > 0, got {self.target_epsilon}")
+        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+            raise TunelabError(f"--noise-multiplier must be > 0, got {self.noise_multiplier}")
+        if (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise TunelabError(f"{opt} needs exactly one of --target-epsilon (the noise is calibrated to it) "
+                               "or --noise-multiplier (the ε it spends is computed)")
+        if self.target_delta is not None and not 0.0 <= self.target_delta < 1.0:
+            raise TunelabError(f"--target-delta must be in [0, 1), got {self.target_delta}")
+        if self.delta == 0.0 and self.noise == "gaussian":
+            raise TunelabError("--target-delta 0 (pure ε-DP) needs --noise laplace: Gaussian noise gives no finite ε at δ = 0")
+        if self.physical_batch_size is not None and self.physical_batch_size < 1:
+            raise TunelabError(f"--physical-batch-size must be >= 1, got {self.physical_batch_size}")
+        if self.grad_accum != 1:
+            raise TunelabError(f"--grad-accum {self.grad_accum} with {opt} breaks Poisson sampling (each example joins "
+                               "each step on its own coin): set the expected batch with --batch-size and bound memory "
+                               "with --physical-batch-size")
 
     def plugin_options_set(self) -> list[str]:
         """Plug-in options (metadata ``PLUGIN``) this config sets to something other than off/default."""

@@ -33,11 +33,27 @@ class CausalLMLoss(nn.Module):
         # Heads that do more than a linear map (e.g. logit soft-capping) take the plain path.
         self._fast = getattr(base.config, "final_logit_softcapping", None) is None and hasattr(base, "get_decoder")
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                per_example: bool = False) -> torch.Tensor:
+        if per_example:
+            return self.per_example_losses(input_ids, attention_mask, labels)
         if not self._fast:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False).loss
         logits, targets, keep = self.supervised_logits(input_ids, attention_mask, labels)
         return F.cross_entropy(logits.float(), targets)
+
+    def per_example_losses(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           labels: torch.Tensor) -> torch.Tensor:
+        """[B]: each example's mean loss over its own supervised tokens (0 for an example without any).
+
+        What per-example clipping (DP-SGD, DP-ZO) needs: the batch loss is token-weighted across
+        examples, so one long example would otherwise weigh more than one short one.
+        """
+        logits, targets, keep = self.supervised_logits(input_ids, attention_mask, labels)
+        token_losses = F.cross_entropy(logits.float(), targets, reduction="none")
+        rows = keep.nonzero()[:, 0]  # boolean indexing is row-major: the row of each supervised position
+        sums = torch.zeros(keep.shape[0], dtype=token_losses.dtype, device=token_losses.device).index_add(0, rows, token_losses)
+        return sums / keep.sum(dim=1).clamp(min=1)
 
     def supervised_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                           labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

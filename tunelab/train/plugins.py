@@ -82,7 +82,7 @@ class StepInfo:
     """One optimizer step, as logged to ``metrics.jsonl``."""
 
     step: int
-    loss: float
+    loss: float | None  # None where the update rule keeps the (private) training loss out of logs
     lr: float
     grad_norm: float | None
     tokens: int  # tokens seen so far, all ranks

@@ -122,7 +122,8 @@ class MetricsLog:
         self.fh.write(json.dumps(row) + "\n")
         self.fh.flush()
         if self.writer:
-            self.writer.add_scalar("train/loss", info.loss, info.step)
+            if info.loss is not None:
+                self.writer.add_scalar("train/loss", info.loss, info.step)
             self.writer.add_scalar("train/lr", info.lr, info.step)
 
     def close(self) -> None:
@@ -140,9 +141,10 @@ def _tensorboard_writer(out: Path) -> Any:
     return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
-def write_finished_run(run: Run, progress: dict[str, Any], dropped: int, plugins: list[Plugin]) -> None:
-    """Verify the method's invariants, write its artefacts, let plug-ins add to the record,
-    then write ``tunelab.json`` last."""
+def write_finished_run(run: Run, progress: dict[str, Any], dropped: int, plugins: list[Plugin],
+                       extra: dict[str, Any] | None = None) -> None:
+    """Verify the method's invariants, write its artefacts, let plug-ins add to the record
+    (after ``extra``: the update rule's entries), then write ``tunelab.json`` last."""
     cfg, out, prepared = run.cfg, run.out, run.prepared
     method = get_method(cfg.method)
     method.verify(prepared)
@@ -174,6 +176,7 @@ def write_finished_run(run: Run, progress: dict[str, Any], dropped: int, plugins
         "bf16": cfg.bf16,
         "versions": versions(),
         "config": cfg.to_dict(),
+        **(extra or {}),
     }
     for plugin in plugins:
         plugin.on_finish(run, record)

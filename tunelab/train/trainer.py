@@ -17,6 +17,7 @@ run equals an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -51,7 +52,8 @@ def fit(cfg: TrainConfig, plugins: Sequence[Plugin] = (), rule: UpdateRule | Non
     process had been killed there (used to test ``--resume``).
     """
     plugins, rule = list(plugins), rule or AdamW()
-    run, resume_from, dropped = _open(cfg, plugins, console)
+    cfg = _check_rule(cfg, plugins, rule)
+    run, resume_from, dropped = _open(cfg, plugins, rule, console)
     cfg, accelerator = run.cfg, run.accelerator
     net, loader, params, total_steps, norm_hooks = _assemble(run, rule)
     progress: dict[str, Any] = {"step": 0, "losses": [], "tokens": 0, "loss_tokens": 0, "train_seconds": 0.0}
@@ -62,7 +64,9 @@ def fit(cfg: TrainConfig, plugins: Sequence[Plugin] = (), rule: UpdateRule | Non
         loader = accelerator.skip_first_batches(loader, progress["step"] * cfg.grad_accum)
         run.console.print(f"resuming {run.out} from step {progress['step']}/{total_steps}")
 
-    def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss_fn(batch: dict[str, torch.Tensor], per_example: bool = False) -> torch.Tensor:
+        if per_example:  # [B]; plug-in loss terms were refused for such rules in _check_rule
+            return net(**batch, per_example=True)
         loss = net(**batch)
         for plugin in plugins:
             loss = plugin.loss(run, batch, loss)
@@ -78,7 +82,8 @@ def fit(cfg: TrainConfig, plugins: Sequence[Plugin] = (), rule: UpdateRule | Non
     net.train()
     try:
         with _progress_bar(run) as bar:
-            task = bar.add_task("train", total=total_steps, completed=progress["step"], loss=float("nan"), tps=0.0)
+            task = bar.add_task("train", total=total_steps, completed=progress["step"], loss="", tps=0.0,
+                                note=rule.progress_note())
             for batch in loader:
                 with distributed.micro_batch(run, net, batch["input_ids"].shape[1]):
                     loss = rule.micro_step(loss_fn, batch)
@@ -86,8 +91,9 @@ def fit(cfg: TrainConfig, plugins: Sequence[Plugin] = (), rule: UpdateRule | Non
                 if not accelerator.sync_gradients:
                     continue
                 update = rule.step()
-                info = _count_step(run, progress, window, update, time.perf_counter() - start)
-                bar.update(task, completed=info.step, loss=info.loss, tps=info.tokens / max(info.elapsed_s, 1e-9))
+                info = _count_step(run, progress, window, update, time.perf_counter() - start, rule.logs_loss())
+                bar.update(task, completed=info.step, loss="" if info.loss is None else f"loss {info.loss:.4f}",
+                           tps=info.tokens / max(info.elapsed_s, 1e-9), note=rule.progress_note())
                 if info.step % cfg.log_every == 0 or info.step == total_steps:
                     log.write(info)
                 for plugin in plugins:
@@ -102,18 +108,33 @@ def fit(cfg: TrainConfig, plugins: Sequence[Plugin] = (), rule: UpdateRule | Non
         run.console.print(f"interrupted at step {progress['step']}; continue with: tunelab train --output {run.out} --resume")
         raise
     finally:
+        rule.finish()
         for handle in norm_hooks:
             handle.remove()
         log.close()
 
     distributed.gather_for_saving(run, net)
     if accelerator.is_main_process:
-        write_finished_run(run, progress, dropped, plugins)
+        write_finished_run(run, progress, dropped, plugins, rule.record())
     accelerator.wait_for_everyone()  # the other ranks return only once the run is written
     return run.out
 
 
-def _open(cfg: TrainConfig, plugins: list[Plugin], console: Console | None) -> tuple[Run, Path | None, int]:
+def _check_rule(cfg: TrainConfig, plugins: list[Plugin], rule: UpdateRule) -> TrainConfig:
+    """The rule is the one ``cfg.optimizer`` names and can work with the plug-ins; fill its default LR."""
+    if rule.name != cfg.optimizer:
+        raise TunelabError(f"--optimizer {cfg.optimizer} needs its update rule (this run was given '{rule.name}'): "
+                           "train with tunelab.finetune.train, or pass rule= to fit")
+    adds_loss = [type(p).__name__ for p in plugins if type(p).loss is not Plugin.loss]
+    if rule.per_example and adds_loss:
+        raise TunelabError(f"--optimizer {cfg.optimizer} clips per-example losses; plug-ins that add loss terms "
+                           f"({', '.join(adds_loss)}) cannot be clipped that way")
+    lr = rule.default_lr(cfg) if cfg.lr is None else None
+    return dataclasses.replace(cfg, lr=lr) if lr is not None else cfg
+
+
+def _open(cfg: TrainConfig, plugins: list[Plugin], rule: UpdateRule,
+          console: Console | None) -> tuple[Run, Path | None, int]:
     """Check the config and output dir, load data, model and adapter, then open the output dir.
 
     Returns the run, the checkpoint to resume from, and how many records truncation dropped.
@@ -130,6 +151,7 @@ def _open(cfg: TrainConfig, plugins: list[Plugin], console: Console | None) -> t
     run = Run(cfg, Path(cfg.output), console or Console(stderr=True), accelerator,
               resumed=resume_from is not None)
     dropped = _load(run, plugins)
+    rule.prepare(run)
     open_output_dir(run)
     get_method(cfg.method).on_output_ready(run.prepared, run.out)
     if accelerator.is_main_process:
@@ -150,7 +172,7 @@ def _assemble(run: Run, rule: UpdateRule) -> tuple[torch.nn.Module, Any, dict[st
         norm_hooks = cast_norm_outputs(run.prepared.model)
     net = ConstrainedLoss(run.prepared.model, cfg.beta_schedule()) if cfg.objective == "constrained" \
         else CausalLMLoss(run.prepared.model)
-    batches, total_steps = _plan(cfg, run, run.accelerator.num_processes)
+    batches, total_steps = rule.batches(run) or _plan(cfg, run, run.accelerator.num_processes)
     loader = DataLoader(range(len(run.examples)), batch_sampler=batches,
                         collate_fn=Collator(run.examples, run.tokenizer.pad_token_id))
     net, loader = distributed.prepare(run, net, loader)
@@ -160,16 +182,20 @@ def _assemble(run: Run, rule: UpdateRule) -> tuple[torch.nn.Module, Any, dict[st
 
 
 def _count_step(run: Run, progress: dict[str, Any], window: torch.Tensor, update: dict[str, float | None],
-                elapsed: float) -> StepInfo:
-    """Fold one step's micro-batch window (summed over ranks: one collective) into ``progress``."""
+                elapsed: float, log_loss: bool) -> StepInfo:
+    """Fold one step's micro-batch window (summed over ranks: one collective) into ``progress``;
+    the loss only where the rule allows it (``None`` otherwise)."""
     total = run.accelerator.reduce(window.to(run.accelerator.device), "sum").cpu()
     window.zero_()
     progress["step"] += 1
-    progress["losses"].append(float(total[0] / total[1]))
+    loss = float(total[0] / total[1]) if log_loss else None
+    loss = loss if loss is None or math.isfinite(loss) else None  # e.g. an empty Poisson batch
+    if log_loss:
+        progress["losses"].append(loss)
     progress["tokens"] += int(total[2])
     progress["loss_tokens"] += int(total[3])
     progress["train_seconds"] = elapsed
-    return StepInfo(progress["step"], progress["losses"][-1], update["lr"], update["grad_norm"], progress["tokens"], elapsed)
+    return StepInfo(progress["step"], loss, update["lr"], update["grad_norm"], progress["tokens"], elapsed)
 
 
 def _checkpoint(run: Run, params: dict[str, torch.nn.Parameter], rule: UpdateRule, progress: dict[str, Any]) -> None:
@@ -221,6 +247,6 @@ def _plan(cfg: TrainConfig, run: Run, world: int) -> tuple[list[list[int]], int]
 def _progress_bar(run: Run) -> Progress:
     return Progress(
         TextColumn(f"[bold]{run.cfg.method}[/]"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
+        TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[tps]:.0f} tok/s"), TextColumn("{task.fields[note]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=run.console, disable=not run.accelerator.is_main_process,
     )

@@ -5,7 +5,21 @@ optimizer. Per micro-batch the loop calls ``rule.micro_step(loss_fn, batch)`` in
 ``accelerator.accumulate``; once a step's micro-batches are in (``accelerator.sync_gradients``)
 it calls ``rule.step()``. ``loss_fn(batch)`` is the objective with the plug-ins' loss terms, so
 a rule may evaluate it as often as it likes (zeroth-order rules evaluate it twice, without
-backward). A rule's ``state_dict``/``load_state_dict`` are what a checkpoint keeps of it.
+backward); ``loss_fn(batch, per_example=True)`` gives each example's own mean loss ([B], no
+plug-in terms: a rule with ``per_example = True`` is refused next to plug-ins that add some).
+A rule's ``state_dict``/``load_state_dict`` are what a checkpoint keeps of it.
+
+Optional hooks, with do-nothing defaults, let a rule go further without the loop knowing why
+(the differentially private rules of :mod:`tunelab.privacy` use all of them):
+
+* ``default_lr(cfg)``: its learning rate when the config gives none (``None``: the method's);
+* ``prepare(run)``: data, model and adapter are loaded, the output directory is untouched —
+  check what depends on them and raise :class:`~tunelab.errors.TunelabError` (DP calibrates here);
+* ``batches(run)``: its own sampling, ``(batch sampler, steps)``, one batch per step (Poisson);
+* ``logs_loss()``: ``False`` keeps the training loss out of logs, progress bar and record;
+* ``progress_note()``: a short text for the progress bar (e.g. ε spent so far);
+* ``record()``: entries for ``tunelab.json`` (e.g. the privacy ledger);
+* ``finish()``: the loop is over, also on error — remove hooks (DP-SGD's per-sample hooks).
 
 :class:`AdamW` is backprop + AdamW with gradient accumulation, sparse gradient masks applied to
 ``.grad`` before clipping (LoRI-S, LoTA: entries outside the mask get no gradient, so AdamW's
@@ -32,7 +46,7 @@ and checkpoints but replacing the update::
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from transformers import get_scheduler
@@ -41,7 +55,10 @@ from tunelab.train import fsdp
 from tunelab.train.checkpoint import optimizer_from_flat, optimizer_to_flat
 from tunelab.train.plugins import Run
 
-LossFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+if TYPE_CHECKING:
+    from tunelab.train.config import TrainConfig
+
+LossFn = Callable[..., torch.Tensor]  # loss_fn(batch, per_example=False)
 _SCHEDULER_NAMES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
 
@@ -49,6 +66,34 @@ class UpdateRule(abc.ABC):
     """Turns micro-batches into parameter updates; see the module docstring."""
 
     name: str = ""
+    #: micro_step calls ``loss_fn(batch, per_example=True)`` (per-example clipping)
+    per_example: bool = False
+
+    def default_lr(self, cfg: TrainConfig) -> float | None:
+        """The learning rate when the config sets none; ``None``: the adapter method's default."""
+        return None
+
+    def prepare(self, run: Run) -> None:
+        """Data, model and adapter are loaded; check what depends on them before the output dir is touched."""
+
+    def batches(self, run: Run) -> tuple[Sequence[list[int]], int] | None:
+        """``(batch sampler, optimizer steps)`` to replace the loop's length-grouped batches, or ``None``."""
+        return None
+
+    def logs_loss(self) -> bool:
+        """Whether the training loss may be logged, shown and recorded."""
+        return True
+
+    def progress_note(self) -> str:
+        """Extra text for the progress bar."""
+        return ""
+
+    def record(self) -> dict[str, Any]:
+        """Entries for the run's ``tunelab.json``."""
+        return {}
+
+    def finish(self) -> None:
+        """The loop is over (finished, interrupted or failed): release hooks and buffers."""
 
     @abc.abstractmethod
     def setup(self, run: Run, params: dict[str, torch.nn.Parameter], total_steps: int) -> None:
