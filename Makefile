@@ -87,6 +87,7 @@ bench: install
 	$(PY) bench/train_throughput.py --repeats 3
 	$(PY) bench/generation_throughput.py
 	$(PY) bench/privacy_scoring.py
+	$(PY) bench/private_memory.py
 
 clean:
 	rm -rf $(VENV) $(LATEST) runs .pytest_cache

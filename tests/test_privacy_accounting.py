@@ -57,3 +57,17 @@ def test_bad_input(call, fragment):
 def test_ledger_states_the_neighbouring_relation():
     record = Ledger("dp-sgd (gaussian)", Q, 32, 1000, 0.78, 1.0, T, "pld", DELTA, 4.0).as_dict()
     assert record["neighbouring"].startswith("add/remove") and record["private_metrics_logged"] is False
+
+
+def test_targets_below_the_accountants_resolution_are_refused():
+    with pytest.raises(TunelabError, match="below what the PLD accountant resolves"):
+        calibrate_noise("gaussian", Q, T, 1e-4, DELTA)
+    assert calibrate_noise("laplace", Q, T, 1e-4, 0.0) > 0  # the closed form has no resolution limit
+
+
+def test_pld_refuses_noise_its_grid_cannot_hold():
+    with pytest.raises(TunelabError, match="does not fit in memory"):
+        spent_epsilon("gaussian", Q, T, 0.05, DELTA)
+    with pytest.raises(TunelabError, match="out of the PLD accountant's reach"):
+        calibrate_noise("gaussian", Q, T, 1000.0, DELTA)  # only σ < 0.3 spends that much
+    assert spent_epsilon("gaussian", Q, T, 0.05, DELTA, "rdp") > 100  # RDP has no grid

@@ -179,3 +179,12 @@ def test_delta_at_least_one_over_n_warns(qa_file: Path, tmp_path: Path, capsys):
     code, output = run_cli(capsys, *train_args(qa_file, tmp_path / "run", "--optimizer", "dp-zo", "--max-steps", "1",
                                                "--target-epsilon", "4", "--target-delta", "0.1", "--seed", "0"))
     assert code == 0 and "warning: δ = 0.1 ≥ 1/N" in output.replace("\n", " "), output
+
+
+def test_pure_epsilon_laplace_run_uses_the_closed_form(qa_file: Path, tmp_path: Path):
+    from tunelab.privacy.accounting import pure_laplace_epsilon
+
+    cfg = tiny_config(qa_file, tmp_path / "run", optimizer="dp-zo", noise="laplace", target_epsilon=2.0, target_delta=0.0)
+    dp = json.loads((fit(cfg, rule=DPZO()) / "tunelab.json").read_text())["dp"]
+    assert dp["delta"] == 0.0 and dp["epsilon"] == pytest.approx(2.0)
+    assert dp["epsilon"] == pytest.approx(pure_laplace_epsilon(dp["sample_rate"], dp["steps"], dp["noise_multiplier"]))

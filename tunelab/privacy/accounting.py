@@ -27,6 +27,9 @@ from tunelab.train.config import NOISES as MECHANISMS
 NEIGHBOURING = "add/remove one example (sensitivity C)"
 PLD_RESOLUTION = 1e-4  # dp-accounting's default value_discretization_interval
 MIN_EPSILON = 10 * PLD_RESOLUTION  # smaller targets come back as numerically meaningless noise levels
+# Below this noise (σ or b, in units of C) PLD's grid outgrows memory (σ = 0.05 at q = 0.03, T = 158
+# asks for TiBs; 0.1 takes 17 s) while ε is already in the hundreds: such runs are refused for PLD.
+PLD_MIN_NOISE = 0.3
 
 
 def _check(mechanism: str, q: float, steps: int, accountant: str) -> None:
@@ -75,6 +78,9 @@ def spent_epsilon(mechanism: str, q: float, steps: int, noise: float, delta: flo
         return pure_laplace_epsilon(q, steps, noise)
     if not 0.0 < delta < 1.0:
         raise TunelabError(f"δ must be in (0, 1) for {mechanism} noise, got {delta}")
+    if accountant == "pld" and noise < PLD_MIN_NOISE:
+        raise TunelabError(f"noise multiplier {noise:g} < {PLD_MIN_NOISE:g}: ε would be in the tens or more and the PLD "
+                           "accountant's grid for it does not fit in memory; use more noise, or --accountant rdp (gaussian)")
     acc = _accountant(accountant, mechanism)
     acc.compose(dp_event(mechanism, q, steps, noise))
     return float(acc.get_epsilon(delta))
@@ -99,10 +105,15 @@ def calibrate_noise(mechanism: str, q: float, steps: int, target_epsilon: float,
     out_of_reach = (f"(ε={target_epsilon:g}, δ={delta:g}) is out of the {accountant.upper()} accountant's reach with "
                     f"{steps} steps at q={q:g} for {mechanism} noise")
     try:
+        # PLD's search starts at PLD_MIN_NOISE: a target only smaller noise reaches has no bracket (→ out of reach)
+        bracket = dp_accounting.LowerEndpointAndGuess(PLD_MIN_NOISE, 1.0) if accountant == "pld" else None
         noise = float(dp_accounting.calibrate_dp_mechanism(
-            lambda: _accountant(accountant, mechanism), lambda s: dp_event(mechanism, q, steps, s), target_epsilon, delta))
-    except ValueError as exc:  # no noise in the search bracket reaches the target
-        raise TunelabError(f"{out_of_reach} ({exc}); use fewer steps or a larger target") from None
+            lambda: _accountant(accountant, mechanism), lambda s: dp_event(mechanism, q, steps, s), target_epsilon, delta,
+            bracket_interval=bracket))
+    except (ValueError, dp_accounting.mechanism_calibration.NoBracketIntervalFoundError) as exc:  # no bracket reaches it
+        hint = (f"PLD searches noise ≥ {PLD_MIN_NOISE:g} only: for a target this large use --accountant rdp"
+                if accountant == "pld" else "use fewer steps or another target")
+        raise TunelabError(f"{out_of_reach}: {hint}") from None
     spent = spent_epsilon(mechanism, q, steps, noise, delta, accountant)
     if not spent <= target_epsilon * (1 + 1e-3):  # the search ended where discretisation cannot certify the target
         raise TunelabError(f"{out_of_reach}: the closest noise ({noise:.4g}) spends ε = {spent:.4g}; "

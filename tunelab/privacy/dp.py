@@ -33,7 +33,7 @@ from tunelab.errors import TunelabError
 from tunelab.privacy.accounting import Ledger, calibrate_noise, spent_epsilon
 from tunelab.train.plugins import Run
 
-_NOTE_EVERY_S = 10.0  # PLD accounting takes ~0.5 s: refresh the progress bar's ε at most this often
+_NOTE_EVERY_S = 30.0  # PLD accounting takes ~0.5 s: refresh the progress bar's ε at most this often
 
 
 class PoissonBatches:

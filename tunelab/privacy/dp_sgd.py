@@ -41,10 +41,10 @@ from peft import PeftModel
 from torch import nn
 from transformers import get_scheduler
 
-from tunelab.data import IGNORE_INDEX
 from tunelab.errors import TunelabError
 from tunelab.privacy.dp import PrivateTraining, physical_batches
 from tunelab.train.checkpoint import optimizer_from_flat, optimizer_to_flat
+from tunelab.train.objectives import supervised_rows
 from tunelab.train.plugins import Run
 from tunelab.train.update_rules import _SCHEDULER_NAMES, LossFn, UpdateRule
 
@@ -77,7 +77,7 @@ class PerSampleHooks(GradSampleHooks):
 
     def set_batch(self, batch: dict[str, torch.Tensor]) -> None:
         """Call before the forward of ``batch``."""
-        self.rows = (batch["labels"][:, 1:] != IGNORE_INDEX).nonzero()[:, 0]  # CausalLMLoss's row-major order
+        self.rows = supervised_rows(batch["labels"])
         self.examples = batch["input_ids"].shape[0]
 
     def _get_module_type(self, module: nn.Module) -> Any:

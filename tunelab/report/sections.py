@@ -861,3 +861,54 @@ def phishing_section(data: ReportData, palette: Palette) -> str | None:
 
 
 SECTIONS.insert(index_of("privacy") + 1, Section("phishing", "Neural phishing", phishing_section, kinds=("phishing",)))
+
+
+# --- private training (tunelab train --optimizer dp-zo / dp-sgd) ---------------------------------
+
+_DP_PALETTE = {"ε_LB (audit)": "#1f77b4", "ε spent (ledger)": "#c8c8c8"}  # fixed: these bars are not runs
+
+
+def dp_section(data: ReportData, palette: Palette) -> str | None:
+    """The privacy ledger of every DP run, with its own canary audit beside the ε it spent.
+
+    An audit's ε_LB above the ledger's ε contradicts the guarantee: it is flagged as a bug, not shown
+    as a finding.
+    """
+    runs = [r for r in data.runs if isinstance(r.record.get("dp"), dict)]
+    if not runs:
+        return None
+    rows, labels, lbs, spent, broken = [], [], [], [], []
+    for run in runs:
+        dp = run.record["dp"]
+        audit = run.record.get("privacy") if isinstance(run.record.get("privacy"), dict) else {}
+        eps, lb = number(dp.get("epsilon")), number(audit.get("epsilon_lb"))
+        if eps is not None and lb is not None and lb > eps + 1e-9:
+            broken.append(run.name)
+        symbol = "σ" if "gaussian" in str(dp.get("mechanism")) else "b"
+        outside = dp.get("outside_guarantee") or []
+        rows.append([run.name, str(dp.get("mechanism") or "–"), fmt_num(dp.get("target_epsilon"), 3), fmt_num(eps, 3),
+                     fmt_num(dp.get("delta"), 2), str(dp.get("accountant") or "–").upper(), fmt_num(dp.get("sample_rate"), 3),
+                     f"{symbol} = {fmt_num(dp.get('noise_multiplier'), 3)}", fmt_num(dp.get("clip"), 3), fmt_int(dp.get("steps")),
+                     fmt_num(lb, 3), "yes" if dp.get("private_metrics_logged") else "no",
+                     "; ".join(map(str, outside)) if outside else "–"])
+        labels.append(run.name)
+        lbs.append(lb)
+        spent.append(eps)
+    neighbouring = dict.fromkeys(str(r.record["dp"].get("neighbouring")) for r in runs)
+    parts = [table(["run", "mechanism", "target ε", "ε spent", "δ", "accountant", "q", "noise", "C", "steps",
+                    "audit ε_LB", "loss logged", "outside the guarantee"], rows, numeric=(2, 3, 4, 6, 8, 9, 10),
+                   caption="Privacy ledgers (tunelab.json: dp). Neighbouring relation: " + "; ".join(neighbouring)
+                   + ". The audit column is the run's own canary audit (one-run ε lower bound), where it planted canaries.")]
+    img = plots.hbars(labels, {"ε_LB (audit)": lbs, "ε spent (ledger)": spent}, Palette(dict(_DP_PALETTE)),
+                      title="audited ε_LB vs ε spent", xlabel="ε", value_format=lambda v: f"{v:.2f}")
+    if img and any(v is not None for v in lbs):
+        parts.append(f'<div class="figures"><figure>{img}<figcaption>Each DP run\'s canary audit beside the ε its '
+                     "ledger says it spent: the audit can only certify a lower bound, so its bar must stay at or below "
+                     "the grey one.</figcaption></figure></div>")
+    if broken:
+        parts.append(f'<p class="note">⚠ ε_LB above ε spent in {esc(", ".join(broken))}: that contradicts the '
+                     "guarantee — a bug in the training or the accounting to find, not a result.</p>")
+    return "\n".join(parts)
+
+
+SECTIONS.insert(index_of("phishing") + 1, Section("dp", "Private training", dp_section))

@@ -51,7 +51,7 @@ class CausalLMLoss(nn.Module):
         """
         logits, targets, keep = self.supervised_logits(input_ids, attention_mask, labels)
         token_losses = F.cross_entropy(logits.float(), targets, reduction="none")
-        rows = keep.nonzero()[:, 0]  # boolean indexing is row-major: the row of each supervised position
+        rows = supervised_rows(labels)
         sums = torch.zeros(keep.shape[0], dtype=token_losses.dtype, device=token_losses.device).index_add(0, rows, token_losses)
         return sums / keep.sum(dim=1).clamp(min=1)
 
@@ -85,6 +85,12 @@ class CausalLMLoss(nn.Module):
             self._head_cache_key = key
             self._head_cache = weight.detach().to(dtype)
         return F.linear(hidden, self._head_cache)
+
+
+def supervised_rows(labels: torch.Tensor) -> torch.Tensor:
+    """The example (row) of each supervised position, in the order ``supervised_logits`` returns
+    them (boolean indexing is row-major)."""
+    return (labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 0]
 
 
 OBJECTIVES = ("sft", "constrained")
