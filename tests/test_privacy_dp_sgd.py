@@ -72,7 +72,10 @@ def test_opacus_per_sample_gradients_equal_per_example_autograd(method: str):
             worst = max(worst, float((p.grad_sample[i] - expected[i][j]).abs().max()))
     # full: the tied embedding/LM head (its [N, H] input summed per example, padding_idx row) and
     # RMSNorm (no Opacus sampler: functorch) are in the comparison
-    assert worst < 1e-6, worst
+    # relative to the gradients' size: multi-threaded reductions differ from one-example autograd
+    # in the last bits (up to 2.3e-6 on gradients of size ~1); the bugs this guards against were O(1)
+    scale = max(float(g.abs().max()) for grads in expected for g in grads)
+    assert worst < 1e-5 * max(1.0, scale), (worst, scale)
     hooks.cleanup()
 
 
@@ -150,11 +153,9 @@ class _Snapshot(DPSGD):
         self.initial = {n: p.detach().clone() for n, p in params.items()}
 
 
-@pytest.mark.parametrize("method", ["lori-s", "lota"])
-def test_entries_outside_the_mask_never_move(qa_file: Path, tmp_path: Path, method: str, request: pytest.FixtureRequest):
-    extra = {"mask_from": str(request.getfixturevalue("lori_d"))} if method == "lori-s" else {}
+def test_entries_outside_the_mask_never_move(qa_file: Path, tmp_path: Path, lori_d: Path):
     rule = _Snapshot(secret_seed=0)
-    fit(tiny_config(qa_file, tmp_path / method, method, max_steps=3, sparsity=0.8, **extra, **DP), rule=rule)
+    fit(tiny_config(qa_file, tmp_path / "lori-s", "lori-s", max_steps=3, sparsity=0.8, mask_from=str(lori_d), **DP), rule=rule)
     assert rule.masks
     for name, mask in rule.masks.items():
         now, before, inside = rule.params[name].detach(), rule.initial[name], mask.bool()
@@ -184,3 +185,9 @@ def test_new_token_rows_are_refused_before_the_output_dir(qa_file: Path, tmp_pat
     with pytest.raises(TunelabError, match="new-token rows get no per-sample gradient under Opacus"):
         train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_lota_is_refused_its_mask_comes_from_a_non_private_pass(qa_file: Path, tmp_path: Path):
+    with pytest.raises(TunelabError, match="--method lota picks its mask with a non-private AdamW pass"):
+        fit(tiny_config(qa_file, tmp_path / "lota", "lota", max_steps=2, **DP), rule=DPSGD(secret_seed=0))
+    assert not (tmp_path / "lota").exists()

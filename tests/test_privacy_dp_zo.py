@@ -188,3 +188,16 @@ def test_pure_epsilon_laplace_run_uses_the_closed_form(qa_file: Path, tmp_path: 
     dp = json.loads((fit(cfg, rule=DPZO()) / "tunelab.json").read_text())["dp"]
     assert dp["delta"] == 0.0 and dp["epsilon"] == pytest.approx(2.0)
     assert dp["epsilon"] == pytest.approx(pure_laplace_epsilon(dp["sample_rate"], dp["steps"], dp["noise_multiplier"]))
+
+
+def test_dp_zo_lori_s_keeps_entries_outside_the_mask_at_zero(qa_file: Path, tmp_path: Path):
+    from tunelab.finetune import train
+
+    lori_d = train(tiny_config(qa_file, tmp_path / "lori-d", "lori-d", max_steps=1))
+    out = fit(tiny_config(qa_file, tmp_path / "lori-s", "lori-s", mask_from=str(lori_d), sparsity=0.8, max_steps=3,
+                          optimizer="dp-zo", noise_multiplier=1.0, lr=0.1), rule=DPZO(secret_seed=1))
+    weights, masks = load_file(out / "adapter_model.safetensors"), load_file(out / "mask.safetensors")
+    for key, mask in masks.items():
+        b = weights[f"base_model.model.{key}.lora_B.weight"]
+        assert torch.equal(b[~mask.bool()], torch.zeros_like(b[~mask.bool()])), key
+        assert bool((b[mask.bool()] != 0).all()), key  # noise and signal reach every entry inside
