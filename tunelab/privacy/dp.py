@@ -32,6 +32,7 @@ import torch
 from tunelab.errors import TunelabError
 from tunelab.privacy.accounting import Ledger, calibrate_noise, spent_epsilon
 from tunelab.train.plugins import Run
+from tunelab.train.update_rules import require_one_process
 
 _NOTE_EVERY_S = 30.0  # PLD accounting takes ~0.5 s: refresh the progress bar's ε at most this often
 
@@ -84,6 +85,7 @@ class PrivateTraining:
 
     # -- the rule hooks ---------------------------------------------------------------------
     def prepare(self, run: Run) -> None:
+        require_one_process(run)  # Poisson sampling and the secret noise live in one process
         cfg = run.cfg
         self.run_cfg = cfg
         n = len(run.examples)
@@ -142,8 +144,8 @@ class PrivateTraining:
 
     # -- shared by the DP rules --------------------------------------------------------------
     def dp_steps_done(self) -> int:
-        """Optimizer steps taken so far (each one a use of the private data)."""
-        raise NotImplementedError
+        """Optimizer steps taken so far (each one a use of the private data): the rule's ``steps_done``."""
+        return getattr(self, "steps_done", 0)  # 0 before setup
 
     def epsilon(self, steps: int) -> float:
         """ε spent after ``steps`` steps at the run's δ."""

@@ -39,14 +39,13 @@ from opacus.grad_sample.linear import compute_linear_grad_sample
 from opacus.optimizers import DPOptimizer
 from peft import PeftModel
 from torch import nn
-from transformers import get_scheduler
 
 from tunelab.errors import TunelabError
 from tunelab.privacy.dp import PrivateTraining, physical_batches
 from tunelab.train.checkpoint import optimizer_from_flat, optimizer_to_flat
 from tunelab.train.objectives import supervised_rows
 from tunelab.train.plugins import Run
-from tunelab.train.update_rules import _SCHEDULER_NAMES, LossFn, UpdateRule
+from tunelab.train.update_rules import LossFn, UpdateRule, lr_scheduler, trainable_masks
 
 _SECRET_PREFIX = "dp."  # PrivateTraining.secret_state's tensor keys
 
@@ -139,8 +138,6 @@ class DPSGD(PrivateTraining, UpdateRule):
     def check_supported(self, run: Run) -> None:
         """Refuse (one line) what Opacus cannot give per-sample gradients for; the output dir is untouched."""
         opt = f"--optimizer {run.cfg.optimizer}"
-        if run.accelerator.num_processes > 1:
-            raise TunelabError(f"{opt} runs in one process; launch it without torchrun")
         model = run.prepared.model
         token_rows = bool(run.settings and run.settings.trainable_token_indices) or any(
             "TrainableTokens" in type(m).__name__ and any(p.requires_grad for p in m.parameters())
@@ -159,10 +156,7 @@ class DPSGD(PrivateTraining, UpdateRule):
         cfg = run.cfg
         self.run, self.params = run, params
         self.masks = {name: mask.to(device=params[name].device, dtype=params[name].dtype)
-                      for name, mask in (run.prepared.grad_masks() if run.prepared else {}).items()}
-        stray = sorted(set(self.masks) - set(params))
-        if stray:
-            raise RuntimeError(f"gradient masks for parameters that do not train: {stray[:3]}")
+                      for name, mask in trainable_masks(run, params).items()}
         self.device = next(iter(params.values())).device
         self.hooks = PerSampleHooks(run.prepared.model)
         self.base = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -172,8 +166,7 @@ class DPSGD(PrivateTraining, UpdateRule):
                                      expected_batch_size=cfg.batch_size, loss_reduction="mean",
                                      generator=self.noise_generator)
         self.optimizer.attach_step_hook(self._mask_update)
-        self.scheduler = get_scheduler(_SCHEDULER_NAMES[cfg.scheduler], self.base,
-                                       num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
+        self.scheduler = lr_scheduler(cfg, self.base, total_steps)
         self.steps_done = 0
 
     # -- one step ----------------------------------------------------------------------------
@@ -236,9 +229,6 @@ class DPSGD(PrivateTraining, UpdateRule):
         if getattr(self, "hooks", None) is not None:
             self.hooks.remove_hooks()  # inert under no_grad, but they would hold activations in train mode
             self.hooks = None
-
-    def dp_steps_done(self) -> int:
-        return getattr(self, "steps_done", 0)
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         state = self.base.state_dict()

@@ -59,9 +59,6 @@ class DPZO(PrivateTraining, ZO):
         lr = self.apply(noisy)
         return {"lr": lr, "grad_norm": None}  # the step's scalar is private too
 
-    def dp_steps_done(self) -> int:
-        return getattr(self, "steps_done", 0)
-
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, meta = ZO.state_dict(self)
         secret_tensors, secret_meta = self.secret_state()

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from transformers import get_scheduler
 
+from tunelab.errors import TunelabError
 from tunelab.train import fsdp
 from tunelab.train.checkpoint import optimizer_from_flat, optimizer_to_flat
 from tunelab.train.plugins import Run
@@ -117,6 +118,28 @@ class UpdateRule(abc.ABC):
         """Restore what :meth:`state_dict` returned."""
 
 
+def require_one_process(run: Run) -> None:
+    """Refuse a multi-process launch for rules that keep their sampling or perturbations in one process."""
+    if run.accelerator.num_processes > 1:
+        raise TunelabError(f"--optimizer {run.cfg.optimizer} runs in one process; launch it without torchrun")
+
+
+def trainable_masks(run: Run, params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """The method's gradient masks (LoRI-S, LoTA) by parameter name; every one must belong to a trainable weight."""
+    masks = run.prepared.grad_masks() if run.prepared else {}
+    stray = sorted(set(masks) - set(params))
+    if stray:
+        raise RuntimeError(f"gradient masks for parameters that do not train: {stray[:3]}")
+    return masks
+
+
+def lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int, processes: int = 1) -> Any:
+    """The config's LR schedule over ``total_steps``; accelerate steps a prepared scheduler once per
+    process, so a multi-process run scales it by ``processes``."""
+    return get_scheduler(_SCHEDULER_NAMES[cfg.scheduler], optimizer, num_warmup_steps=cfg.warmup_steps * processes,
+                         num_training_steps=total_steps * processes)
+
+
 class AdamW(UpdateRule):
     """Backprop + AdamW: accumulation, gradient masks, clipping, the config's LR schedule."""
 
@@ -126,17 +149,9 @@ class AdamW(UpdateRule):
         cfg, accelerator = run.cfg, run.accelerator
         self.run = run
         self.params = params
-        self.masks = run.prepared.grad_masks() if run.prepared else {}
-        stray = sorted(set(self.masks) - set(params))
-        if stray:
-            raise RuntimeError(f"gradient masks for parameters that do not train: {stray[:3]}")
+        self.masks = trainable_masks(run, params)
         optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        # accelerate steps a prepared scheduler once per process: scale the schedule to match.
-        scheduler = get_scheduler(
-            _SCHEDULER_NAMES[cfg.scheduler], optimizer,
-            num_warmup_steps=cfg.warmup_steps * accelerator.num_processes,
-            num_training_steps=total_steps * accelerator.num_processes,
-        )
+        scheduler = lr_scheduler(cfg, optimizer, total_steps, accelerator.num_processes)
         self.optimizer, self.scheduler = accelerator.prepare(optimizer, scheduler)
 
     def micro_step(self, loss_fn: LossFn, batch: dict[str, torch.Tensor]) -> torch.Tensor:

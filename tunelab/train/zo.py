@@ -18,12 +18,11 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 import torch
-from transformers import get_scheduler
 
 from tunelab.errors import TunelabError
 from tunelab.train.config import TrainConfig
 from tunelab.train.plugins import Run
-from tunelab.train.update_rules import _SCHEDULER_NAMES, LossFn, UpdateRule
+from tunelab.train.update_rules import LossFn, UpdateRule, lr_scheduler, require_one_process, trainable_masks
 
 ZO_EPS_FULL, ZO_EPS_ADAPTER = 1e-3, 1e-2  # MeZO's φ for full fine-tuning and for LoRA
 ZO_LR_FULL, ZO_LR_ADAPTER = 1e-6, 1e-4  # MeZO's learning rates (full 1e-6..1e-7; LoRA 1e-4..5e-5)
@@ -42,15 +41,16 @@ class ZO(UpdateRule):
     def default_lr(self, cfg: TrainConfig) -> float | None:
         return ZO_LR_FULL if cfg.method == "full" else ZO_LR_ADAPTER
 
+    def prepare(self, run: Run) -> None:
+        require_one_process(run)
+
     def setup(self, run: Run, params: dict[str, torch.nn.Parameter], total_steps: int) -> None:
         cfg = run.cfg
-        if run.accelerator.num_processes > 1:
-            raise TunelabError(f"--optimizer {cfg.optimizer} runs in one process; launch it without torchrun")
         low = [name for name, p in params.items() if p.dtype != torch.float32]
         if low:
             raise TunelabError(f"--optimizer {cfg.optimizer} perturbs fp32 weights; {low[0]} is {params[low[0]].dtype}")
         self.run, self.params = run, params
-        self.masks = {name: m.to(torch.float32) for name, m in (run.prepared.grad_masks() if run.prepared else {}).items()}
+        self.masks = {name: m.to(torch.float32) for name, m in trainable_masks(run, params).items()}
         self.eps = cfg.zo_eps or (ZO_EPS_FULL if cfg.method == "full" else ZO_EPS_ADAPTER)
         self.device = next(iter(params.values())).device
         self.generator = torch.Generator(self.device)
@@ -58,8 +58,7 @@ class ZO(UpdateRule):
         self.projected, self.micro = 0.0, 0
         # The schedule only: a one-weight SGD carries get_scheduler's LR multiplier.
         self._lr_holder = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
-        self.scheduler = get_scheduler(_SCHEDULER_NAMES[cfg.scheduler], self._lr_holder,
-                                       num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
+        self.scheduler = lr_scheduler(cfg, self._lr_holder, total_steps)
 
     def directions(self, seed: int) -> Iterator[tuple[torch.nn.Parameter, torch.Tensor]]:
         """``(weight, z)`` for every trainable weight, the same ``z`` for the same seed (masked)."""
