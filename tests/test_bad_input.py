@@ -453,3 +453,13 @@ def test_judge_dir_with_truncated_weights(capsys: pytest.CaptureFixture[str], tm
     _truncate(judge / "model.safetensors")
     args = ["eval", "--model", "tiny-random", "--suite", "safety", "--judge", judge, "--limit", "1"]
     assert_one_line(*run_cli(capsys, *args), f"{judge / 'model.safetensors'}: not a readable safetensors file")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--task", "mmlu-pro"], "unknown task 'mmlu-pro'"),
+    (["--task", "arithmetic", "--num-fewshot", "2"], "--num-fewshot and --plain apply to benchmarks"),
+    (["--task", "arc-easy", "--num-fewshot", "-1"], "--num-fewshot must be >= 0"),
+    (["--task", "arc-easy", "--scorer", "exact"], "benchmark 'arc-easy' is scored by 'choice'"),
+])
+def test_bad_benchmark_options_give_one_line(capsys: pytest.CaptureFixture[str], args: list[str], fragment: str):
+    assert_one_line(*run_cli(capsys, "eval", "--model", "tiny-random", *args), fragment)

@@ -203,7 +203,7 @@ def generate(
 def evaluate(
     model: Annotated[Optional[str], typer.Option(help="alias, local dir or hub id \\[default: smollm2-135m]")] = None,
     adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter or tunelab run dir")] = None,
-    task: Annotated[Optional[str], typer.Option(help="a task (`tunelab tasks list`), a data file with --scorer, or lm-eval:NAME")] = None,
+    task: Annotated[Optional[str], typer.Option(help="a task or benchmark (`tunelab tasks list`), a data file with --scorer, or lm-eval:NAME")] = None,
     suite: Annotated[Optional[str], typer.Option(help="an evaluation suite: safety")] = None,
     scorer: Annotated[Optional[str], typer.Option(help="for a task file: numeric, exact, contains, choice or code")] = None,
     limit: Annotated[Optional[int], typer.Option(help="number of examples (safety: harmful prompts)")] = None,
@@ -222,7 +222,8 @@ def evaluate(
     benign_prompts: Annotated[Optional[str], typer.Option(help="safety: benign prompts \\[default: tunelab's generated set]")] = None,
     benign_limit: Annotated[Optional[int], typer.Option(help="safety: number of benign prompts \\[default: --limit]")] = None,
     lm_eval_include: Annotated[Optional[str], typer.Option(help="--task lm-eval:NAME: a dir of your own lm-eval task YAMLs")] = None,
-    num_fewshot: Annotated[Optional[int], typer.Option(help="--task lm-eval:NAME: few-shot examples")] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option(help="benchmarks and lm-eval tasks: few-shot examples \\[default: 0]")] = None,
+    plain: Annotated[Optional[bool], typer.Option("--plain/--chat", help="benchmarks: plain text instead of the chat template \\[default: --chat]")] = None,
     output: Annotated[Optional[str], typer.Option(help="results dir \\[default: ADAPTER/eval/NAME when --adapter is given]")] = None,
     refusal_threshold: Annotated[Optional[float], typer.Option(help="refusal tokens: open with a refuse token iff its p ≥ τ, else [respond]")] = None,
     refusal_bias: Annotated[Optional[float], typer.Option(help="refusal tokens: add b to the refuse logit(s) at the first step")] = None,
@@ -247,7 +248,7 @@ def evaluate(
         max_new_tokens=max_new_tokens, sample=sample, temperature=temperature, top_p=top_p, n_samples=n_samples, ks=ks,
         batch_size=batch_size, bf16=bf16, judge=judge, judge_threshold=judge_threshold, harmful_prompts=harmful_prompts,
         benign_prompts=benign_prompts, benign_limit=benign_limit, lm_eval_include=lm_eval_include,
-        num_fewshot=num_fewshot, output=output, refusal_threshold=refusal_threshold, refusal_bias=refusal_bias,
+        num_fewshot=num_fewshot, plain=plain, output=output, refusal_threshold=refusal_threshold, refusal_bias=refusal_bias,
         refusal_categories=parse_categories(refusal_categories), refusal_temperature=refusal_temperature,
     )
     result = run_eval(cfg)
@@ -295,11 +296,14 @@ def unpack(
 
 @tasks_app.command("list")
 def tasks_list() -> None:
-    """List built-in tasks."""
+    """List built-in tasks and the offline benchmarks (`tunelab eval --task NAME`)."""
+    from tunelab.evaluate.benchmarks import BENCHMARKS
     from tunelab.tasks import TASKS
 
     for name, task in TASKS.items():
-        console.print(f"{name:12s} {task.description}")
+        console.print(f"{name:14s} {task.description}")
+    for name, bench in BENCHMARKS.items():
+        console.print(f"{name:14s} benchmark: {bench.description}")
 
 
 @tasks_app.command("export")

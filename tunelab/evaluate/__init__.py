@@ -15,6 +15,20 @@ from tunelab.evaluate.scorers import SCORERS, choice_loglikelihoods, get_scorer,
 from tunelab.evaluate.tasks import EVAL_TASKS, EvalTask, resolve_task
 
 
+def _option_loglikelihoods(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], **kw: Any) -> list[list[float]]:
+    """Log-likelihood of every option; a record with ``prompts`` has its own context per option
+    (WinoGrande), so every (context, option) pair is scored on its own and regrouped."""
+    if not any("prompts" in r for r in records):
+        return choice_loglikelihoods(model, tokenizer, [r["prompt"] for r in records], [r["choices"] for r in records], **kw)
+    pairs = [(p, c) for r in records for p, c in zip(r.get("prompts") or [r["prompt"]] * len(r["choices"]), r["choices"])]
+    flat = choice_loglikelihoods(model, tokenizer, [p for p, _ in pairs], [[c] for _, c in pairs], **kw)
+    out, at = [], 0
+    for r in records:
+        out.append([ll[0] for ll in flat[at : at + len(r["choices"])]])
+        at += len(r["choices"])
+    return out
+
+
 def evaluate_task(
     model: Any,
     tokenizer: Any,
@@ -56,12 +70,12 @@ def evaluate_task(
         out_records = result["records"]
         score = metrics.get("pass@1", next(iter(metrics.values())))
     elif scorer.kind == "choice":
-        lls = choice_loglikelihoods(model, tokenizer, [r["prompt"] for r in records], [r["choices"] for r in records],
-                                    batch_size=batch_size, bf16=bf16)
+        lls = _option_loglikelihoods(model, tokenizer, records, chat=task.chat, batch_size=batch_size, bf16=bf16)
         out_records = []
         for r, ll in zip(records, lls):
             pred, pred_norm = pick_choice(ll, r["choices"]), pick_choice(ll, r["choices"], normalize=True)
-            out_records.append({**r, "loglikelihoods": ll, "prediction": pred, "score": float(pred == r["answer"]),
+            shown = {k: v for k, v in r.items() if k != "prompts"}  # one context per option is noise in outputs.jsonl
+            out_records.append({**shown, "loglikelihoods": ll, "prediction": pred, "score": float(pred == r["answer"]),
                                 "score_norm": float(pred_norm == r["answer"])})
         n = len(out_records)
         metrics = {"accuracy": sum(r["score"] for r in out_records) / n,
@@ -76,7 +90,7 @@ def evaluate_task(
         metrics = {"accuracy": sum(r["score"] for r in out_records) / len(out_records)}
         score = metrics["accuracy"]
     return {"kind": "task", "task": task.name, "scorer": task.scorer, "n": len(out_records), "score": score,
-            **metrics, "metrics": metrics, "records": out_records}
+            "chat_template": task.chat, **metrics, "metrics": metrics, "records": out_records}
 
 
 __all__ = [

@@ -58,7 +58,8 @@ class EvalConfig:
     benign_split: str = "test"
     benign_limit: int | None = None  # default: same as limit
     lm_eval_include: str | None = None  # lm-eval: a dir of your own task YAMLs
-    num_fewshot: int | None = None  # lm-eval tasks
+    num_fewshot: int | None = None  # benchmarks (default 0) and lm-eval tasks
+    plain: bool = False  # benchmarks: plain text instead of the chat template
     output: str | None = None
     # refusal-token control (a model trained with --refusal-tokens): force the opening token by
     # threshold τ on p(refuse), or add a bias to the refuse logits at the first step; categorical
@@ -78,6 +79,8 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise TunelabError(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
         if self.batch_size < 1 or self.n_samples < 1:
             raise TunelabError("--batch-size and --n-samples must be >= 1")
         if any(k < 1 or k > self.n_samples for k in self.ks):
@@ -142,7 +145,7 @@ def _prepare_task(cfg: EvalConfig) -> Run:
     from tunelab.evaluate import evaluate_task
     from tunelab.evaluate.tasks import resolve_task
 
-    task = resolve_task(cfg.task or "", cfg.scorer)
+    task = resolve_task(cfg.task or "", cfg.scorer, shots=cfg.num_fewshot, chat=not cfg.plain)
     return lambda model, tokenizer: evaluate_task(
         model, tokenizer, task, limit=cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size,
         max_new_tokens=cfg.max_new_tokens, do_sample=cfg.sample, temperature=cfg.temperature, top_p=cfg.top_p,

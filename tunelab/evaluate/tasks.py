@@ -29,6 +29,7 @@ class EvalTask:
     description: str
     load: Callable[[int | None, int], Records]
     max_new_tokens: int = 64  # enough for a full answer; generation stops at EOS anyway
+    chat: bool = True  # prompts go through the chat template (benchmarks may be scored as plain text)
 
 
 def _builtin(name: str) -> EvalTask:
@@ -85,8 +86,26 @@ def file_task(path: str | Path, scorer: str) -> EvalTask:
     return EvalTask(Path(path).stem, scorer, f"user task {path}", lambda limit, seed: records[:limit] if limit else records)
 
 
-def resolve_task(name: str, scorer: str | None = None) -> EvalTask:
-    """A registered task by name, or a data file scored by ``scorer`` (which a file needs)."""
+def benchmark_task(name: str, shots: int = 0, chat: bool = True) -> EvalTask:
+    """A benchmark of ``tunelab.evaluate.benchmarks`` with ``shots`` examples, chat or plain text."""
+    from tunelab.evaluate.benchmarks import benchmark_records, get_benchmark
+
+    bench = get_benchmark(name)
+    return EvalTask(name, "choice", bench.description,
+                    lambda limit, seed: benchmark_records(name, limit, seed, shots, chat), chat=chat)
+
+
+def resolve_task(name: str, scorer: str | None = None, *, shots: int | None = None, chat: bool = True) -> EvalTask:
+    """A registered task or benchmark by name, or a data file scored by ``scorer`` (which a file
+    needs). ``shots`` and ``chat=False`` apply to benchmarks only."""
+    from tunelab.evaluate.benchmarks import BENCHMARKS
+
+    if name in BENCHMARKS:
+        if scorer is not None and scorer != "choice":
+            raise TunelabError(f"benchmark '{name}' is scored by 'choice'; --scorer applies to task files only")
+        return benchmark_task(name, shots or 0, chat)
+    if shots or not chat:
+        raise TunelabError(f"--num-fewshot and --plain apply to benchmarks ({', '.join(BENCHMARKS)}), not to '{name}'")
     if name in EVAL_TASKS:
         task = EVAL_TASKS[name]
         if scorer is not None and scorer != task.scorer:
@@ -98,4 +117,5 @@ def resolve_task(name: str, scorer: str | None = None) -> EvalTask:
         if scorer is None:
             raise TunelabError(f"task file {name} needs --scorer ({', '.join(SCORERS)})")
         return file_task(name, scorer)
-    raise TunelabError(f"unknown task '{name}'; tasks: {', '.join(EVAL_TASKS)} (or a JSONL file with --scorer)")
+    raise TunelabError(f"unknown task '{name}'; tasks: {', '.join(EVAL_TASKS)}; benchmarks: {', '.join(BENCHMARKS)} "
+                       "(or a JSONL file with --scorer)")
