@@ -19,7 +19,7 @@ tasks_app = typer.Typer(no_args_is_help=True, help="Built-in tasks: list them, e
 app.add_typer(tasks_app, name="tasks")
 data_app = typer.Typer(no_args_is_help=True, help="Build training data sets (safety recipe).")
 app.add_typer(data_app, name="data")
-inspect_app = typer.Typer(no_args_is_help=True, help="Look inside adapters and models: interference between adapters.")
+inspect_app = typer.Typer(no_args_is_help=True, help="Look inside adapters and models: interference, inactive attention heads, pruning.")
 app.add_typer(inspect_app, name="inspect")
 audit_app = typer.Typer(no_args_is_help=True, help="Audit what alignment and fine-tuning did: safety depth, refusal calibration.")
 app.add_typer(audit_app, name="audit")
@@ -627,6 +627,41 @@ def inspect_interference(
     out = run_inspect(adapters, output, model=model, merged=merged, tasks=tasks.split(",") if tasks else None,
                       limit=limit, seed=seed, progress=True)
     _print_interference(out)
+
+
+@inspect_app.command("heads")
+def inspect_heads(
+    model: Annotated[Optional[str], typer.Option(help="alias, local dir or hub id \\[default: smollm2-135m]")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter or tunelab run dir (merged before hooking)")] = None,
+    task: Annotated[Optional[str], typer.Option(help="a benchmark or multiple-choice task \\[default: arc-easy]")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="questions \\[default: 200]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="question sample and random-score seed \\[default: 0]")] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option(help="few-shot examples \\[default: 0]")] = None,
+    plain: Annotated[Optional[bool], typer.Option("--plain/--chat", help="plain text instead of the chat template \\[default: --chat]")] = None,
+    scores: Annotated[Optional[str], typer.Option(help="comma-separated head scores \\[default: all 15 and random]")] = None,
+    fractions: Annotated[Optional[str], typer.Option(help="target fractions of heads to zero \\[default: 0,0.05,...,0.3]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="sequences per forward \\[default: 16]")] = None,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 autocast (scores stay fp32)")] = None,
+    attn_implementation: Annotated[Optional[str], typer.Option(help="sdpa or eager \\[default: sdpa]")] = None,
+    output: Annotated[Optional[str], typer.Option(help="results dir \\[default: ADAPTER/inspect/heads-TASK or runs/inspect/heads-MODEL-TASK]")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="heads.yaml; flags override it")] = None,
+) -> None:
+    """Inactive attention heads: accuracy vs % of heads zeroed per input, for every score and random."""
+    from tunelab.configs import from_sources
+    from tunelab.inspect.run import HeadsConfig, parse_floats, run_heads
+
+    _quiet_libraries()
+    cfg = from_sources(HeadsConfig, config, model=model, adapter=adapter, task=task, limit=limit, seed=seed,
+                       num_fewshot=num_fewshot, plain=plain, scores=scores.split(",") if scores else None,
+                       fractions=parse_floats(fractions, "--fractions") if fractions is not None else None,
+                       batch_size=batch_size, bf16=bf16, attn_implementation=attn_implementation, output=output)
+    result = run_heads(cfg)
+    console.print(f"{result['task']}: unablated accuracy {result['baseline_accuracy']:.3f} on {result['n']} questions", highlight=False)
+    for score, pct in sorted(result["largest_within"].items(), key=lambda kv: -kv[1]):
+        console.print(f"  {score:28s} {pct:5.1f}% of heads zeroed within 1 point", highlight=False)
+    mask = result["static_mask"]
+    console.print(f"wrote {result['output_dir']}/metrics.json, heads_accuracy.png, heads_scores.png and "
+                  f"{mask['file']} (static mask: {mask['score'] or 'none'}, {mask['static_pct']:.1f}% of heads)", highlight=False)
 
 
 def _print_interference(out_dir: Path) -> None:

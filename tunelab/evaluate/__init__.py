@@ -15,20 +15,6 @@ from tunelab.evaluate.scorers import SCORERS, choice_loglikelihoods, get_scorer,
 from tunelab.evaluate.tasks import EVAL_TASKS, EvalTask, resolve_task
 
 
-def _option_loglikelihoods(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], **kw: Any) -> list[list[float]]:
-    """Log-likelihood of every option; a record with ``prompts`` has its own context per option
-    (WinoGrande), so every (context, option) pair is scored on its own and regrouped."""
-    if not any("prompts" in r for r in records):
-        return choice_loglikelihoods(model, tokenizer, [r["prompt"] for r in records], [r["choices"] for r in records], **kw)
-    pairs = [(p, c) for r in records for p, c in zip(r.get("prompts") or [r["prompt"]] * len(r["choices"]), r["choices"])]
-    flat = choice_loglikelihoods(model, tokenizer, [p for p, _ in pairs], [[c] for _, c in pairs], **kw)
-    out, at = [], 0
-    for r in records:
-        out.append([ll[0] for ll in flat[at : at + len(r["choices"])]])
-        at += len(r["choices"])
-    return out
-
-
 def evaluate_task(
     model: Any,
     tokenizer: Any,
@@ -70,7 +56,9 @@ def evaluate_task(
         out_records = result["records"]
         score = metrics.get("pass@1", next(iter(metrics.values())))
     elif scorer.kind == "choice":
-        lls = _option_loglikelihoods(model, tokenizer, records, chat=task.chat, batch_size=batch_size, bf16=bf16)
+        lls = choice_loglikelihoods(model, tokenizer, [r["prompt"] for r in records], [r["choices"] for r in records],
+                                    chat=task.chat, batch_size=batch_size, bf16=bf16,
+                                    option_prompts=[r.get("prompts") for r in records])
         out_records = []
         for r, ll in zip(records, lls):
             pred, pred_norm = pick_choice(ll, r["choices"]), pick_choice(ll, r["choices"], normalize=True)

@@ -52,6 +52,94 @@ def get_scorer(name: str) -> Scorer:
         raise TunelabError(f"unknown scorer '{name}'; known scorers: {', '.join(SCORERS)}") from None
 
 
+# One scored sequence: (prompt index, option index, context token ids, option token ids).
+ChoicePair = tuple[int, int, list[int], list[int]]
+# forward(pair indices, input_ids, attention_mask) -> logits: wraps the model call of one batch
+# (e.g. with hooks that depend on which sequences are in it).
+BatchForward = Callable[[list[int], torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def choice_pairs(tokenizer: Any, prompts: Sequence[Prompt], choices: Sequence[Sequence[str]],
+                 chat: bool = True, option_prompts: Sequence[Sequence[Prompt] | None] | None = None) -> list[ChoicePair]:
+    """Every (prompt, option) as token ids, context and option tokenized separately.
+
+    Separate tokenization (as lm-evaluation-harness does) keeps the option's tokens from merging
+    with the template's. ``option_prompts[i]``, when given, holds one context per option of prompt
+    ``i`` (WinoGrande fills the blank differently for each option) and replaces ``prompts[i]``.
+    """
+    if len(prompts) != len(choices):
+        raise TunelabError(f"{len(prompts)} prompts but {len(choices)} choice lists")
+    per_option = list(option_prompts) if option_prompts is not None else [None] * len(prompts)
+    if len(per_option) != len(prompts) or any(o is not None and len(o) != len(c) for o, c in zip(per_option, choices)):
+        raise TunelabError("option_prompts needs one context per option of every prompt")
+
+    def ids(prompt: Prompt) -> list[int]:
+        return tokenizer(render_prompts(tokenizer, [prompt], chat)[0], add_special_tokens=False)["input_ids"]
+
+    contexts = [[ids(p)] * len(c) if o is None else [ids(x) for x in o] for p, c, o in zip(prompts, choices, per_option)]
+    pairs = [(i, j, contexts[i][j], tokenizer(c, add_special_tokens=False)["input_ids"])
+             for i, options in enumerate(choices) for j, c in enumerate(options)]
+    if any(not cont for *_, cont in pairs):
+        raise TunelabError("an option is empty after tokenization")
+    return pairs
+
+
+def choice_batches(pairs: Sequence[ChoicePair], batch_size: int) -> list[list[int]]:
+    """Pair indices in batches of similar length (sorted by total length, so padding stays small)."""
+    order = sorted(range(len(pairs)), key=lambda k: len(pairs[k][2]) + len(pairs[k][3]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def pad_pairs(pairs: Sequence[ChoicePair], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``(input_ids, attention_mask)`` of context + option for each pair."""
+    width = max(len(ctx) + len(cont) for *_, ctx, cont in pairs)
+    ids = torch.full((len(pairs), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, (*_, ctx, cont) in enumerate(pairs):
+        seq = ctx + cont
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def pair_loglikelihoods(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[ChoicePair],
+    *,
+    batch_size: int = 16,
+    bf16: bool = False,
+    forward: BatchForward | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[float]:
+    """Sum of log p(option tokens | context) for each pair, in ``pairs`` order.
+
+    Batches come from :func:`choice_batches`; ``forward`` replaces the plain model call of a
+    batch, ``on_batch(n_pairs)`` is called after each one (progress).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    scores = [0.0] * len(pairs)
+    with autocast:
+        for batch in choice_batches(pairs, batch_size):
+            ids, mask = pad_pairs([pairs[k] for k in batch], pad)
+            ids, mask = ids.to(device), mask.to(device)
+            logits = forward(batch, ids, mask) if forward else model(input_ids=ids, attention_mask=mask).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for row, k in enumerate(batch):
+                _, _, ctx, cont = pairs[k]
+                # Logits at position t predict token t + 1.
+                positions = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1)
+                target = torch.tensor(cont)
+                scores[k] = logprobs[row, positions, target].sum().item()
+            if on_batch:
+                on_batch(len(batch))
+    return scores
+
+
 @torch.inference_mode()
 def choice_loglikelihoods(
     model: Any,
@@ -62,42 +150,26 @@ def choice_loglikelihoods(
     chat: bool = True,
     batch_size: int = 16,
     bf16: bool = False,
+    option_prompts: Sequence[Sequence[Prompt] | None] | None = None,
 ) -> list[list[float]]:
-    """Sum of log p(option tokens | prompt) for every option of every prompt.
+    """Sum of log p(option tokens | prompt) for every option of every prompt (``option_prompts``:
+    see :func:`choice_pairs`).
 
     The prompt is rendered as a chat turn with the generation prompt, so an option is scored
     as the assistant's answer. Context and option are tokenized separately and concatenated
     (as lm-evaluation-harness does), so the option's tokens never merge with the template's.
     """
-    if len(prompts) != len(choices):
-        raise TunelabError(f"{len(prompts)} prompts but {len(choices)} choice lists")
-    contexts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in render_prompts(tokenizer, prompts, chat)]
-    pairs = [(i, j, contexts[i], tokenizer(c, add_special_tokens=False)["input_ids"])
-             for i, options in enumerate(choices) for j, c in enumerate(options)]
-    if any(not cont for *_, cont in pairs):
-        raise TunelabError("an option is empty after tokenization")
+    pairs = choice_pairs(tokenizer, prompts, choices, chat, option_prompts)
+    flat = pair_loglikelihoods(model, tokenizer, pairs, batch_size=batch_size, bf16=bf16)
+    return nest_pair_scores(pairs, flat, choices)
+
+
+def nest_pair_scores(pairs: Sequence[ChoicePair], flat: Sequence[float],
+                     choices: Sequence[Sequence[str]]) -> list[list[float]]:
+    """Per-pair scores regrouped as ``scores[prompt][option]``."""
     scores: list[list[float]] = [[0.0] * len(options) for options in choices]
-    model.eval()
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    order = sorted(range(len(pairs)), key=lambda k: len(pairs[k][2]) + len(pairs[k][3]))
-    with autocast:
-        for start in range(0, len(order), batch_size):
-            batch = [pairs[k] for k in order[start : start + batch_size]]
-            width = max(len(ctx) + len(cont) for *_, ctx, cont in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, (*_, ctx, cont) in enumerate(batch):
-                seq = ctx + cont
-                ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
-            logprobs = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), dim=-1)
-            for row, (i, j, ctx, cont) in enumerate(batch):
-                # Logits at position t predict token t + 1.
-                positions = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1)
-                target = torch.tensor(cont)
-                scores[i][j] = logprobs[row, positions, target].sum().item()
+    for (i, j, *_), value in zip(pairs, flat):
+        scores[i][j] = value
     return scores
 
 

@@ -365,3 +365,38 @@ def roc_loglog(
         return fig
 
     return to_img(_styled(draw), title)
+
+
+def grid_heatmap(
+    matrix: Sequence[Sequence[float | None]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    cmap: str = "viridis",
+    marked: Sequence[Sequence[bool]] | None = None,
+) -> Markup | None:
+    """A rows × columns heatmap without per-cell numbers (e.g. layers × heads); ``marked`` cells get
+    a small cross (e.g. the heads a static mask zeroes)."""
+    if not matrix or not any(v is not None for row in matrix for v in row):
+        return None
+
+    def draw() -> Figure:
+        import numpy as np
+
+        values = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix], dtype=float)
+        rows, cols = values.shape
+        fig = new_figure(min(7.5, 2.2 + 0.35 * cols), min(7.5, 1.4 + 0.16 * rows))
+        ax = fig.add_subplot()
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto", interpolation="nearest")
+        if marked is not None:
+            ys, xs = np.nonzero(np.array(marked, dtype=bool))
+            ax.scatter(xs, ys, marker="x", s=14, color="white", linewidths=1.0)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(False)
+        ax.set_title(title)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        return fig
+
+    return to_img(_styled(draw), title)

@@ -912,3 +912,87 @@ def dp_section(data: ReportData, palette: Palette) -> str | None:
 
 
 SECTIONS.insert(index_of("phishing") + 1, Section("dp", "Private training", dp_section))
+
+
+# --- inspect: head sweeps and pruning comparisons ------------------------------------------------
+
+
+def _rows(ev: Evaluation) -> list[dict[str, Any]]:
+    return [r for r in ev.data.get("rows") or [] if isinstance(r, dict)]
+
+
+def heads_section(data: ReportData, palette: Palette) -> str | None:
+    """``tunelab inspect heads``: accuracy vs % of heads zeroed per score against the random
+    baseline, the largest share each score zeroes within 1 point, and per-(layer, head) maps."""
+    evals = data.evals_of_kind("heads")
+    if not evals:
+        return None
+    parts = []
+    for ev in sorted(evals, key=lambda e: (e.subject, str(e.path))):
+        d, rows = ev.data, _rows(ev)
+        base = number(d.get("baseline_accuracy"))
+        parts.append(f"<h3>{esc(ev.subject)} — {esc(ev.name)} ({fmt_int(d.get('n'))} questions, "
+                     f"{'chat template' if d.get('chat_template') else 'plain text'})</h3>")
+        within = d.get("largest_within") if isinstance(d.get("largest_within"), dict) else {}
+        fractions = sorted({number(r.get("fraction")) for r in rows if number(r.get("fraction")) is not None})
+        scores = list(dict.fromkeys(str(r.get("score")) for r in rows))
+        cell = {(str(r.get("score")), number(r.get("fraction"))): r for r in rows}
+        body = []
+        for score in scores:
+            line: list[Any] = [score]
+            for f in fractions:
+                r = cell.get((score, f))
+                line.append("–" if r is None else f"{fmt_pct(r.get('accuracy'))} @ {fmt_num(r.get('actual_pct'), 3)}%")
+            line.append(f"{fmt_num(within.get(score), 3)}%" if score in within else "–")
+            body.append(line)
+        parts.append(table(["score", *[f"target {f:.0%}" for f in fractions], "largest % within 1 pt"], body,
+                           caption=f"Accuracy @ actual % of heads zeroed (dynamic, per input). Unablated accuracy "
+                                   f"{fmt_pct(base)}. Scores ending in _ln are divided by their layer's mean over heads."))
+        maps = d.get("mean_scores") if isinstance(d.get("mean_scores"), dict) else {}
+        mask = d.get("static_mask") if isinstance(d.get("static_mask"), dict) else {}
+        # The static mask's score (its zeroed heads marked) and the spec's best and most-cited scores.
+        shown = [s for s in dict.fromkeys([mask.get("score"), "mean_output_norm_ln", "first_token_weight"]) if s in maps][:2]
+        figures = []
+        for score in shown:
+            marked = mask.get("mask") if mask.get("score") == score else None
+            img = plots.grid_heatmap(maps[score], title=f"mean {score} per head", xlabel="head", ylabel="layer", marked=marked)
+            if img:
+                figures.append((score, img))
+        if figures:
+            parts.append('<div class="figures">' + "".join(
+                f"<figure>{img}<figcaption>{esc(s)}, mean over inputs; × = zeroed by the static head mask "
+                f"({esc(mask.get('file') or 'head_mask.safetensors')})</figcaption></figure>" for s, img in figures) + "</div>")
+    return "\n".join(parts)
+
+
+def pruning_section(data: ReportData, palette: Palette) -> str | None:
+    """``tunelab inspect prune``: dense vs Probe Pruning vs Wanda-sp vs alignment-aware pruning —
+    counted FLOPs saved, perplexity, benchmark accuracy and refusal rate at each ratio."""
+    evals = data.evals_of_kind("pruning")
+    if not evals:
+        return None
+    parts = []
+    for ev in sorted(evals, key=lambda e: (e.subject, str(e.path))):
+        rows = _rows(ev)
+        body = [[str(r.get("method")), fmt_pct(r.get("ratio")), fmt_pct(r.get("flops_saved")), fmt_num(r.get("ppl"), 4),
+                 fmt_pct(r.get("accuracy")), fmt_pct(r.get("refusal_rate")), fmt_pct(r.get("over_refusal"))] for r in rows]
+        d = ev.data
+        parts.append(f"<h3>{esc(ev.subject)}</h3>")
+        parts.append(table(["method", "target ratio", "FLOPs saved (counted)", "perplexity", f"accuracy ({d.get('task') or '–'})",
+                            "refusal rate (harmful)", "over-refusal (benign)"], body, numeric=(1, 2, 3, 4, 5, 6),
+                           caption="FLOPs are the multiply-adds the pruned forward actually ran (probes included) over "
+                                   "the dense model's on the same inputs."))
+        refusal = {m: [(number(r.get("flops_saved")), number(r.get("refusal_rate"))) for r in rows if r.get("method") == m]
+                   for m in dict.fromkeys(str(r.get("method")) for r in rows if r.get("method") != "dense")}
+        lines = [(m, plots.COLORS[i % len(plots.COLORS)], [x * 100 for x, y in pts if x is not None and y is not None],
+                  [y for x, y in pts if x is not None and y is not None]) for i, (m, pts) in enumerate(refusal.items())]
+        img = plots.line_chart([ln for ln in lines if ln[3]], title="refusal rate vs FLOPs saved", xlabel="% FLOPs saved",
+                               ylabel="refusal rate")
+        if img:
+            parts.append(f'<div class="figures"><figure>{img}<figcaption>Refusal rate on harmful prompts at matched '
+                         "compute: alignment-aware pruning should stay above Probe Pruning.</figcaption></figure></div>")
+    return "\n".join(parts)
+
+
+SECTIONS.insert(index_of("dp") + 1, Section("heads", "Attention heads", heads_section, kinds=("heads",)))
+SECTIONS.insert(index_of("heads") + 1, Section("pruning", "Pruning", pruning_section, kinds=("pruning",)))

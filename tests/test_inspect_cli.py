@@ -1,0 +1,83 @@
+"""`tunelab inspect heads` end to end on tiny-random, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.test_bad_input import assert_one_line, run_cli
+from tunelab.inspect.heads import load_head_mask
+
+
+def test_inspect_heads_writes_sweep_mask_and_report(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "heads"
+    code, text = run_cli(capsys, "inspect", "heads", "--model", "tiny-random", "--task", "piqa", "--limit", "6", "--plain",
+                         "--scores", "mean_output_norm_ln,first_token_weight,random", "--fractions", "0,0.5", "--output", out)
+    assert code == 0, text
+    assert "unablated accuracy" in text and "within 1 point" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["kind"] == "heads" and metrics["task"] == "piqa" and metrics["chat_template"] is False
+    assert {r["score"] for r in metrics["rows"]} == {"mean_output_norm_ln", "first_token_weight", "random"}
+    assert set(metrics["series"]) == {"mean_output_norm_ln", "first_token_weight", "random"}
+    mask = load_head_mask(out / "head_mask.safetensors")
+    assert tuple(mask.shape) == (2, 4) and mask.tolist() == metrics["static_mask"]["mask"]
+    assert "head_mask" in load_file(out / "head_mask.safetensors")
+    from tunelab.report import render_report
+
+    assert "Attention heads" in render_report([out])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--fractions", "0,1.5"], "--fractions: 1.5 is outside [0, 1]"),
+    (["--fractions", "0,a"], "--fractions must be comma-separated numbers"),
+    (["--scores", "loudest"], "unknown head score 'loudest'; known scores: first_token_weight"),
+    (["--task", "mmlu-pro"], "unknown task 'mmlu-pro'"),
+    (["--task", "arithmetic"], "inspect needs a multiple-choice task"),
+    (["--attn-implementation", "flash_attention_2"], "--attn-implementation must be one of sdpa, eager"),
+])
+def test_inspect_heads_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], fragment: str) -> None:
+    assert_one_line(*run_cli(capsys, "inspect", "heads", "--model", "tiny-random", "--output", tmp_path / "x", *args), fragment)
+
+
+def test_model_without_llama_blocks_names_what_was_looked_for(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from tunelab.models import resolve_model_path
+
+    model_dir = tmp_path / "gpt2-tiny"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=49152)).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(resolve_model_path("tiny-random")).save_pretrained(model_dir)
+    assert_one_line(*run_cli(capsys, "inspect", "heads", "--model", model_dir, "--task", "piqa", "--limit", "2",
+                             "--output", tmp_path / "x"), "no decoder layers found", "ModuleList named 'layers'")
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_other_llama_family_models(family: str) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunelab.inspect.heads import head_scores, zero_heads
+    from tunelab.inspect.hooks import geometry, record
+
+    config = AutoConfig.for_model(family, vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    ids = torch.randint(0, 64, (2, 7))
+    geo = geometry(model)
+    scores = head_scores(model, ids, torch.ones_like(ids), ["mean_output_norm_ln", "first_token_weight", "contribution_norm"])
+    assert all(tuple(s.shape) == (2, geo.n_layers, geo.n_heads) and torch.isfinite(s).all() for s in scores.values())
+    with record(model, ["z", "attn_out"], layers=0) as rec:
+        model(ids)
+    w = model.model.layers[0].self_attn.o_proj.weight
+    by_head = sum(rec[0, "z"][..., h, :] @ w[:, h * geo.head_dim:(h + 1) * geo.head_dim].T for h in range(geo.n_heads))
+    assert torch.allclose(by_head, rec[0, "attn_out"], atol=1e-5)
+    mask = torch.zeros(2, geo.n_layers, geo.n_heads, dtype=torch.bool)
+    mask[1, 0, 0] = True
+    plain = model(ids).logits
+    with zero_heads(model, mask):
+        zeroed = model(ids).logits
+    assert torch.equal(zeroed[0], plain[0]) and not torch.equal(zeroed[1], plain[1])

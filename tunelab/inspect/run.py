@@ -1,0 +1,126 @@
+"""``tunelab inspect heads``: one config object, a benchmark, a head sweep written next to the adapter.
+
+Output directory (``--output``, else ``ADAPTER/inspect/heads-<task>`` with an adapter, else
+``runs/inspect/heads-<model>-<task>``): ``metrics.json`` (kind ``heads``, read by ``tunelab
+report``), ``heads.json``, ``head_mask.safetensors`` (the static mask: load it with
+``tunelab.inspect.heads.load_head_mask``), ``heads_accuracy.png`` and ``heads_scores.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+from tunelab.layout import EVAL_FILE, atomic_write_text
+
+DEFAULT_FRACTIONS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+ATTENTION_KERNELS = ("sdpa", "eager")
+
+
+def parse_floats(text: str, flag: str) -> list[float]:
+    """``"0,0.05,0.1"`` → floats; a one-line error naming ``flag`` otherwise."""
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise TunelabError(f"{flag} must be comma-separated numbers, got '{text}'") from None
+
+
+def _default_output(kind: str, model: str, adapter: str | None, task: str) -> Path:
+    if adapter is not None:
+        return Path(adapter) / "inspect" / f"{kind}-{task}"
+    return Path("runs") / "inspect" / f"{kind}-{Path(model).name}-{task}"
+
+
+@dataclass
+class HeadsConfig:
+    """Everything ``tunelab inspect heads`` needs; ``validate`` runs before any model is loaded."""
+
+    model: str = "smollm2-135m"
+    adapter: str | None = None
+    task: str = "arc-easy"  # a benchmark or any multiple-choice task
+    limit: int = 200
+    seed: int = 0
+    num_fewshot: int = 0
+    plain: bool = False  # benchmarks: plain text instead of the chat template
+    scores: list[str] | None = None  # None: all of them, random included
+    fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
+    batch_size: int = 16
+    bf16: bool = False
+    attn_implementation: str = "sdpa"  # scores that need attention weights switch to eager for their pass only
+    output: str | None = None
+
+    def validate(self) -> None:
+        """Raise TunelabError for anything wrong that can be seen without loading a model."""
+        from tunelab.inspect.heads import SCORES
+
+        for name in ("limit", "batch_size"):
+            if getattr(self, name) < 1:
+                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.num_fewshot < 0:
+            raise TunelabError(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
+        if not self.fractions:
+            raise TunelabError("--fractions needs at least one fraction in [0, 1]")
+        for f in self.fractions:
+            if not 0 <= f <= 1:
+                raise TunelabError(f"--fractions: {f:g} is outside [0, 1] (a fraction of the heads)")
+        for s in self.scores or []:
+            if s not in SCORES:
+                raise TunelabError(f"unknown head score '{s}'; known scores: {', '.join(SCORES)}")
+        if self.attn_implementation not in ATTENTION_KERNELS:
+            raise TunelabError(f"--attn-implementation must be one of {', '.join(ATTENTION_KERNELS)}, got '{self.attn_implementation}'")
+        if self.adapter is not None and not Path(self.adapter).is_dir():
+            raise TunelabError(f"adapter directory not found: {self.adapter}")
+
+    def output_dir(self) -> Path:
+        """``--output``, else next to the adapter, else under ``runs/inspect``."""
+        return Path(self.output) if self.output else _default_output("heads", self.model, self.adapter, self.task)
+
+
+def choice_task(name: str, shots: int, chat: bool) -> Any:
+    """A multiple-choice task by name (benchmarks, built-in choice tasks, files need ``tunelab eval``)."""
+    from tunelab.evaluate.tasks import resolve_task
+
+    task = resolve_task(name, shots=shots, chat=chat)
+    if task.scorer != "choice":
+        raise TunelabError(f"task '{name}' is scored by '{task.scorer}'; inspect needs a multiple-choice task "
+                           "(a benchmark: `tunelab tasks list`)")
+    return task
+
+
+def load_for_inspect(model: str, adapter: str | None, attn_implementation: str = "sdpa") -> tuple[Any, Any]:
+    """The model with its adapter merged (hooks then see plain Linear layers), in eval mode."""
+    from tunelab.evaluate.loading import load_with_adapter
+
+    loaded, tokenizer = load_with_adapter(model, adapter)
+    loaded.set_attn_implementation(attn_implementation)
+    return loaded.eval(), tokenizer
+
+
+def run_heads(cfg: HeadsConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Sweep head scores × fractions on ``cfg.task``; write the results; return metrics.json's content."""
+    from tunelab.inspect.heads import SCORES, head_sweep
+
+    cfg.validate()
+    task = choice_task(cfg.task, cfg.num_fewshot, not cfg.plain)
+    records = task.load(cfg.limit, cfg.seed)
+    if model is None:
+        model, tokenizer = load_for_inspect(cfg.model, cfg.adapter, cfg.attn_implementation)
+    started = time.perf_counter()
+    sweep = head_sweep(model, tokenizer, records, scores=cfg.scores or list(SCORES), fractions=cfg.fractions,
+                       chat=task.chat, batch_size=cfg.batch_size, bf16=cfg.bf16, seed=cfg.seed)
+    sweep.meta["model"] = cfg.model
+    out = cfg.output_dir()
+    sweep.save(out)
+    saved = json.loads((out / "heads.json").read_text())
+    curves = {s: sorted((r["actual_pct"], r["accuracy"]) for r in sweep.rows if r["score"] == s)
+              for s in dict.fromkeys(r["score"] for r in sweep.rows)}
+    result = {**saved, "kind": "heads", "task": cfg.task, "model": cfg.model, "adapter": cfg.adapter,
+              "series": {s: {"x": [x for x, _ in pts], "y": [y for _, y in pts]} for s, pts in curves.items()},
+              "title": f"accuracy vs % heads zeroed ({cfg.task})", "xlabel": "% heads zeroed (actual)", "ylabel": "accuracy",
+              "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
+    atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1))
+    return result
