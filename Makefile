@@ -88,6 +88,7 @@ bench: install
 	$(PY) bench/generation_throughput.py
 	$(PY) bench/privacy_scoring.py
 	$(PY) bench/private_memory.py
+	$(PY) bench/pruning_speed.py
 
 clean:
 	rm -rf $(VENV) $(LATEST) runs .pytest_cache

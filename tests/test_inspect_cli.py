@@ -81,3 +81,37 @@ def test_other_llama_family_models(family: str) -> None:
     with zero_heads(model, mask):
         zeroed = model(ids).logits
     assert torch.equal(zeroed[0], plain[0]) and not torch.equal(zeroed[1], plain[1])
+
+
+def test_inspect_prune_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "prune"
+    code, text = run_cli(capsys, "inspect", "prune", "--model", "tiny-random", "--task", "winogrande", "--limit", "3",
+                         "--ppl-limit", "3", "--calibration-limit", "4", "--safety-limit", "2", "--max-new-tokens", "4",
+                         "--methods", "dense,pp,aapp", "--ratios", "0.5", "--skip", "0", "--output", out)
+    assert code == 0, text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["kind"] == "pruning" and [(r["method"], r["ratio"]) for r in metrics["rows"]] == [("dense", 0.0), ("pp", 0.5), ("aapp", 0.5)]
+    dense, pp, aapp = metrics["rows"]
+    assert dense["flops_saved"] == 0 and pp["flops_saved"] > 0.2 and aapp["macs"] == pp["macs"]  # matched compute
+    assert all("refusal_rate" in r and "accuracy" in r and r["ppl"] > 1 for r in metrics["rows"])
+    from tunelab.report import render_report
+
+    assert "FLOPs saved (counted)" in render_report([out])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--ratios", "0.2,1.0"], "--ratios: 1 is outside [0, 1)"),
+    (["--methods", "dense,magnitude"], "unknown pruning method 'magnitude'; known methods: dense, pp"),
+    (["--protect", "1.5"], "--protect must be in [0, 1)"),
+    (["--ppl-data", "missing.jsonl"], "--ppl-data file not found: missing.jsonl"),
+    (["--task", "boolq-x"], "unknown task 'boolq-x'"),
+])
+def test_inspect_prune_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], fragment: str) -> None:
+    assert_one_line(*run_cli(capsys, "inspect", "prune", "--model", "tiny-random", "--output", tmp_path / "x", *args), fragment)
+
+
+def test_ppl_data_rows_need_text(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    data = tmp_path / "texts.jsonl"
+    data.write_text('{"text": "a b c"}\n{"body": "no text"}\n')
+    assert_one_line(*run_cli(capsys, "inspect", "prune", "--model", "tiny-random", "--ppl-data", data, "--no-safety",
+                             "--output", tmp_path / "x"), f"{data}:2: field 'text' must be a non-empty string")

@@ -664,6 +664,50 @@ def inspect_heads(
                   f"{mask['file']} (static mask: {mask['score'] or 'none'}, {mask['static_pct']:.1f}% of heads)", highlight=False)
 
 
+@inspect_app.command("prune")
+def inspect_prune(
+    model: Annotated[Optional[str], typer.Option(help="alias, local dir or hub id \\[default: smollm2-135m]")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter or tunelab run dir, e.g. a safety adapter (merged first)")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="comma-separated: dense, pp, wanda-sp, aapp, aapp-gate \\[default: dense,pp,wanda-sp,aapp]")] = None,
+    ratios: Annotated[Optional[str], typer.Option(help="fractions of heads and MLP channels pruned \\[default: 0.2,0.3,0.4]")] = None,
+    task: Annotated[Optional[str], typer.Option(help="benchmark for accuracy under pruning \\[default: arc-easy]")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="benchmark questions \\[default: 100]")] = None,
+    plain: Annotated[Optional[bool], typer.Option("--plain/--chat", help="benchmark as plain text \\[default: --chat]")] = None,
+    ppl_data: Annotated[Optional[str], typer.Option(help="rows with a 'text' field for perplexity \\[default: SciQ support paragraphs]")] = None,
+    ppl_limit: Annotated[Optional[int], typer.Option(help="perplexity texts \\[default: 100]")] = None,
+    calibration_limit: Annotated[Optional[int], typer.Option(help="calibration texts, and AAPP prompts per set \\[default: 64]")] = None,
+    safety: Annotated[Optional[bool], typer.Option("--safety/--no-safety", help="refusal rate on held-out HarmBench prompts \\[default: --safety]")] = None,
+    safety_limit: Annotated[Optional[int], typer.Option(help="harmful and benign prompts each \\[default: 32]")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="safety answers \\[default: 64]")] = None,
+    skip: Annotated[Optional[int], typer.Option(help="first layers never pruned \\[default: 3]")] = None,
+    protect: Annotated[Optional[float], typer.Option(help="AAPP: share of each block's units kept for alignment \\[default: 0.05]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="\\[default: 8]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="question and prompt sample \\[default: 0]")] = None,
+    output: Annotated[Optional[str], typer.Option(help="results dir \\[default: ADAPTER/inspect/prune-TASK or runs/inspect/prune-MODEL-TASK]")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="prune.yaml; flags override it")] = None,
+) -> None:
+    """Dense vs Probe Pruning vs Wanda-sp vs alignment-aware pruning: FLOPs saved, perplexity, accuracy, refusals."""
+    from tunelab.configs import from_sources
+    from tunelab.inspect.run import PruneConfig, parse_floats, run_prune
+
+    _quiet_libraries()
+    cfg = from_sources(PruneConfig, config, model=model, adapter=adapter, methods=methods.split(",") if methods else None,
+                       ratios=parse_floats(ratios, "--ratios") if ratios is not None else None, task=task, limit=limit,
+                       plain=plain, ppl_data=ppl_data, ppl_limit=ppl_limit, calibration_limit=calibration_limit, safety=safety,
+                       safety_limit=safety_limit, max_new_tokens=max_new_tokens, skip=skip, protect=protect,
+                       batch_size=batch_size, seed=seed, output=output)
+    result = run_prune(cfg)
+
+    def pct(v: object) -> str:
+        return "–" if not isinstance(v, (int, float)) else f"{100 * v:.1f}%"
+
+    for r in result["rows"]:
+        console.print(f"{r['method']:9s} {r['ratio']:.0%}: FLOPs saved {pct(r['flops_saved'])}, ppl {r['ppl']:.2f}, "
+                      f"accuracy {pct(r.get('accuracy'))}, refusal rate {pct(r.get('refusal_rate'))}, "
+                      f"over-refusal {pct(r.get('over_refusal'))}", highlight=False)
+    console.print(f"wrote {result['output_dir']}/metrics.json", highlight=False)
+
+
 def _print_interference(out_dir: Path) -> None:
     data = json.loads((out_dir / "metrics.json").read_text())
 

