@@ -48,11 +48,13 @@ class Plan:
     ppl_texts: int = 100
     calibration: int = 64
     safety_steps: int | None = None  # None: the recipe's
+    max_new_tokens: int = 48
+    skip: int = 3  # first layers never pruned
     bf16: bool = True
 
 
 QUICK = Plan(model="tiny-random", head_tasks=("arc-easy",), head_limit=6, fractions=(0.0, 0.5), ratios=(0.3,),
-             accuracy_limit=4, safety_limit=3, ppl_texts=4, calibration=4, safety_steps=2, bf16=False)
+             accuracy_limit=4, safety_limit=3, ppl_texts=4, calibration=4, safety_steps=2, bf16=False, skip=0)
 
 
 def head_sweeps(plan: Plan, root: Path) -> dict[str, dict[str, Any]]:
@@ -93,6 +95,41 @@ def heads_table(sweeps: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def safety_adapter(plan: Plan, root: Path) -> Path:
+    """The LoRI-S safety adapter of tunelab's recipe (its LoRI-D mask run first); reused when trained."""
+    from tunelab.safety.recipe import train_safety_adapter
+
+    out = root / "safe-s"
+    if not (out / "tunelab.json").is_file():
+        console.print("training the LoRI-S safety adapter (tunelab's safety recipe)")
+        train_safety_adapter("lori-s", out, model=plan.model, steps=plan.safety_steps)
+    return out
+
+
+def pruning(plan: Plan, root: Path, adapter: Path) -> dict[str, Any]:
+    """``tunelab inspect prune`` on the safety adapter (merged): every method × ratio."""
+    from tunelab.inspect.run import PruneConfig, run_prune
+
+    out = root / "pruning"
+    if not (out / EVAL_FILE).is_file():
+        console.print(f"pruning {plan.methods} at {plan.ratios} on {adapter}")
+        run_prune(PruneConfig(model=plan.model, adapter=str(adapter), methods=list(plan.methods), ratios=list(plan.ratios),
+                              task="arc-easy", limit=plan.accuracy_limit, plain=True, ppl_limit=plan.ppl_texts,
+                              calibration_limit=plan.calibration, safety_limit=plan.safety_limit,
+                              max_new_tokens=plan.max_new_tokens, skip=plan.skip, output=str(out)))
+    return json.loads((out / EVAL_FILE).read_text())
+
+
+def pruning_table(result: dict[str, Any]) -> str:
+    """One row per (method, ratio): counted FLOPs saved, perplexity, accuracy, refusal and over-refusal."""
+    lines = ["| method | target ratio | FLOPs saved (counted) | perplexity (SciQ paragraphs) | ARC-Easy acc | "
+             "refusal rate (HarmBench test) | over-refusal (benign) |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['method']} | {r['ratio']:.0%} | {r['flops_saved']:.1%} | {r['ppl']:.2f} | {r.get('accuracy', 0):.3f} | "
+                     f"{r.get('refusal_rate', 0):.3f} | {r.get('over_refusal', 0):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny-random and a handful of questions: a smoke test")
@@ -108,6 +145,12 @@ def main() -> int:
     summary: dict[str, Any] = {"plan": plan.__dict__, "heads": {t: {"baseline": s["baseline_accuracy"], "largest_within": s["largest_within"]}
                                                                for t, s in sweeps.items()}}
     figures = [args.output / f"heads-{t}" / "heads_accuracy.png" for t in sweeps]
+    if not args.skip_pruning:
+        result = pruning(plan, args.output, safety_adapter(plan, args.output))
+        md += f"\n**Pruning the LoRI-S safety adapter (merged)** ({result['n']} ARC-Easy questions, {result['ppl_texts']} " \
+              f"held-out paragraphs, {plan.safety_limit} harmful + {plan.safety_limit} benign prompts, keyword judge)\n\n"
+        md += pruning_table(result)
+        summary["pruning"] = result["rows"]
     return finish(args.output, summary, md, figures, f"{plan.model}: inactive heads and alignment-aware pruning", started, console)
 
 
