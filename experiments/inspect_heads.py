@@ -39,13 +39,13 @@ class Plan:
 
     model: str = "smollm2-135m"
     head_tasks: tuple[str, ...] = ("arc-easy", "piqa")
-    head_limit: int = 200
+    head_limit: int = 120
     fractions: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3)
     ratios: tuple[float, ...] = (0.2, 0.3, 0.4)
     methods: tuple[str, ...] = ("dense", "pp", "aapp", "wanda-sp")
     accuracy_limit: int = 100
-    safety_limit: int = 40
-    ppl_texts: int = 100
+    safety_limit: int = 32
+    ppl_texts: int = 60
     calibration: int = 64
     safety_steps: int | None = None  # None: the recipe's
     max_new_tokens: int = 48
