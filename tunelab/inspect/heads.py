@@ -221,8 +221,10 @@ def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) 
 
 
 def _score_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                   names: list[str], generator: torch.Generator | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One forward that records ``names``: (scores {name: [B, L, H] float32 on CPU}, logits)."""
+                   names: list[str], generator: torch.Generator | None,
+                   logits_to_keep: int | torch.Tensor = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One forward that records ``names``: (scores {name: [B, L, H] float32 on CPU}, logits at
+    ``logits_to_keep``: transformers' argument, 0 = every position)."""
     input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
     geo, device = geometry(model), model_device(model)
     ids, mask = input_ids.to(device), attention_mask.to(device)
@@ -254,7 +256,7 @@ def _score_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     with ExitStack() as stack:
         if points:
             stack.enter_context(observe(model, points, on_point))
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=logits_to_keep).logits
     for layer in range(geo.n_layers):  # scores that need no activations (random), in a fixed order
         data = _LayerData(real.cpu(), first.cpu(), last.cpu(), n_heads=geo.n_heads, generator=generator)
         for n in names:
@@ -582,8 +584,8 @@ def head_sweep(
     n_batches = math.ceil(len(pairs) / batch_size)
     recorded = {n: torch.empty(len(pairs), geo.n_layers, geo.n_heads) for n in names}
 
-    def record_batch(rows: list[int], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        got, logits = _score_forward(model, ids, mask, names, generator)
+    def record_batch(rows: list[int], ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        got, logits = _score_forward(model, ids, mask, names, generator, keep)
         for n in names:
             recorded[n][rows] = got[n]
         return logits
@@ -619,10 +621,10 @@ def head_sweep(
                 tau = thresholds(recorded[name], fraction, direction)
                 flags = flag(recorded[name], tau, direction)
 
-                def ablated(batch: list[int], ids: torch.Tensor, mask: torch.Tensor,
+                def ablated(batch: list[int], ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor,
                             flags: torch.Tensor = flags) -> torch.Tensor:
                     with zero_heads(model, flags[batch]):
-                        return model(input_ids=ids, attention_mask=mask).logits
+                        return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
 
                 bar.update(task, stage=f"{name} at {fraction:g}")
                 lls = pair_loglikelihoods(model, tokenizer, pairs, forward=ablated, **common)
