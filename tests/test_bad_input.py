@@ -463,3 +463,15 @@ def test_judge_dir_with_truncated_weights(capsys: pytest.CaptureFixture[str], tm
 ])
 def test_bad_benchmark_options_give_one_line(capsys: pytest.CaptureFixture[str], args: list[str], fragment: str):
     assert_one_line(*run_cli(capsys, "eval", "--model", "tiny-random", *args), fragment)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--turns", "1"], "--turns must be >= 2"),
+    (["--task", "mmlu-pro"], "unknown task 'mmlu-pro'"),
+    (["--task", "humaneval"], "multi-turn needs a multiple-choice or text-scored task"),
+    (["--follow-up", " "], "--follow-up must not be empty"),
+    (["--layers", "3,x"], "--layers must be comma-separated layer numbers or ranges like 10-14, got '3,x'"),
+])
+def test_bad_multi_turn_options_give_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], fragment: str):
+    assert_one_line(*run_cli(capsys, "audit", "multi-turn", "--model", "tiny-random", "--output", tmp_path / "mt", *args), fragment)
+    assert not (tmp_path / "mt").exists()

@@ -54,3 +54,92 @@ def test_no_inspect_results_no_sections(tmp_path: Path) -> None:
     fake_run(tmp_path / "runs" / "plain", "lora", 1000, 4000)
     ids = section_ids(render_report([tmp_path / "runs"]))
     assert "heads" not in ids and "pruning" not in ids
+
+
+def multiturn_metrics(d: Path) -> Path:
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({
+        "kind": "multi-turn", "name": "multi-turn", "task": "arc-easy", "model": "smollm2-135m", "adapter": None, "n": 40,
+        "turns": 3, "follow_up": "Think again.", "reword": False, "accuracy": [0.5, 0.45, 0.425],
+        "accuracy_ci": [[0.35, 0.65], [0.3, 0.6], [0.275, 0.575]], "markov_prediction": [0.5, 0.46, 0.44],
+        "p_tf": 0.2, "p_tf_ci": [0.1, 0.3], "p_ft": 0.12, "p_ft_ci": [0.05, 0.2], "acc_inf": 0.375, "acc_inf_ci": [0.2, 0.55],
+        "acc_inf_reason": None, "change_rate": [0.3, 0.25], "probe": {"0": 0.61, "3": 0.74, "5": None},
+        "baseline_auroc": 0.65, "probe_reason": None,
+        "transitions": {"per_turn": [], "pooled": {"TT": 30, "TF": 8, "FT": 5, "FF": 37}}}))
+    return d
+
+
+def test_multiturn_section(tmp_path: Path) -> None:
+    multiturn_metrics(tmp_path / "inspect" / "multiturn-arc-easy")
+    page = render_report([tmp_path / "inspect"])
+    assert "multi-turn" in section_ids(page) and "other" not in section_ids(page)
+    assert_self_contained(page)
+    text = visible(page)
+    for value in ("Multi-turn stability", "Think again.", "45.0% [30.0%, 60.0%]", "46.0%", "Acc∞ = p_FT / (p_TF + p_FT) = 37.5% [20.0%, 55.0%]",
+                  "p_TF 20.0% [10.0%, 30.0%]", "layer 3", "0.740", "turn index only (baseline)", "0.650"):
+        assert value in text, value
+    assert text.count("<img") == 0 and page.count("<img") == 2  # measured vs Markov, AUROC by layer
+
+
+def test_steering_section(tmp_path: Path) -> None:
+    d = tmp_path / "vec"
+    d.mkdir()
+    (d / "metrics.json").write_text(json.dumps({
+        "kind": "steering", "name": "steering", "model": "tiny-random", "method": "mean-diff", "n": 24,
+        "separation": {"0": 0.6, "1": 0.95, "2": 0.8}, "norms": {"0": 0.5, "1": 3.0, "2": 12.0},
+        "series": {"held-out AUROC": {"x": [0, 1, 2], "y": [0.6, 0.95, 0.8]}}, "title": "contrast-pair separation per layer",
+        "xlabel": "layer", "ylabel": "held-out AUROC"}))
+    page = render_report([tmp_path])
+    assert "steering" in section_ids(page)
+    assert_self_contained(page)
+    text = visible(page)
+    for value in ("Steering vectors", "mean-diff", "1 (0.950), 2 (0.800), 0 (0.600)", "0.5–12", "contrast-pair separation per layer"):
+        assert value in text or value in page, value
+
+
+def test_refusal_direction_section(tmp_path: Path) -> None:
+    d = tmp_path / "safe-s" / "inspect" / "refusal-direction"
+    d.mkdir(parents=True)
+    cands = [{"position": p, "token": t, "layer": layer, "norm": 1.0 + layer, "refusal_score": -1.0 - layer + p,
+              "steering_score": 0.5, "kl": 0.01 * layer, "passed": layer < 2, "filtered_by": [] if layer < 2 else ["depth"]}
+             for p, t in ((-2, "assistant"), (-1, "\n")) for layer in (1, 2)]
+    rows = [{"intervention": name, "asr": asr, "refusal_rate": 1 - asr, "over_refusal": over, "ce": ce, "ppl": 2.718 ** ce}
+            for name, asr, over, ce in (("baseline", 0.03, 0.12, 2.91), ("ablation", 0.84, 0.0, 2.95),
+                                        ("addition", 0.0, 0.97, 3.4), ("orthogonalized", 0.81, 0.03, 2.96))]
+    (d / "metrics.json").write_text(json.dumps({
+        "kind": "refusal-direction", "name": "refusal-direction", "model": "smollm2-135m", "adapter": "runs/safe-s", "n_layers": 30,
+        "selected": {"position": -2, "token": "assistant", "layer": 1, "norm": 2.0,
+                     "scores": {"refusal_score": -4.25, "steering_score": 0.5, "kl": 0.01}},
+        "filters_passed": True, "filter_reason": None, "n_passed": 2, "candidates": cands,
+        "refusal_tokens": {"source": "derived", "tokens": ["I", "\n"]}, "baseline": {"harmful_refusal_score": 3.5}, "rows": rows}))
+    page = render_report([tmp_path / "safe-s"])
+    assert "refusal-direction" in section_ids(page) and "other" not in section_ids(page)
+    assert_self_contained(page)
+    text = visible(page)
+    for value in ("Refusal direction", "position -2 (‘assistant’), layer 1 of 30", "ablated refusal score -4.25 (baseline 3.5)",
+                  "passes the filters", "Refusal tokens: ‘I’, ‘\\n’", "orthogonalized", "84.0%", "97.0%", "2.91", "over-refusal (benign)"):
+        assert value in text, value
+    assert page.count("<img") == 1  # the candidates' heatmap
+
+
+def salt_metrics(d: Path) -> Path:
+    d.mkdir(parents=True)
+    rows = [{"coeff": c, "positions": p, "n": 64, "leak_rate": lk, "leak_ci": [max(0, lk - 0.1), min(1, lk + 0.1)], "accuracy": acc,
+             "accuracy_ci": [acc - 0.1, min(1, acc + 0.05)], "leak_reduction": None if c == 0 else (0.3 - lk) / 0.3}
+            for c, p, lk, acc in ((0.0, "last", 0.3, 0.9), (1.0, "last", 0.2, 0.88), (2.0, "last", 0.125, 0.8), (2.0, "all", 0.05, 0.4))]
+    (d / "metrics.json").write_text(json.dumps({"kind": "salt", "name": "salt", "model": "smollm2-135m", "adapter": None,
+                                                "n_train": 64, "n_test": 64, "layers": [16, 17, 21],
+                                                "layer_source": "top 3 late layers by separation", "read": "last",
+                                                "pairs": "template", "rows": rows, "baseline_leak": 0.3}))
+    return d
+
+
+def test_salt_section(tmp_path: Path) -> None:
+    salt_metrics(tmp_path / "inspect" / "salt")
+    page = render_report([tmp_path / "inspect"])
+    assert "salt" in section_ids(page) and "other" not in section_ids(page)
+    assert_self_contained(page)
+    text = visible(page)
+    for value in ("Privacy steering (SALT)", "Steered layers 16, 17, 21", "leak rate [95% CI]", "12.5% [2.5–22.5]", "+58%",
+                  "task accuracy [95% CI]", "Baseline leak rate 30.0%", "leak rate and accuracy vs steering coefficient"):
+        assert value in text or value in page, value

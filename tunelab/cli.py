@@ -19,8 +19,10 @@ tasks_app = typer.Typer(no_args_is_help=True, help="Built-in tasks: list them, e
 app.add_typer(tasks_app, name="tasks")
 data_app = typer.Typer(no_args_is_help=True, help="Build training data sets (safety recipe).")
 app.add_typer(data_app, name="data")
-inspect_app = typer.Typer(no_args_is_help=True, help="Look inside adapters and models: interference, inactive attention heads, pruning.")
+inspect_app = typer.Typer(no_args_is_help=True, help="Look inside adapters and models: interference, inactive attention heads, pruning, steering.")
 app.add_typer(inspect_app, name="inspect")
+steer_app = typer.Typer(no_args_is_help=True, help="Steering vectors: train from contrast pairs; apply with `tunelab generate/eval --steer`.")
+inspect_app.add_typer(steer_app, name="steer")
 audit_app = typer.Typer(no_args_is_help=True, help="Audit what alignment and fine-tuning did: safety depth, refusal calibration.")
 app.add_typer(audit_app, name="audit")
 attack_app = typer.Typer(no_args_is_help=True, help="Attack a safety adapter: fine-tuning attacks, ASR before → after.")
@@ -172,10 +174,18 @@ def generate(
     refusal_categories: Annotated[Optional[str], typer.Option(help="categorical refusal tokens: categories that may refuse, e.g. cyber,weapons")] = None,
     refusal_temperature: Annotated[float, typer.Option(help="refusal tokens: T of p = softmax(logits / T)")] = 1.0,
     show_control: Annotated[bool, typer.Option("--show-control", help="print the opening control token ([refuse]/[respond]) too")] = False,
+    steer: Annotated[Optional[str], typer.Option(help="a steering vector (`tunelab inspect steer train`) to apply")] = None,
+    coeff: Annotated[Optional[float], typer.Option(help="steering coefficient \\[default: 1.0]")] = None,
+    steer_layers: Annotated[Optional[str], typer.Option(help="layers to steer, e.g. 10-14 \\[default: all the vector has]")] = None,
+    steer_positions: Annotated[Optional[str], typer.Option(help="all, prompt or last (the last prompt token) \\[default: all]")] = None,
+    steer_mode: Annotated[Optional[str], typer.Option(help="add (x + c·v) or ablate (x − c·(x·v̂)v̂) \\[default: add]")] = None,
 ) -> None:
-    """Generate text from a model with an optional adapter."""
+    """Generate text from a model with an optional adapter (and steering vector)."""
     from tunelab.evaluate import load_with_adapter
+    from contextlib import nullcontext
+
     from tunelab.evaluate.generation import generate_ids
+    from tunelab.inspect.steering import steer_spec
     from tunelab.safety.refusal_tokens import check_control, control_tokens, parse_categories, refusal_control
 
     _quiet_libraries()
@@ -188,10 +198,13 @@ def generate(
         prompts += [line for line in read_text(prompts_file, "prompts file").splitlines() if line.strip()]
     if not prompts:
         raise TunelabError("no prompts: pass them as arguments or with --prompts-file")
+    spec = steer_spec(steer, coeff, steer_layers, steer_positions, steer_mode)
+    vector = spec.load() if spec else None
     lm, tokenizer = load_with_adapter(model, adapter)
     control = refusal_control(tokenizer, refusal_threshold, refusal_bias, categories, refusal_temperature)
-    ids = generate_ids(lm, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       do_sample=sample, temperature=temperature, top_p=top_p, seed=seed, first_step=control)
+    with spec.applied(lm, vector) if spec else nullcontext():
+        ids = generate_ids(lm, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           do_sample=sample, temperature=temperature, top_p=top_p, seed=seed, first_step=control)
     outputs = [tokenizer.decode(new, skip_special_tokens=True).strip() for new in ids]
     controls = control_tokens(tokenizer, ids)
     for p, o, c in zip(prompts, outputs, controls):
@@ -229,11 +242,17 @@ def evaluate(
     refusal_bias: Annotated[Optional[float], typer.Option(help="refusal tokens: add b to the refuse logit(s) at the first step")] = None,
     refusal_categories: Annotated[Optional[str], typer.Option(help="categorical refusal tokens: categories that may refuse, e.g. cyber,weapons")] = None,
     refusal_temperature: Annotated[Optional[float], typer.Option(help="refusal tokens: T of p = softmax(logits / T) \\[default: 1.0]")] = None,
+    steer: Annotated[Optional[str], typer.Option(help="a steering vector (`tunelab inspect steer train`) applied while scoring")] = None,
+    coeff: Annotated[Optional[float], typer.Option(help="steering coefficient \\[default: 1.0]")] = None,
+    steer_layers: Annotated[Optional[str], typer.Option(help="layers to steer, e.g. 10-14 \\[default: all the vector has]")] = None,
+    steer_positions: Annotated[Optional[str], typer.Option(help="all, prompt or last (generation tasks only) \\[default: all]")] = None,
+    steer_mode: Annotated[Optional[str], typer.Option(help="add or ablate \\[default: add]")] = None,
     config: Annotated[Optional[Path], typer.Option(help="eval.yaml; flags override it")] = None,
 ) -> None:
     """Score a model (+ adapter) on a task (built-in, HumanEval or a file) or a suite (safety)."""
     from tunelab.configs import from_sources
     from tunelab.evaluate.runner import EvalConfig, run_eval
+    from tunelab.inspect.steering import parse_layers
     from tunelab.safety.refusal_tokens import parse_categories
 
     _quiet_libraries()
@@ -250,6 +269,8 @@ def evaluate(
         benign_prompts=benign_prompts, benign_limit=benign_limit, lm_eval_include=lm_eval_include,
         num_fewshot=num_fewshot, plain=plain, output=output, refusal_threshold=refusal_threshold, refusal_bias=refusal_bias,
         refusal_categories=parse_categories(refusal_categories), refusal_temperature=refusal_temperature,
+        steer=steer, coeff=coeff, steer_layers=parse_layers(steer_layers, "--steer-layers"), steer_positions=steer_positions,
+        steer_mode=steer_mode,
     )
     result = run_eval(cfg)
     if result["kind"] == "safety":
@@ -706,6 +727,202 @@ def inspect_prune(
                       f"accuracy {pct(r.get('accuracy'))}, refusal rate {pct(r.get('refusal_rate'))}, "
                       f"over-refusal {pct(r.get('over_refusal'))}", highlight=False)
     console.print(f"wrote {result['output_dir']}/metrics.json", highlight=False)
+
+
+@audit_app.command("multi-turn")
+def audit_multi_turn(
+    task: Annotated[Optional[str], typer.Option(help="a benchmark, arithmetic, reverse_words, or a task file with --scorer \\[default: arc-easy]")] = None,
+    turns: Annotated[Optional[int], typer.Option(help="turns, the first answer included \\[default: 9]")] = None,
+    follow_up: Annotated[Optional[str], typer.Option(help="what the user says after each answer \\[default: 'Think again.']")] = None,
+    reword: Annotated[Optional[bool], typer.Option("--reword/--no-reword", help="the follow-up also restates the question \\[default: --no-reword]")] = None,
+    model: Annotated[Optional[str], typer.Option(help="alias, local dir or hub id \\[default: smollm2-135m]")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter or tunelab run dir (merged before hooking)")] = None,
+    scorer: Annotated[Optional[str], typer.Option(help="for a task file: choice, numeric, exact or contains")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="questions \\[default: 100]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="question sample and bootstrap seed \\[default: 0]")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="probe layers, e.g. 3,6,9 \\[default: every 3rd layer and the last]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="sequences per forward \\[default: 16]")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="text-scored tasks: answer length \\[default: 32]")] = None,
+    bootstrap: Annotated[Optional[int], typer.Option(help="bootstrap resamples for the CIs; 0: none \\[default: 1000]")] = None,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 autocast")] = None,
+    output: Annotated[Optional[str], typer.Option(help="results dir \\[default: ADAPTER/inspect/multiturn-TASK or runs/inspect/multiturn-MODEL-TASK]")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="multiturn.yaml; flags override it")] = None,
+) -> None:
+    """Answer stability under "Think again.": accuracy per turn, a Markov-chain fit (Acc∞) and a residual probe."""
+    from tunelab.configs import from_sources
+    from tunelab.inspect.multiturn import MultiTurnConfig, run_multiturn
+    from tunelab.inspect.steering import parse_layers
+
+    _quiet_libraries()
+    cfg = from_sources(MultiTurnConfig, config, task=task, turns=turns, follow_up=follow_up, reword=reword, model=model,
+                       adapter=adapter, scorer=scorer, limit=limit, seed=seed, layers=parse_layers(layers),
+                       batch_size=batch_size, max_new_tokens=max_new_tokens, bootstrap=bootstrap, bf16=bf16, output=output)
+    r = run_multiturn(cfg)
+
+    def ci(v: object) -> str:
+        return f" [{v[0]:.3f}, {v[1]:.3f}]" if isinstance(v, list) else ""
+
+    def num(v: object) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    console.print(f"{r['task']}: accuracy turn 1 {r['accuracy'][0]:.3f}{ci(r['accuracy_ci'][0])} → turn {r['turns']} "
+                  f"{r['accuracy'][-1]:.3f}{ci(r['accuracy_ci'][-1])} on {r['n']} questions ({r['scoring']})", highlight=False)
+    inf = f"{r['acc_inf']:.3f}{ci(r['acc_inf_ci'])}" if r["acc_inf"] is not None else f"– ({r['acc_inf_reason']})"
+    console.print(f"Acc∞ {inf}; p_TF {num(r['p_tf'])}{ci(r['p_tf_ci'])}, p_FT {num(r['p_ft'])}{ci(r['p_ft_ci'])}",
+                  highlight=False, markup=False)
+    scored = {k: v for k, v in r["probe"].items() if v is not None}
+    if scored:
+        best = max(scored, key=lambda k: scored[k])
+        console.print(f"probe: best layer {best} AUROC {scored[best]:.3f} vs turn-index baseline {num(r['baseline_auroc'])} "
+                      f"({r['probe_changes']} answer changes in {r['probe_examples']} follow-ups)", highlight=False)
+    else:
+        console.print(f"probe: no AUROC ({r['probe_reason']})", highlight=False, markup=False)
+    console.print(f"wrote {r['output_dir']}/metrics.json, multiturn.png and turns.jsonl", highlight=False, markup=False)
+
+
+@steer_app.command("train")
+def inspect_steer_train(
+    model: Annotated[Optional[str], typer.Option(help="alias, local dir or hub id \\[default: smollm2-135m]")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter or tunelab run dir (merged before hooking)")] = None,
+    pairs: Annotated[Optional[str], typer.Option(help="JSONL/JSON/CSV rows with positive, negative (and optionally prompt)")] = None,
+    positive: Annotated[Optional[str], typer.Option(help="or: positive prompts, one per line (.txt) or rows with text")] = None,
+    negative: Annotated[Optional[str], typer.Option(help="… and as many negative prompts")] = None,
+    output: Annotated[Optional[str], typer.Option(help="directory for steering.safetensors, metrics.json, separation.png")] = None,
+    method: Annotated[Optional[str], typer.Option(help="mean-diff, pca-diff, pca-center or logistic \\[default: mean-diff]")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="layers to train, e.g. 8-20 \\[default: all]")] = None,
+    read: Annotated[Optional[str], typer.Option(help="last (last non-pad token) or span (mean over the completion) \\[default: last]")] = None,
+    chat: Annotated[Optional[bool], typer.Option("--chat/--plain", help="render prompts through the chat template \\[default: --chat]")] = None,
+    normalize: Annotated[Optional[bool], typer.Option("--normalize/--no-normalize", help="unit-length vectors \\[default: mean-difference length]")] = None,
+    holdout: Annotated[Optional[float], typer.Option(help="share of pairs held out for the layer sweep \\[default: 0.2]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="held-out split \\[default: 0]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="\\[default: 16]")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="steer.yaml; flags override it")] = None,
+) -> None:
+    """Train a steering vector per layer from contrast pairs, with the held-out separation of every layer."""
+    from tunelab.configs import from_sources
+    from tunelab.inspect.run import SteerTrainConfig, run_steer_train
+    from tunelab.inspect.steering import parse_layers
+
+    _quiet_libraries()
+    cfg = from_sources(SteerTrainConfig, config, model=model, adapter=adapter, pairs=pairs, positive=positive, negative=negative,
+                       output=output, method=method, layers=parse_layers(layers), read=read, chat=chat, normalize=normalize,
+                       holdout=holdout, seed=seed, batch_size=batch_size)
+    result = run_steer_train(cfg)
+    sep = {int(k): v for k, v in result["separation"].items() if v is not None}
+    if sep:
+        top = sorted(sep, key=lambda i: -sep[i])[:3]
+        console.print(f"{result['n']} pairs, {result['method']}: held-out AUROC best at layer "
+                      + ", ".join(f"{i} ({sep[i]:.3f})" for i in top), highlight=False)
+    console.print(f"wrote {result['output_dir']}/{result['vector']}, metrics.json and separation.png; apply with "
+                  f"tunelab generate --steer {result['output_dir']} --coeff C", highlight=False, markup=False)
+
+
+@inspect_app.command("refusal-direction")
+def inspect_refusal_direction(
+    model: Annotated[Optional[str], typer.Option(help="alias, local dir or hub id \\[default: smollm2-135m]")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter or tunelab run dir, e.g. a safety adapter (merged first)")] = None,
+    harmful_limit: Annotated[Optional[int], typer.Option(help="harmful selection prompts (HarmBench train split) \\[default: 32]")] = None,
+    harmless_limit: Annotated[Optional[int], typer.Option(help="harmless selection prompts (train split) \\[default: 32]")] = None,
+    eval_limit: Annotated[Optional[int], typer.Option(help="held-out harmful and benign prompts each \\[default: 32]")] = None,
+    ce_limit: Annotated[Optional[int], typer.Option(help="held-out passages for cross-entropy \\[default: 32]")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="tokens per measured answer \\[default: 48]")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="candidate layers, e.g. 4-12 \\[default: those below 80% depth]")] = None,
+    positions: Annotated[Optional[str], typer.Option(help="candidate positions counted from the prompt's end, e.g. -1,-2 \\[default: all post-instruction tokens]")] = None,
+    refusal_tokens: Annotated[Optional[str], typer.Option(help="comma-separated single tokens the model refuses with \\[default: derived from its answers]")] = None,
+    kl_threshold: Annotated[Optional[float], typer.Option(help="KL filter on harmless prompts \\[default: 0.1]")] = None,
+    measure: Annotated[Optional[bool], typer.Option("--measure/--no-measure", help="safety and cross-entropy under each intervention \\[default: --measure]")] = None,
+    export: Annotated[Optional[str], typer.Option(help="write the orthogonalized model (HF directory) here")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="sequences per forward \\[default: 16]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="benign prompt sample \\[default: 0]")] = None,
+    output: Annotated[Optional[str], typer.Option(help="results dir \\[default: ADAPTER/inspect/refusal-direction or runs/inspect/refusal-direction-MODEL]")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="refusal.yaml; flags override it")] = None,
+) -> None:
+    """The refusal direction (Arditi et al. 2024): select it, then measure ablation, addition and weight orthogonalisation."""
+    from tunelab.configs import from_sources
+    from tunelab.inspect.refusal import RefusalConfig, parse_positions, run_refusal
+    from tunelab.inspect.steering import parse_layers
+
+    _quiet_libraries()
+    cfg = from_sources(RefusalConfig, config, model=model, adapter=adapter, harmful_limit=harmful_limit,
+                       harmless_limit=harmless_limit, eval_limit=eval_limit, ce_limit=ce_limit, max_new_tokens=max_new_tokens,
+                       layers=parse_layers(layers), positions=parse_positions(positions),
+                       refusal_tokens=_comma_list(refusal_tokens, "--refusal-tokens"), kl_threshold=kl_threshold,
+                       measure=measure, export=export, batch_size=batch_size, seed=seed, output=output)
+    result = run_refusal(cfg)
+    sel, scores, tok = result["selected"], result["selected"]["scores"], result["refusal_tokens"]
+    console.print(f"refusal tokens ({tok['source']}): {', '.join(map(repr, tok['tokens']))}; "
+                  f"{tok['refused_harmful']}/{tok['n_harmful']} harmful selection prompts refused", highlight=False, markup=False)
+    state = "passes the filters" if result["filters_passed"] else f"NO candidate passes the filters: {result['filter_reason']}"
+    console.print(f"selected: position {sel['position']} ({sel['token']!r}), layer {sel['layer']} of {result['n_layers']} — "
+                  f"ablated refusal score {scores['refusal_score']:+.3f} (baseline {result['baseline']['harmful_refusal_score']:+.3f}), "
+                  f"steering score {scores['steering_score']:+.3f}, KL {scores['kl']:.4f}; {state} "
+                  f"({result['n_passed']} of {len(result['candidates'])} candidates pass)", highlight=False, markup=False)
+
+    def pct(v: object) -> str:
+        return "–" if not isinstance(v, (int, float)) else f"{100 * v:5.1f}%"
+
+    if result["rows"]:
+        console.print(f"{'intervention':15s} {'ASR':>7s} {'refusal':>8s} {'over-ref':>8s} {'CE':>7s}", highlight=False)
+        for r in result["rows"]:
+            ce = "–" if r["ce"] is None else f"{r['ce']:.3f}"
+            console.print(f"{r['intervention']:15s} {pct(r['asr']):>7s} {pct(r['refusal_rate']):>8s} {pct(r['over_refusal']):>8s} "
+                          f"{ce:>7s}", highlight=False)
+    t = result["timing"]
+    console.print(f"selection {t['selection_s']:.0f} s ({t['per_candidate_s']:.1f} s per candidate), measurements "
+                  f"{t['measurement_s']:.0f} s, total {result['wall_time_s']:.0f} s", highlight=False)
+    out = result["output_dir"]
+    files = result["files"]
+    written = [f"{out}/metrics.json", f"{out}/{files['direction']}", f"{out}/{files['raw']}", f"{out}/{files['plot']}"]
+    if files["responses"]:
+        written.append(f"{out}/{files['responses']}")
+    if files["export"]:
+        written.append(f"{files['export']} (orthogonalized model)")
+    console.print("wrote " + ", ".join(written), highlight=False, markup=False)
+
+
+@inspect_app.command("salt")
+def inspect_salt(
+    model: Annotated[Optional[str], typer.Option(help="alias, local dir or hub id \\[default: smollm2-135m]")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="PEFT adapter or tunelab run dir (merged before hooking)")] = None,
+    n_train: Annotated[Optional[int], typer.Option(help="training items, one contrast pair each \\[default: 64]")] = None,
+    n_test: Annotated[Optional[int], typer.Option(help="held-out items answered at each coefficient \\[default: 64]")] = None,
+    coeffs: Annotated[Optional[str], typer.Option(help="steering coefficients; 0 (unsteered) always runs \\[default: 0,1,2,3,4]")] = None,
+    k_layers: Annotated[Optional[int], typer.Option(help="late layers steered, by held-out separation \\[default: 3]")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="layers to steer, e.g. 20-22 (overrides --k-layers)")] = None,
+    read: Annotated[Optional[str], typer.Option(help="where pair activations are read: last or span \\[default: last]")] = None,
+    pairs: Annotated[Optional[str], typer.Option(help="template answers, or own: the model's greedy answers \\[default: template]")] = None,
+    compare_all: Annotated[Optional[bool], typer.Option("--compare-all/--no-compare-all", help="one more row: the best coefficient at every position \\[default: on]")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="answer length \\[default: 48]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="\\[default: 16]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="task items and held-out split \\[default: 0]")] = None,
+    output: Annotated[Optional[str], typer.Option(help="results dir \\[default: ADAPTER/inspect/salt or runs/inspect/salt-MODEL]")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="salt.yaml; flags override it")] = None,
+) -> None:
+    """SALT privacy steering: leak rate and task accuracy vs steering coefficient on synthetic private records."""
+    from tunelab.configs import from_sources
+    from tunelab.inspect.run import parse_floats
+    from tunelab.inspect.salt import SaltConfig, run_salt
+    from tunelab.inspect.steering import parse_layers
+
+    _quiet_libraries()
+    cfg = from_sources(SaltConfig, config, model=model, adapter=adapter, n_train=n_train, n_test=n_test,
+                       coeffs=parse_floats(coeffs, "--coeffs") if coeffs is not None else None, k_layers=k_layers,
+                       layers=parse_layers(layers), read=read, pairs=pairs, compare_all=compare_all,
+                       max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, output=output)
+    r = run_salt(cfg, progress=True)
+
+    def say(text: str) -> None:  # one line each, however narrow the terminal; no secrets in any of them
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    say(f"steering layers {', '.join(map(str, r['layers']))} ({r['layer_source']}); "
+        f"{r['n_test']} held-out records, baseline leak rate {r['baseline_leak']:.1%}")
+    say(f"{'coeff':>7}  {'positions':9}  {'leak rate [95% CI]':24}  {'accuracy [95% CI]':24}  leak reduction")
+    for row in r["rows"]:
+        red = "–" if row["leak_reduction"] is None else f"{row['leak_reduction']:+.0%}"
+        leak = f"{row['leak_rate']:.1%} [{row['leak_ci'][0]:.1%}, {row['leak_ci'][1]:.1%}]"
+        acc = f"{row['accuracy']:.1%} [{row['accuracy_ci'][0]:.1%}, {row['accuracy_ci'][1]:.1%}]"
+        say(f"{row['coeff']:>7g}  {row['positions']:9}  {leak:24}  {acc:24}  {red}")
+    say(f"wrote {r['output_dir']}/metrics.json, salt_vector.safetensors, salt.png and answers.jsonl ({r['wall_time_s']:.0f} s)")
 
 
 def _print_interference(out_dir: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,19 @@ class EvalConfig:
     refusal_bias: float | None = None
     refusal_categories: list[str] | None = None
     refusal_temperature: float = 1.0
+    # a steering vector (tunelab inspect steer train) applied while scoring: coefficient, layers
+    # (None: all the vector has), positions (all / prompt / last) and mode (add / ablate)
+    steer: str | None = None
+    coeff: float | None = None
+    steer_layers: list[int] | None = None
+    steer_positions: str | None = None
+    steer_mode: str | None = None
+
+    def steering(self) -> Any:
+        """The :class:`tunelab.inspect.steering.SteerSpec` asked for, or None."""
+        from tunelab.inspect.steering import steer_spec
+
+        return steer_spec(self.steer, self.coeff, self.steer_layers, self.steer_positions, self.steer_mode)
 
     def validate(self) -> None:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
@@ -106,6 +120,12 @@ class EvalConfig:
             if self.task is not None and self.task.startswith(LM_EVAL_PREFIX):
                 raise TunelabError("refusal-token control applies to generation (tasks, the safety suite), not lm-eval tasks")
             check_control(self.refusal_threshold, self.refusal_bias, self.refusal_categories, self.refusal_temperature)
+        spec = self.steering()
+        if spec is not None:
+            spec.load()  # a missing or damaged vector file fails before the model loads
+            scored = self.task is not None and (self.task.startswith(LM_EVAL_PREFIX) or self.scorer == "choice")
+            if spec.positions != "all" and scored:
+                raise TunelabError("--steer-positions prompt/last apply to generation; scored tasks steer all positions")
 
     @property
     def name(self) -> str:
@@ -146,6 +166,10 @@ def _prepare_task(cfg: EvalConfig) -> Run:
     from tunelab.evaluate.tasks import resolve_task
 
     task = resolve_task(cfg.task or "", cfg.scorer, shots=cfg.num_fewshot, chat=not cfg.plain)
+    spec = cfg.steering()
+    if spec is not None and spec.positions != "all" and task.scorer == "choice":
+        raise TunelabError(f"--steer-positions {spec.positions} applies to generation; '{task.name}' is scored by "
+                           "option likelihood: steer all positions")
     return lambda model, tokenizer: evaluate_task(
         model, tokenizer, task, limit=cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size,
         max_new_tokens=cfg.max_new_tokens, do_sample=cfg.sample, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -196,9 +220,12 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[
         model, tokenizer = load_with_adapter(cfg.model, cfg.adapter)
     from tunelab.evaluate.generation import record_decoders
 
+    spec = cfg.steering()
     started = time.perf_counter()
-    with record_decoders() as decoders:
+    with record_decoders() as decoders, spec.applied(model) if spec else nullcontext() as steering:
         result = run(model, tokenizer)
+    if steering is not None:
+        result["steering"] = steering
     # A slow fallback must show in the results, not just in a log line.
     result.update({"model": cfg.model, "adapter": cfg.adapter, "decoder": "; ".join(sorted(decoders)) or None,
                    "wall_time_s": time.perf_counter() - started, "config": asdict(cfg)})

@@ -61,7 +61,8 @@ class Block:
         return getattr(owner, name)
 
 
-def _text_config(model: nn.Module) -> Any:
+def text_config(model: nn.Module) -> Any:
+    """The text part of the model's config (a multimodal config holds it as a sub-config)."""
     config = getattr(model, "config", None)
     if config is None:
         raise TunelabError(f"{type(model).__name__} has no config; expected a Hugging Face causal LM")
@@ -70,7 +71,7 @@ def _text_config(model: nn.Module) -> Any:
 
 def geometry(model: nn.Module) -> Geometry:
     """The attention geometry read from the model's config."""
-    config = _text_config(model)
+    config = text_config(model)
     try:
         heads = int(config.num_attention_heads)
         kv = int(getattr(config, "num_key_value_heads", None) or heads)
@@ -106,6 +107,29 @@ def blocks(model: nn.Module) -> list[Block]:
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter."""
     return next(model.parameters()).device
+
+
+def parse_layers(text: str | None, flag: str = "--layers") -> list[int] | None:
+    """``"10,12,14"`` or ``"10-14"`` → layer indices; None stays None; one-line error otherwise."""
+    if text is None or not text.strip():
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part[1:]:
+                a, b = part.split("-", 1) if not part.startswith("-") else (part, "")
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                out += list(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise TunelabError(f"{flag} must be comma-separated layer numbers or ranges like 10-14, got '{text}'") from None
+    return list(dict.fromkeys(out))
 
 
 # --------------------------------------------------------------------------- named points
@@ -343,7 +367,7 @@ def _pretrained(model: nn.Module) -> nn.Module:
 def attn_implementation(model: nn.Module) -> str | None:
     """The attention implementation the model's attention modules read (``eager``, ``sdpa``, …)."""
     attn = model if hasattr(model, "q_proj") else blocks(model)[0].attn
-    config = getattr(attn, "config", None) or _text_config(model)
+    config = getattr(attn, "config", None) or text_config(model)
     return getattr(config, "_attn_implementation", None)
 
 

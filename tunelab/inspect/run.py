@@ -231,3 +231,104 @@ def run_prune(cfg: PruneConfig, model: Any = None, tokenizer: Any = None) -> dic
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1))
     return result
+
+
+@dataclass
+class SteerTrainConfig:
+    """Everything ``tunelab inspect steer train`` needs; ``validate`` runs before any model is loaded."""
+
+    model: str = "smollm2-135m"
+    adapter: str | None = None
+    pairs: str | None = None  # rows with positive, negative (and optionally prompt)
+    positive: str | None = None  # or two prompt files paired line by line
+    negative: str | None = None
+    output: str | None = None
+    method: str = "mean-diff"
+    layers: list[int] | None = None  # None: every layer
+    read: str = "last"  # last non-pad token, or "span": mean over the completion (the whole text without a prompt)
+    chat: bool = True  # render prompts (and texts without one) through the chat template
+    normalize: bool = False  # unit vectors instead of the mean difference's length
+    holdout: float = 0.2  # share of pairs held out for the layer sweep's separation
+    seed: int = 0
+    batch_size: int = 16
+
+    def validate(self) -> None:
+        """Raise TunelabError for anything wrong that can be seen without loading a model."""
+        from tunelab.inspect.steering import METHODS, READS
+
+        if self.output is None:
+            raise TunelabError("--output DIR is required (the vector is written to DIR/steering.safetensors)")
+        if (self.pairs is None) == (self.positive is None and self.negative is None):
+            raise TunelabError("give either --pairs FILE or both --positive FILE and --negative FILE")
+        if self.pairs is None and (self.positive is None or self.negative is None):
+            raise TunelabError("--positive and --negative go together: a contrast needs both sides")
+        for name in ("pairs", "positive", "negative"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_file():
+                raise TunelabError(f"--{name} file not found: {value}")
+        if self.method not in METHODS:
+            raise TunelabError(f"unknown steering method '{self.method}'; known methods: {', '.join(METHODS)}")
+        if self.read not in READS:
+            raise TunelabError(f"--read must be one of {', '.join(READS)}, got '{self.read}'")
+        if not 0 <= self.holdout < 1:
+            raise TunelabError(f"--holdout must be in [0, 1), got {self.holdout:g}")
+        if self.batch_size < 1:
+            raise TunelabError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.adapter is not None and not Path(self.adapter).is_dir():
+            raise TunelabError(f"adapter directory not found: {self.adapter}")
+
+
+def run_steer_train(cfg: SteerTrainConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Train a steering vector from contrast pairs; write the vector, metrics.json and the layer sweep's plot."""
+    from tunelab.inspect.steering import read_pairs, read_prompt_pairs, train_steering_vector
+
+    cfg.validate()
+    pairs = read_pairs(cfg.pairs) if cfg.pairs else read_prompt_pairs(cfg.positive, cfg.negative)  # type: ignore[arg-type]
+    if model is None:
+        model, tokenizer = load_for_inspect(cfg.model, cfg.adapter)
+    started = time.perf_counter()
+    vector = train_steering_vector(model, tokenizer, pairs, layers=cfg.layers, method=cfg.method, read=cfg.read,
+                                   chat=cfg.chat, normalize=cfg.normalize, holdout=cfg.holdout, seed=cfg.seed,
+                                   batch_size=cfg.batch_size, model_name=cfg.model)
+    vector.meta["adapter"] = cfg.adapter
+    out = Path(cfg.output or ".")
+    path = vector.save(out)
+    sep = {int(k): v for k, v in vector.meta["separation"].items()}
+    norms = {int(k): v for k, v in vector.meta["norms"].items()}
+    result = {"kind": "steering", "name": "steering", "model": cfg.model, "adapter": cfg.adapter, "method": cfg.method,
+              "n": len(pairs), "vector": path.name, "layers": vector.layers,
+              "separation": {str(i): sep[i] for i in sorted(sep)}, "norms": {str(i): norms[i] for i in sorted(norms)},
+              "best_layer": max((i for i in sep if sep[i] is not None), key=lambda i: (sep[i], i), default=None),
+              "series": {"held-out AUROC": {"x": sorted(sep), "y": [sep[i] for i in sorted(sep)]}},
+              "title": "contrast-pair separation per layer", "xlabel": "layer", "ylabel": "held-out AUROC",
+              "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
+    _plot_sweep(sep, norms, out / "separation.png", cfg.holdout)
+    atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1))
+    return result
+
+
+def _plot_sweep(sep: dict[int, float | None], norms: dict[int, float], path: Path, holdout: float) -> None:
+    """Held-out AUROC per layer, with the vector's norm on a second axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = sorted(norms)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    xs = [i for i in layers if sep.get(i) is not None]
+    ax.plot(xs, [sep[i] for i in xs], marker="o", color="#1f77b4", label=f"held-out AUROC ({holdout:.0%} of pairs)")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("separation (AUROC)")
+    ax.set_ylim(0.0, 1.02)
+    twin = ax.twinx()
+    twin.plot(layers, [norms[i] for i in layers], color="#ff7f0e", ls="--", label="vector norm")
+    twin.set_ylabel("norm")
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize=8)
+    ax.set_title("steering vector: separation per layer")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
