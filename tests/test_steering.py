@@ -314,6 +314,11 @@ def test_cli_steering_bad_input(tmp_path, capsys, vector):
     from safetensors.torch import save_file
 
     path = vector.save(tmp_path / "v")
+    SteeringVector({0: torch.ones(vector.hidden)}, {"n_layers": 30, "model": "smollm2-135m"}).save(tmp_path / "deep.safetensors")
+    (tmp_path / "half.jsonl").write_text('{"positive": "yes", "negative": "no"}\n{"positive": "a"}\n')
+    (tmp_path / "good.jsonl").write_text('{"positive": "yes", "negative": "no"}\n{"positive": "a", "negative": "b"}\n')
+    (tmp_path / "p.txt").write_text("one\ntwo\nthree\n")
+    (tmp_path / "n.txt").write_text("uno\ndos\n")
     save_file({"layers.0": torch.ones(vector.hidden + 3)}, str(tmp_path / "wide.safetensors"))
     save_file({"layers.0": torch.zeros(vector.hidden)}, str(tmp_path / "zero.safetensors"))
     gen = ["generate", "--model", "tiny-random", "hi", "--max-new-tokens", "2"]
@@ -321,6 +326,15 @@ def test_cli_steering_bad_input(tmp_path, capsys, vector):
         ([*gen, "--coeff", "2"], "need --steer"),
         ([*gen, "--steer", str(path), "--steer-layers", "7"], "out of range"),
         ([*gen, "--steer", str(tmp_path / "wide.safetensors")], "wide"),
+        ([*gen, "--steer", str(tmp_path / "deep.safetensors")], "30-layer model (smollm2-135m)"),
+        (["inspect", "steer", "train", "--model", "tiny-random", "--pairs", tmp_path / "half.jsonl", "--output", tmp_path / "o"],
+         "half.jsonl:2: field 'negative'"),
+        (["inspect", "steer", "train", "--model", "tiny-random", "--positive", tmp_path / "p.txt", "--negative", tmp_path / "n.txt",
+          "--output", tmp_path / "o"], "has 3 prompts but"),
+        (["inspect", "steer", "train", "--model", "tiny-random", "--positive", tmp_path / "p.txt", "--output", tmp_path / "o"],
+         "go together"),
+        (["inspect", "steer", "train", "--model", "tiny-random", "--pairs", tmp_path / "good.jsonl", "--output", tmp_path / "o",
+          "--layers", "4"], "out of range"),
         ([*gen, "--steer", str(tmp_path / "zero.safetensors")], "zero"),
         ([*gen, "--steer", str(path), "--steer-positions", "middle"], "--steer-positions"),
         (["eval", "--model", "tiny-random", "--task", "arc-easy", "--limit", "2", "--steer", str(path),

@@ -1070,7 +1070,6 @@ def multiturn_section(data: ReportData, palette: Palette) -> str | None:
     return "\n".join(parts)
 
 
-SECTIONS.insert(index_of("pruning") + 1, Section("multi-turn", "Multi-turn stability", multiturn_section, kinds=("multi-turn",)))
 
 
 def steering_section(data: ReportData, palette: Palette) -> str | None:
@@ -1093,7 +1092,6 @@ def steering_section(data: ReportData, palette: Palette) -> str | None:
                          "on the other pairs. Apply with tunelab generate/eval --steer DIR --coeff C.")
 
 
-SECTIONS.insert(index_of("pruning") + 1, Section("steering", "Steering vectors", steering_section, kinds=("steering",)))
 
 
 # --- inspect: the refusal direction ----------------------------------------------------------------
@@ -1155,8 +1153,6 @@ def refusal_direction_section(data: ReportData, palette: Palette) -> str | None:
     return "\n".join(parts)
 
 
-SECTIONS.insert(index_of("pruning") + 1, Section("refusal-direction", "Refusal direction", refusal_direction_section,
-                                                 kinds=("refusal-direction",)))
 
 
 # --- inspect: SALT privacy steering --------------------------------------------------------------
@@ -1197,4 +1193,9 @@ def salt_section(data: ReportData, palette: Palette) -> str | None:
     return "\n".join(parts)
 
 
-SECTIONS.insert(index_of("pruning") + 1, Section("salt", "Privacy steering (SALT)", salt_section, kinds=("salt",)))
+# Inspect II, in reading order after pruning: steering, the refusal direction, SALT, multi-turn stability.
+SECTIONS.insert(index_of("pruning") + 1, Section("steering", "Steering vectors", steering_section, kinds=("steering",)))
+SECTIONS.insert(index_of("steering") + 1, Section("refusal-direction", "Refusal direction", refusal_direction_section,
+                                                  kinds=("refusal-direction",)))
+SECTIONS.insert(index_of("refusal-direction") + 1, Section("salt", "Privacy steering (SALT)", salt_section, kinds=("salt",)))
+SECTIONS.insert(index_of("salt") + 1, Section("multi-turn", "Multi-turn stability", multiturn_section, kinds=("multi-turn",)))
