@@ -126,15 +126,11 @@ def steering_table(result: dict[str, Any]) -> str:
 
 def safety_adapter(plan: Plan, root: Path, given: Path | None) -> Path:
     """The LoRI-S safety adapter: ``--adapter`` when given (and trained), else trained here."""
-    from tunelab.safety.recipe import train_safety_adapter
+    from inspect_heads import safety_adapter as train_or_reuse  # the same recipe run, reused when trained
 
     if given is not None and (given / "tunelab.json").is_file():
         return given
-    out = root / "safe-s"
-    if not (out / "tunelab.json").is_file():
-        console.print("training the LoRI-S safety adapter (tunelab's safety recipe)")
-        train_safety_adapter("lori-s", out, model=plan.model, steps=plan.safety_steps)
-    return out
+    return train_or_reuse(plan, root)  # type: ignore[arg-type]  (needs only .model and .safety_steps)
 
 
 def multiturn(plan: Plan, root: Path, adapter: Path | None, name: str, reword: bool = False) -> dict[str, Any]:
