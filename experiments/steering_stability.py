@@ -126,15 +126,11 @@ def steering_table(result: dict[str, Any]) -> str:
 
 def safety_adapter(plan: Plan, root: Path, given: Path | None) -> Path:
     """The LoRI-S safety adapter: ``--adapter`` when given (and trained), else trained here."""
-    from tunelab.safety.recipe import train_safety_adapter
+    from inspect_heads import safety_adapter as train_or_reuse  # the same recipe run, reused when trained
 
     if given is not None and (given / "tunelab.json").is_file():
         return given
-    out = root / "safe-s"
-    if not (out / "tunelab.json").is_file():
-        console.print("training the LoRI-S safety adapter (tunelab's safety recipe)")
-        train_safety_adapter("lori-s", out, model=plan.model, steps=plan.safety_steps)
-    return out
+    return train_or_reuse(plan, root)  # type: ignore[arg-type]  (needs only .model and .safety_steps)
 
 
 def multiturn(plan: Plan, root: Path, adapter: Path | None, name: str, reword: bool = False) -> dict[str, Any]:
@@ -167,6 +163,36 @@ def refusal(plan: Plan, root: Path, adapter: Path, name: str, kl_threshold: floa
     return json.loads((out / EVAL_FILE).read_text())
 
 
+def refusal_control(plan: Plan, root: Path, adapter: Path, seeds: tuple[int, ...] = (0, 1)) -> list[dict[str, Any]]:
+    """A random direction with the selected raw difference's norm, added at the same layer: does
+    any push that large make the adapter refuse benign prompts, or only the refusal direction?"""
+    import torch
+
+    from tunelab.evaluate.benchmarks import passages
+    from tunelab.evaluate.prompts import benign_prompts, harmful_prompts
+    from tunelab.inspect.refusal import RAW_FILE, addition, measure
+    from tunelab.inspect.run import load_for_inspect
+    from tunelab.inspect.steering import SteeringVector
+
+    done = root / "refusal-direction" / "control.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    model, tokenizer = load_for_inspect(plan.model, str(adapter))
+    raw = SteeringVector.load(root / "refusal-direction" / RAW_FILE)
+    layer = raw.layers[0]
+    interventions = {}
+    for seed in seeds:
+        r = torch.randn(raw.hidden, generator=torch.Generator().manual_seed(seed))
+        r = r / r.norm() * raw.directions[layer].norm()
+        interventions[f"addition, random direction (seed {seed})"] = (model, lambda r=r: addition(model, r, layer))
+    console.print(f"  refusal control: random directions added at layer {layer}")
+    rows, _ = measure(model, tokenizer, interventions, harmful_prompts(limit=plan.refusal_eval, split="test"),
+                      benign_prompts(limit=plan.refusal_eval, seed=0, split="test"), passages("heldout", plan.refusal_eval),
+                      max_new_tokens=plan.max_new_tokens, progress=False)
+    atomic_write_text(done, json.dumps(rows, indent=1))
+    return rows
+
+
 def refusal_table(results: dict[str, dict[str, Any]]) -> str:
     lines = ["| direction (selection) | position, layer | ablated refusal score (base) | KL harmless | intervention | "
              "ASR (HarmBench test) | refusal rate | over-refusal (benign) | CE held-out |", "|---|---|---|---|---|---|---|---|---|"]
@@ -193,11 +219,43 @@ def salt(plan: Plan, root: Path) -> dict[str, Any]:
     return json.loads((out / EVAL_FILE).read_text())
 
 
-def salt_table(result: dict[str, Any]) -> str:
+def salt_control(plan: Plan, root: Path, result: dict[str, Any], seeds: tuple[int, ...] = (0, 1)) -> list[dict[str, Any]]:
+    """Random directions with the SALT vector's norm at the same layers and coefficients: is the
+    leak reduction the vector's direction, or just any push of that size?"""
+    import torch
+
+    from tunelab.inspect.run import load_for_inspect
+    from tunelab.inspect.salt import make_items, score_row, steered_answers
+    from tunelab.inspect.steering import SteeringVector
+
+    done = root / "salt" / "control.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    model, tokenizer = load_for_inspect(plan.model, None)
+    salt_vector = SteeringVector.load(root / "salt" / "salt_vector.safetensors")
+    items = make_items(plan.salt_test, "test", 0)
+    coeffs = [c for c in (2.0, 3.0) if any(r["coeff"] == c for r in result["rows"])] or [1.0]
+    rows = []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed)
+        random = {i: (lambda r: r / r.norm() * v.norm())(torch.randn(v.shape, generator=g)) for i, v in salt_vector.directions.items()}
+        vector = SteeringVector(random, dict(salt_vector.meta))
+        for coeff in coeffs:
+            console.print(f"  SALT control: random direction (seed {seed}) at coefficient {coeff:g}")
+            answers = steered_answers(model, tokenizer, vector, items, coeff, result["layers"], max_new_tokens=plan.max_new_tokens)
+            rows.append({"seed": seed, **{k: v for k, v in score_row(items, answers, coeff, "last").items() if k != "by_question"}})
+    atomic_write_text(done, json.dumps(rows, indent=1))
+    return rows
+
+
+def salt_table(result: dict[str, Any], control: list[dict[str, Any]] | None = None) -> str:
     lines = ["| coefficient | positions | leak rate [95% CI] | task accuracy [95% CI] |", "|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['coeff']:g} | {r['positions']} | {r['leak_rate']:.1%}{_pct_ci(r.get('leak_ci'))} | "
                      f"{r['accuracy']:.1%}{_pct_ci(r.get('accuracy_ci'))} |")
+    for r in control or []:
+        lines.append(f"| {r['coeff']:g}, random direction (seed {r['seed']}) | last | {r['leak_rate']:.1%}"
+                     f"{_pct_ci(r.get('leak_ci'))} | {r['accuracy']:.1%}{_pct_ci(r.get('accuracy_ci'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -246,12 +304,14 @@ def main() -> int:
               f"{plan.max_new_tokens} new tokens; vector norm there {result['norm_at_layer']:.1f})\n\n" + steering_table(result)
         summary["steering"] = result
         figures.append(root / "steering" / "separation.png")
-    adapter = safety_adapter(plan, root, None if args.quick else args.adapter) if parts & {"refusal", "multiturn"} else None
+    adapter = safety_adapter(plan, root, None if args.quick else args.adapter) if parts & {"refusal", "multiturn", "mt-adapter"} else None
     if "refusal" in parts and args.quick:
         console.print("--quick: skipping the refusal direction (tiny-random refuses nothing, and the direction needs refusals)")
     elif "refusal" in parts:
         results = {"Arditi filters (KL < 0.1)": refusal(plan, root, adapter, "refusal-direction"),
                    "no KL filter": refusal(plan, root, adapter, "refusal-direction-nokl", kl_threshold=1e9)}
+        control = refusal_control(plan, root, adapter)
+        results["Arditi filters (KL < 0.1)"]["rows"] += control
         first = next(iter(results.values()))
         md += f"\n**Refusal direction of the LoRI-S safety adapter** ({plan.refusal_select} + {plan.refusal_select} selection " \
               f"prompts, refusal tokens {first['refusal_tokens']['tokens']}; measured on {plan.refusal_eval} held-out harmful + " \
@@ -260,14 +320,21 @@ def main() -> int:
         figures += [root / "refusal-direction" / "candidates.png"]
     if "salt" in parts:
         result = salt(plan, root)
+        control = salt_control(plan, root, result)
         md += f"\n**SALT: a private-vs-leaky vector added at the last prompt token** (layers {result['layers']}, " \
-              f"{plan.salt_train} training pairs, {plan.salt_test} held-out records, greedy)\n\n" + salt_table(result)
-        summary["salt"] = {"layers": result["layers"], "rows": result["rows"]}
+              f"{plan.salt_train} training pairs, {plan.salt_test} held-out records, greedy; random directions of the " \
+              "same norm as a control)\n\n" + salt_table(result, control)
+        summary["salt"] = {"layers": result["layers"], "rows": result["rows"], "control": control}
         figures.append(root / "salt" / "salt.png")
+    runs = {"mt-base": ("base", None, "multiturn-base", False),
+            "mt-reword": ("base, reworded", None, "multiturn-base-reword", True),
+            "mt-adapter": ("safety adapter, reworded", adapter, "multiturn-safe-s-reword", True)}
+    for part in [p for p in runs if p in parts and "multiturn" not in parts]:  # one run alone (parallel processes)
+        label, with_adapter, name, reword = runs[part]
+        multiturn(plan, root, with_adapter, name, reword=reword)
     if "multiturn" in parts:
-        results = {"base": multiturn(plan, root, None, "multiturn-base"),
-                   "base, reworded": multiturn(plan, root, None, "multiturn-base-reword", reword=True),
-                   "safety adapter, reworded": multiturn(plan, root, adapter, "multiturn-safe-s-reword", reword=True)}
+        results = {label: multiturn(plan, root, with_adapter, name, reword=reword)
+                   for label, with_adapter, name, reword in runs.values()}
         md += f"\n**Multi-turn stability** ({plan.mt_task}, {plan.mt_limit} questions × {plan.mt_turns} turns, option " \
               "log-likelihood; 95% bootstrap CIs over questions)\n\n" + multiturn_table(results)
         summary["multiturn"] = {k: {f: v.get(f) for f in ("accuracy", "p_tf", "p_ft", "acc_inf", "acc_inf_ci", "probe",

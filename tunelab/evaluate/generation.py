@@ -92,6 +92,18 @@ def render_prompts(tokenizer: Any, prompts: Sequence[Prompt], chat: bool = True)
     return out
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad: int, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of token rows padded to the longest with ``pad`` on ``side``."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, seq in enumerate(rows):
+        cols = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+        ids[row, cols] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, cols] = 1
+    return ids, mask
+
+
 def prompt_seed(seed: int, index: int) -> int:
     """The sampling seed of prompt ``index`` in a run seeded ``seed`` (stable across processes)."""
     digest = hashlib.sha256(f"tunelab-generate:{seed}:{index}".encode()).digest()
@@ -416,13 +428,7 @@ def generate_ids(
 
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                width = max(len(encoded[i]) for i in idx)
-                input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-                attention_mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    n = len(encoded[i])
-                    input_ids[row, width - n :] = torch.tensor(encoded[i])
-                    attention_mask[row, width - n :] = 1
+                input_ids, attention_mask = pad_rows([encoded[i] for i in idx], pad)
                 sampler = None
                 if do_sample:
                     generators = [torch.Generator(device=device).manual_seed(prompt_seed(base_seed, i)) for i in idx]

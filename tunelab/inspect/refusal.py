@@ -144,7 +144,7 @@ def _forward_last(model: nn.Module, rows: Sequence[Sequence[int]], pad: int, kee
     alone. ``keep`` tokens of every row stay in the batched part, where ``during_tail`` (a context
     factory, e.g. an activation observer) is active; interventions around the call see both parts.
     """
-    from tunelab.evaluate.generation import _cache_kwarg, _returned_cache
+    from tunelab.evaluate.generation import _cache_kwarg, _returned_cache, pad_rows
 
     device = model_device(model)
     share = max(0, min(_common_prefix(rows), min(len(r) for r in rows) - keep))
@@ -156,13 +156,7 @@ def _forward_last(model: nn.Module, rows: Sequence[Sequence[int]], pad: int, kee
         head = torch.tensor([list(rows[0][:share])], device=device)
         cache = _returned_cache(model(input_ids=head, use_cache=True, logits_to_keep=1))
         cache.batch_repeat_interleave(len(rows))
-    tails = [list(r[share:]) for r in rows]
-    width = max(len(t) for t in tails)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, t in enumerate(tails):
-        ids[i, width - len(t):] = torch.tensor(t)
-        mask[i, width - len(t):] = 1
+    ids, mask = pad_rows([r[share:] for r in rows], pad)
     positions = share + (mask.cumsum(-1) - 1).clamp(min=0)
     full_mask = torch.cat([torch.ones((len(rows), share), dtype=torch.long), mask], dim=1)
     with during_tail() if during_tail is not None else nullcontext():
@@ -560,11 +554,9 @@ class RefusalConfig:
 
     def output_dir(self) -> Path:
         """``--output``, else ``ADAPTER/inspect/refusal-direction``, else ``runs/inspect/refusal-direction-MODEL``."""
-        if self.output:
-            return Path(self.output)
-        if self.adapter is not None:
-            return Path(self.adapter) / "inspect" / KIND
-        return Path("runs") / "inspect" / f"{KIND}-{Path(self.model).name}"
+        from tunelab.inspect.run import _default_output
+
+        return Path(self.output) if self.output else _default_output(KIND, self.model, self.adapter)
 
 
 def _check_choices(cfg: RefusalConfig, n_layers: int, k: int) -> tuple[list[int], list[int]]:

@@ -33,10 +33,12 @@ def parse_floats(text: str, flag: str) -> list[float]:
         raise TunelabError(f"{flag} must be comma-separated numbers, got '{text}'") from None
 
 
-def _default_output(kind: str, model: str, adapter: str | None, task: str) -> Path:
+def _default_output(kind: str, model: str, adapter: str | None, task: str | None = None) -> Path:
+    """``ADAPTER/inspect/KIND[-TASK]`` with an adapter, else ``runs/inspect/KIND-MODEL[-TASK]``."""
+    suffix = f"-{task}" if task else ""
     if adapter is not None:
-        return Path(adapter) / "inspect" / f"{kind}-{task}"
-    return Path("runs") / "inspect" / f"{kind}-{Path(model).name}-{task}"
+        return Path(adapter) / "inspect" / f"{kind}{suffix}"
+    return Path("runs") / "inspect" / f"{kind}-{Path(model).name}{suffix}"
 
 
 @dataclass

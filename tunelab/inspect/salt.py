@@ -399,11 +399,9 @@ class SaltConfig:
 
     def output_dir(self) -> Path:
         """``--output``, else ``ADAPTER/inspect/salt``, else ``runs/inspect/salt-MODEL``."""
-        if self.output:
-            return Path(self.output)
-        if self.adapter is not None:
-            return Path(self.adapter) / "inspect" / "salt"
-        return Path("runs") / "inspect" / f"salt-{Path(self.model).name}"
+        from tunelab.inspect.run import _default_output
+
+        return Path(self.output) if self.output else _default_output("salt", self.model, self.adapter)
 
 
 def run_salt(cfg: SaltConfig, model: Any = None, tokenizer: Any = None, *, progress: bool = False) -> dict[str, Any]:

@@ -245,6 +245,8 @@ def read_activations(model: nn.Module, tokenizer: Any, sequences: Sequence[tuple
     """``{layer: [N, hidden]}`` fp32 activations at ``point``, read at each sequence's last token
     (``read="last"``) or averaged over tokens ``start:`` (``"span"``); ``sequences`` are
     ``(ids, start)`` and run right-padded in batches."""
+    from tunelab.evaluate.generation import pad_rows
+
     if read not in READS:
         raise TunelabError(f"unknown read position '{read}'; use one of {', '.join(READS)}")
     device = model_device(model)
@@ -255,13 +257,9 @@ def read_activations(model: nn.Module, tokenizer: Any, sequences: Sequence[tuple
     try:
         for b in range(0, len(sequences), batch_size):
             chunk = sequences[b : b + batch_size]
-            width = max(len(ids) for ids, _ in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            span = torch.zeros((len(chunk), width), dtype=torch.float32)
+            ids, mask = pad_rows([seq for seq, _ in chunk], pad, side="right")
+            span = torch.zeros(ids.shape, dtype=torch.float32)
             for row, (seq, start) in enumerate(chunk):
-                ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
                 if read == "span":
                     span[row, min(start, len(seq) - 1) : len(seq)] = 1
                 else:
@@ -456,22 +454,16 @@ def steer(model: nn.Module, vector: SteeringVector, coeff: float = 1.0, *, layer
         if positions != "all" and not phase.prompt:
             return None
         if mode == "add":
-            delta = (coeff * dirs[layer]).to(value.dtype)
-            if positions != "last":
-                return value + delta
-            out = value.clone()
-            last = phase.last if phase.last is not None else torch.full((value.shape[0],), value.shape[1] - 1, device=value.device)
-            rows = torch.arange(value.shape[0], device=value.device)
-            out[rows, last] = out[rows, last] + delta
-            return out
-        unit = units[layer].to(value.dtype)
-        removed = coeff * (value @ unit)[..., None] * unit
+            delta = (coeff * dirs[layer]).to(value.dtype).expand_as(value)
+        else:
+            unit = units[layer].to(value.dtype)
+            delta = -coeff * (value @ unit)[..., None] * unit  # x + (−y) rounds exactly as x − y
         if positions != "last":
-            return value - removed
+            return value + delta
         out = value.clone()
         last = phase.last if phase.last is not None else torch.full((value.shape[0],), value.shape[1] - 1, device=value.device)
         rows = torch.arange(value.shape[0], device=value.device)
-        out[rows, last] = value[rows, last] - removed[rows, last]
+        out[rows, last] = value[rows, last] + delta[rows, last]
         return out
 
     with ExitStack() as stack:

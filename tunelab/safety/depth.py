@@ -72,16 +72,11 @@ def chat_prompt_ids(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
 
 def _pad(sequences: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """(input_ids, attention_mask, offset of each row's first real token)."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    offsets = []
-    for row, seq in enumerate(sequences):
-        start = width - len(seq) if side == "left" else 0
-        ids[row, start : start + len(seq)] = torch.tensor(seq)
-        mask[row, start : start + len(seq)] = 1
-        offsets.append(start)
-    return ids, mask, offsets
+    from tunelab.evaluate.generation import pad_rows
+
+    ids, mask = pad_rows(sequences, pad_id, side)
+    width = ids.shape[1]
+    return ids, mask, [width - len(s) if side == "left" else 0 for s in sequences]
 
 
 def _response_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -321,7 +321,7 @@ def first_step_probs(model: Any, tokenizer: Any, prompts: Sequence[str], refuse_
     Left-padded batches with positions from the attention mask, as ``generate`` does, so these are
     the probabilities the threshold rule sees.
     """
-    from tunelab.evaluate.generation import render_prompts
+    from tunelab.evaluate.generation import pad_rows, render_prompts
 
     texts = render_prompts(tokenizer, list(prompts))
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -333,12 +333,7 @@ def first_step_probs(model: Any, tokenizer: Any, prompts: Sequence[str], refuse_
     try:
         for start in range(0, len(texts), batch_size):
             chunk = encoded[start : start + batch_size]
-            width = max(len(ids) for ids in chunk)
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, ids in enumerate(chunk):
-                input_ids[row, width - len(ids):] = torch.tensor(ids)
-                mask[row, width - len(ids):] = 1
+            input_ids, mask = pad_rows(chunk, pad)
             input_ids, mask = input_ids.to(device), mask.to(device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, -1]
