@@ -88,9 +88,14 @@ def part_b(root: Path, seeds: list[int]) -> tuple[dict[str, Any], str, list[Path
     summary: dict[str, Any] = {}
     lines = []
     for arch, aname in B_ARCHS.items():
-        base = {s: _load(root / "b" / f"{arch}-s{s}") for s in seeds}
-        base_kjv = {s: m["final_loss"]["kjv"] for s, m in base.items() if m}
-        lines.append(f"| {aname} | base | {_ms(list(base_kjv.values()), 4)} | – | – | – | – |")
+        # the base model on the CPT runs' held-out windows: their step-0 evaluation (same for every recipe)
+        first = {s: _load(root / "b" / f"{arch}-s{s}-constant") for s in seeds}
+        start = {s: m["initial_loss"] for s, m in first.items() if m}
+        mri0 = {src: [_mean(m["evals"][0]["mri"][src]) for m in first.values() if m and m["evals"][0].get("mri")]
+                for src in ("kjv", "pydoc")}
+        lines.append(f"| {aname} | base (before CPT) | {_ms([v['kjv'] for v in start.values()], 4)} | – | "
+                     f"{_ms([v['pydoc'] for v in start.values()], 4)} | "
+                     + (f"{_ms(mri0['kjv'], 2)} / {_ms(mri0['pydoc'], 2)} | – |" if mri0["kjv"] else "– | – |"))
         for recipe, rname in B_RECIPES.items():
             got = {s: _load(root / "b" / f"{arch}-s{s}-{recipe}") for s in seeds}
             got = {s: m for s, m in got.items() if m}
@@ -98,7 +103,7 @@ def part_b(root: Path, seeds: list[int]) -> tuple[dict[str, Any], str, list[Path
                 continue
             new = [m["final_loss"]["pydoc"] for m in got.values()]
             old = [m["final_loss"]["kjv"] for m in got.values()]
-            forget = [got[s]["final_loss"]["kjv"] - base_kjv[s] for s in got if s in base_kjv]
+            forget = [m["final_loss"]["kjv"] - m["initial_loss"]["kjv"] for m in got.values()]
             mri = {src: [_mean(m["routing"][src]["eval"]["mri"]) for m in got.values()] for src in ("kjv", "pydoc")} \
                 if arch != "dense" else None
             changed = [_mean(m["expert_changes"]["kjv"]["top1"]) for m in got.values()] if arch != "dense" else None
