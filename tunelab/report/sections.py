@@ -19,6 +19,7 @@ claims are shown by the generic "Other evaluations" table, so nothing found is s
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -1199,3 +1200,259 @@ SECTIONS.insert(index_of("steering") + 1, Section("refusal-direction", "Refusal 
                                                   kinds=("refusal-direction",)))
 SECTIONS.insert(index_of("refusal-direction") + 1, Section("salt", "Privacy steering (SALT)", salt_section, kinds=("salt",)))
 SECTIONS.insert(index_of("salt") + 1, Section("multi-turn", "Multi-turn stability", multiturn_section, kinds=("multi-turn",)))
+
+
+# --- scaling laws (tunelab scaling fit) ------------------------------------------------------------
+def eval_pngs(ev: Evaluation, only: tuple[str, ...] | None = None) -> list[tuple[Markup, str]]:
+    """The PNGs an evaluation lists under ``"figures"`` and wrote next to its metrics.json (bare
+    file names only, under 8 MB, PNG signature checked), in its order; ``only`` filters by name."""
+    out = []
+    for name in ev.data.get("figures") or []:
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".png"):
+            continue
+        if only is not None and name not in only:
+            continue
+        try:
+            raw = (ev.path / name).read_bytes() if (ev.path / name).stat().st_size < 8_000_000 else b""
+        except OSError:
+            continue
+        if raw.startswith(b"\x89PNG\r\n\x1a\n"):
+            out.append((plots.png_img(raw, f"{ev.subject}: {name}"), name))
+    return out
+
+
+def _sig(v: Any, digits: int = 4) -> str:
+    """``digits`` significant digits, in e-notation from 10⁵ up (sizes, budgets, coefficients)."""
+    n = number(v)
+    return "–" if n is None else f"{n:.{digits}g}" if abs(n) >= 1e5 else fmt_num(n, digits)
+
+
+def _fmt_ci(value: Any, ci: Any, digits: int = 4) -> str:
+    """``0.2928 [0.2578, 0.3331]``; the interval left out when there is none."""
+    if isinstance(ci, list) and len(ci) == 2 and all(number(v) is not None for v in ci):
+        return f"{_sig(value, digits)} [{_sig(ci[0], digits)}, {_sig(ci[1], digits)}]"
+    return _sig(value, digits)
+
+
+def _scaling_law_table(d: dict[str, Any]) -> str:
+    law = d.get("law") if isinstance(d.get("law"), dict) else {}
+    ci = d.get("ci") if isinstance(d.get("ci"), dict) else {}
+    terms = [t for t in law.get("terms") or [] if isinstance(t, dict)]
+    ci_terms = [t if isinstance(t, dict) else {} for t in ci.get("terms") or [{} for _ in terms]]
+    near = d.get("near_best") if isinstance(d.get("near_best"), dict) else {}
+    near_terms = [t if isinstance(t, dict) else {} for t in near.get("terms") or []]
+
+    def span(v: Any) -> str:
+        return f"{_sig(v[0])} – {_sig(v[1])}" if isinstance(v, list) and len(v) == 2 else "–"
+
+    rows = [["E (irreducible loss)", _fmt_ci(law.get("E"), ci.get("E")), span(near.get("E"))]]
+    for j, term in enumerate(terms):
+        tci = ci_terms[j] if j < len(ci_terms) else {}
+        tnear = near_terms[j] if j < len(near_terms) else {}
+        rows.append([f"A ({term.get('column')})", _fmt_ci(term.get("A"), tci.get("A")), span(tnear.get("A"))])
+        rows.append([f"exponent ({term.get('column')})", _fmt_ci(term.get("alpha"), tci.get("alpha")), span(tnear.get("alpha"))])
+    boot = d.get("bootstrap") if isinstance(d.get("bootstrap"), dict) else {}
+    starts = d.get("starts") if isinstance(d.get("starts"), dict) else {}
+    caption = (f"{law.get('formula') or 'L = E + Σ A/x^α'}, fitted with a Huber loss (δ = {fmt_num(d.get('delta'))}) on log-loss "
+               f"residuals by L-BFGS-B from {fmt_int(starts.get('n'))} starts ({fmt_int(starts.get('converged'))} converged); "
+               f"objective {fmt_num(d.get('objective'), 6)}, log-space R² {fmt_num(d.get('r2_log'), 4)}. "
+               + (f"95% intervals: {fmt_int(boot.get('n'))} bootstrap refits on resampled rows."
+                  if number(boot.get("n")) else "No bootstrap."))
+    caption += (f" Last column: the range over the {fmt_int(near.get('n'))} converged end points whose objective is within "
+                f"{fmt_pct(near.get('within'))} of the best (a flat objective leaves the parameters less pinned than one fit "
+                "suggests)." if number(near.get("n")) else "")
+    return table(["parameter", "fit [95% CI]", "near-best end points"], rows, numeric=(1, 2), caption=caption)
+
+
+def _scaling_optimal_table(d: dict[str, Any]) -> str | None:
+    optimal = d.get("optimal") if isinstance(d.get("optimal"), dict) else {}
+    rows = []
+    for key, opt in optimal.items():
+        if not isinstance(opt, dict):
+            continue
+        rows.append([f"C = {fmt_num(opt.get('flops_per_param_token'), 3)}·N·D" + (" (counted FLOPs)" if key == "counted" else ""),
+                     _sig(opt.get("budget"), 3), _fmt_ci(opt.get("N"), opt.get("N_ci"), 3),
+                     _fmt_ci(opt.get("D"), opt.get("D_ci"), 3), fmt_num(opt.get("tokens_per_param"), 3), fmt_num(opt.get("loss"), 4)])
+    if not rows:
+        return None
+    return table(["FLOPs per parameter and token", "budget C (FLOPs)", "N* [95% CI]", "D* [95% CI]", "tokens per parameter",
+                  "predicted loss"], rows, numeric=(1, 2, 3, 4, 5),
+                 caption="Closed form: G = (αA/(βB))^(1/(α+β)), N* = G·(C/k)^(β/(α+β)), D* = (C/k)^(α/(α+β)) / G.")
+
+
+def scaling_section(data: ReportData, palette: Palette) -> str | None:
+    """``tunelab scaling fit``: the approach-3 law with bootstrap intervals, the degeneracy guard's
+    verdict, the compute-optimal N*, D* at the budget, approach 1's hull and the fit's figures."""
+    evals = data.evals_of_kind("scaling")
+    if not evals:
+        return None
+    parts = []
+    for ev in sorted(evals, key=lambda e: (e.subject, str(e.path))):
+        d = ev.data
+        parts.append(f"<h3>{esc(ev.subject)} — {esc(Path(str(d.get('table') or ev.path)).name)} "
+                     f"({fmt_int(d.get('rows'))} rows, loss column {esc(d.get('loss_column') or '–')})</h3>")
+        reasons = [str(r) for r in d.get("reasons") or []]
+        verdict = ("<p><strong>Degenerate fit</strong>: " + esc("; ".join(reasons)) + ".</p>" if d.get("degenerate")
+                   else "<p>The degeneracy guard found nothing (E, exponents and coefficients inside their bounds; every "
+                        "term varies by more than the residual noise).</p>")
+        parts.append(_scaling_law_table(d))
+        parts.append(verdict)
+        opt = _scaling_optimal_table(d)
+        if opt:
+            parts.append(opt)
+        a1 = d.get("approach1") if isinstance(d.get("approach1"), dict) else None
+        figures = []
+        if a1:
+            fits = [f"{name} ∝ C^{fmt_num((a1.get(name + '_fit') or {}).get('exponent'), 3)}" for name in ("params", "tokens")
+                    if isinstance(a1.get(name + "_fit"), dict)]
+            parts.append(f"<p>Approach 1 (FLOPs: {esc(d.get('flops_source') or '–')}): {fmt_int(a1.get('n_hull'))} rows on the "
+                         f"lower convex hull of loss vs compute{'; ' + esc(', '.join(fits)) if fits else ''}."
+                         f"{' ' + esc(a1['note']) + '.' if a1.get('note') else ''}</p>")
+            xs = [number(v) for v in a1.get("hull_flops") or []]
+            ys = [number(v) for v in a1.get("hull_loss") or []]
+            pts = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None]
+            drawn = "hull.png" in (d.get("figures") or []) and (ev.path / "hull.png").is_file()
+            img = None if drawn else plots.line_chart([("hull", plots.COLORS[0], [x for x, _ in pts], [y for _, y in pts])],
+                                   title="approach 1: lowest loss per compute (hull)", xlabel="FLOPs", ylabel="loss",
+                                   logx=True, logy=True) if pts else None
+            if img:
+                figures.append((img, "The lower convex hull of (log FLOPs, log loss) over all runs."))
+        figures += [(img, name) for img, name in eval_pngs(ev)]
+        if figures:
+            parts.append('<div class="figures">' + "".join(f"<figure>{img}<figcaption>{esc(c)}</figcaption></figure>"
+                                                           for img, c in figures) + "</div>")
+    return "\n".join(parts)
+
+
+SECTIONS.insert(index_of("multi-turn") + 1, Section("scaling", "Scaling laws", scaling_section, kinds=("scaling",)))
+
+
+# --- pre-training (tunelab pretrain) ---------------------------------------------------------------
+def _pretrain_label(ev: Evaluation) -> str:
+    d = ev.data
+    what = "dense" if d.get("arch") == "dense" else f"MoE {d.get('router') or ''}".strip()
+    return f"{ev.subject} ({what})"
+
+
+def _mean(values: Any) -> float | None:
+    xs = [number(v) for v in values or [] if number(v) is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _per_layer(values: Any) -> str:
+    xs = [number(v) for v in values or []]
+    return " / ".join("–" if x is None else f"{x:.2f}" for x in xs) or "–"
+
+
+def _pretrain_figures(ev: Evaluation, names: tuple[str, ...]) -> list[tuple[Markup, str]]:
+    return [(img, f"{ev.subject}: {name}") for img, name in eval_pngs(ev, names)]
+
+
+def _figure_block(figures: list[tuple[Markup, str]]) -> str:
+    return '<div class="figures">' + "".join(f"<figure>{img}<figcaption>{esc(c)}</figcaption></figure>"
+                                             for img, c in figures) + "</div>" if figures else ""
+
+
+MAX_RUN_FIGURES = 4  # runs whose own PNGs are shown; beyond that the overlay chart speaks for them
+
+
+def pretrain_section(data: ReportData, palette: Palette) -> str | None:
+    """``tunelab pretrain``: one row per run (size, router, tokens, held-out loss per distribution,
+    speed) and the held-out curves of all runs on one chart per distribution."""
+    evals = sorted(data.evals_of_kind("pretrain"), key=lambda e: (e.subject, str(e.path)))
+    if not evals:
+        return None
+    sources = sorted({name for ev in evals for name in (ev.data.get("final_loss") or {})})
+    rows = []
+    for ev in evals:
+        d, m = ev.data, ev.data.get("shape") or {}
+        size = f"{m.get('width', '–')}×{m.get('depth', '–')}" + (f", {m.get('experts')} experts top-{m.get('top_k')}"
+                                                                 if d.get("arch") == "moe" else f", MLP {m.get('ffn', '–')}")
+        rows.append([_pretrain_label(ev), size, fmt_int(d.get("params")), fmt_int(d.get("steps")), fmt_int(d.get("tokens")),
+                     "from " + Path(str(d["init_from"])).name if d.get("init_from") else "scratch",
+                     *[fmt_num((d.get("final_loss") or {}).get(s)) for s in sources], fmt_int(d.get("tokens_per_s"))])
+    parts = [table(["run", "size", "parameters", "steps", "tokens", "start", *[f"held-out loss: {s}" for s in sources],
+                    "tokens/s"], rows, numeric=tuple(range(2, 7 + len(sources))),
+                   caption="Held-out loss: next-token cross-entropy (nats/token) on the end of each text, never trained on.")]
+    figures = []
+    for s in sources:
+        lines = []
+        for i, ev in enumerate(e for e in evals if any(s in (r.get("loss") or {}) for r in e.data.get("evals") or [])):
+            pts = [(number(r.get("tokens")), number((r.get("loss") or {}).get(s))) for r in ev.data.get("evals") or []]
+            pts = [(x, y) for x, y in pts if x is not None and y is not None]
+            lines.append((_pretrain_label(ev), plots.COLORS[i % len(plots.COLORS)], [x for x, _ in pts], [y for _, y in pts]))
+        img = plots.line_chart(lines, title=f"held-out loss on {s}", xlabel="tokens trained (this run)", ylabel="loss")
+        if img:
+            figures.append((img, f"Held-out loss on {s} during each run."))
+    if len(evals) <= MAX_RUN_FIGURES:
+        for ev in evals:
+            figures += _pretrain_figures(ev, ("loss.png",))
+    parts.append(_figure_block(figures))
+    return "\n".join(parts)
+
+
+def routing_section(data: ReportData, palette: Palette) -> str | None:
+    """MoE routing diagnostics of ``tunelab pretrain`` runs: MRI per layer under evaluation and
+    training routing, the router-gradient cosine to dense routing, expert-load histograms."""
+    evals = [e for e in sorted(data.evals_of_kind("pretrain"), key=lambda e: (e.subject, str(e.path)))
+             if e.data.get("arch") == "moe"]
+    if not evals:
+        return None
+    rows = []
+    for ev in evals:
+        d = ev.data
+        for source, r in (d.get("routing") or {}).items():
+            ev_mri, tr_mri = (r.get("eval") or {}).get("mri") or [], (r.get("train") or {}).get("mri") or []
+            rows.append([_pretrain_label(ev), source, _per_layer(ev_mri), _per_layer(tr_mri),
+                         _per_layer(d.get("router_grad_cosine"))])
+    parts = [table(["run", "held-out text", "MRI per layer (evaluation routing)", "MRI per layer (training routing)",
+                    "router-gradient cosine per layer"], rows, numeric=(2, 3, 4),
+                   caption="MRI: the busiest expert's share ÷ the balanced share (1 = balanced). Training routing differs "
+                           "from evaluation routing only for Sinkhorn. Cosine: the router's gradient under its own sparse "
+                           "routing vs under dense routing (all experts, full softmax), same batch — what Default MoE "
+                           "improves.")]
+    lines = []
+    for i, ev in enumerate(evals):
+        pts = [(number(r.get("step")), _mean(r.get("router_grad_cosine"))) for r in ev.data.get("evals") or []]
+        pts = [(x, y) for x, y in pts if x is not None and y is not None]
+        lines.append((_pretrain_label(ev), plots.COLORS[i % len(plots.COLORS)], [x for x, _ in pts], [y for _, y in pts]))
+    figures = []
+    img = plots.line_chart(lines, title="router-gradient cosine to dense routing (mean over layers)", xlabel="step",
+                           ylabel="cosine")
+    if img:
+        figures.append((img, "Higher: the sparse forward gives the router a gradient closer to the dense one."))
+    if len(evals) <= MAX_RUN_FIGURES:
+        for ev in evals:
+            figures += _pretrain_figures(ev, ("mri.png", "load.png"))
+    parts.append(_figure_block(figures))
+    return "\n".join(parts)
+
+
+def continual_pretrain_section(data: ReportData, palette: Palette) -> str | None:
+    """Continual pre-training (``tunelab pretrain --init-from``): loss on the old and new text before
+    and after, forgetting, and how many tokens changed expert."""
+    evals = [e for e in sorted(data.evals_of_kind("pretrain"), key=lambda e: (e.subject, str(e.path)))
+             if e.data.get("init_from")]
+    if not evals:
+        return None
+    rows = []
+    for ev in evals:
+        d = ev.data
+        new = Path(str(d.get("data") or "")).name.removeprefix("corpus:")
+        for source in sorted(d.get("final_loss") or {}):
+            before, after = number((d.get("initial_loss") or {}).get(source)), number((d.get("final_loss") or {}).get(source))
+            change = (d.get("expert_changes") or {}).get(source) or {}
+            rows.append([_pretrain_label(ev), f"{d.get('schedule')}, replay {d.get('replay') or 'none'}",
+                         source + (" (new)" if source == new else " (old)"), fmt_num(before), fmt_num(after),
+                         "–" if before is None or after is None else f"{after - before:+.4f}",
+                         " / ".join(fmt_pct(v) for v in change.get("top1") or []) or "–"])
+    return table(["run", "recipe", "held-out text", "loss before", "loss after", "change (+ = forgetting on old)",
+                  "tokens changing top-1 expert, per layer"], rows, numeric=(3, 4, 5, 6),
+                 caption="Before: the --init-from model; after: the continued model. Expert changes compare the two "
+                         "models' evaluation routing on the same held-out tokens.")
+
+
+SECTIONS.insert(index_of("scaling"), Section("pretrain", "Pre-training", pretrain_section, kinds=("pretrain",)))
+SECTIONS.insert(index_of("pretrain") + 1, Section("moe-routing", "MoE routing", routing_section, kinds=("pretrain",)))
+SECTIONS.insert(index_of("moe-routing") + 1, Section("continual-pretraining", "Continual pre-training",
+                                                     continual_pretrain_section, kinds=("pretrain",)))

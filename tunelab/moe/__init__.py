@@ -1,0 +1,19 @@
+"""Pre-training small dense and mixture-of-experts models: routers, Default MoE, balancing losses,
+diagnostics and continual pre-training (``tunelab pretrain``).
+
+Rooms: ``routers.py`` (top-k, Sinkhorn), ``default_moe.py`` (Default MoE block), ``block.py`` (the
+MoE block they share), ``balancing.py`` (aux and z-loss, MRI), ``model.py`` (size spec → transformers
+model, save/load), ``corpora.py`` (text, tokenizer, held-out split), ``diagnostics.py`` (loads,
+router-gradient cosine, expert changes), ``pretrain.py`` (the config and loop), ``plots.py``.
+"""
+
+from tunelab.moe.model import (
+    ModelSpec,
+    build_model,
+    load_pretrained,
+    moe_blocks,
+    save_model,
+)
+from tunelab.moe.pretrain import PretrainConfig, run_pretrain
+
+__all__ = ["ModelSpec", "PretrainConfig", "build_model", "load_pretrained", "moe_blocks", "run_pretrain", "save_model"]

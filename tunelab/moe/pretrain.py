@@ -1,0 +1,526 @@
+"""``tunelab pretrain``: pre-train (or continue pre-training) a dense or MoE model on raw text.
+
+The loop is nanoGPT-sized: sample windows, forward, next-token loss + the routers' balancing
+terms, AdamW, schedule; evaluate, checkpoint, log. What is particular to pre-training here:
+
+* the model comes from a size spec (:mod:`tunelab.moe.model`) or ``--init-from`` a saved one;
+* batches are drawn from a generator seeded by (seed, step), so a resumed run sees the very
+  batches the uninterrupted run would have (checkpoints keep weights, EMA buffers, AdamW);
+* continual pre-training: ``--replay OLD:F`` swaps each row of a batch for an OLD window with
+  probability F (F = 0: OLD is only evaluated), and the held-out loss and MRI are logged on both
+  distributions; ``--schedule rewarm`` warms the LR up again and re-decays it;
+* ``metrics.jsonl`` has a row per logged step (loss, aux, z, LR, tokens/s, MRI per layer) and
+  per evaluation (held-out loss, MRI under evaluation and training routing, load, router-gradient
+  cosine); ``metrics.json`` (kind ``pretrain``) sums the run up for the report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from safetensors.torch import load_file, save_file
+
+from tunelab.errors import TunelabError
+from tunelab.layout import EVAL_FILE, METRICS_FILE, atomic_write_text
+from tunelab.moe import ddp
+from tunelab.moe.balancing import max_routing_imbalance, switch_aux_loss, z_loss
+from tunelab.moe.corpora import CORPORA, TokenStream, load_tokenizer, read_stream
+from tunelab.moe.default_moe import DefaultMoeBlock
+from tunelab.moe.diagnostics import (
+    expert_changes,
+    lm_loss,
+    router_gradient_cosine,
+    routing_stats,
+)
+from tunelab.moe.model import (
+    ModelSpec,
+    build_model,
+    load_pretrained,
+    moe_blocks,
+    save_model,
+    spec_of,
+)
+from tunelab.train.checkpoint import (
+    optimizer_from_flat,
+    optimizer_to_flat,
+)
+
+SCHEDULES = ("cosine", "constant", "rewarm")
+STATE_DIR = "checkpoint"
+
+
+@dataclass
+class PretrainConfig:
+    """Everything ``tunelab pretrain`` needs. Size fields left ``None`` come from ``--init-from``
+    (which must then agree with any that are given) or from :class:`ModelSpec`'s defaults."""
+
+    arch: str | None = None
+    router: str | None = None
+    width: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    kv_heads: int | None = None
+    ffn: int | None = None
+    experts: int | None = None
+    top_k: int | None = None
+    renormalize: bool | None = None
+    default_beta: float = 0.9
+    default_mode: str = "forward"
+    aux_loss_coef: float | None = None  # default: 1e-2 (topk, default), 0 (sinkhorn)
+    z_loss_coef: float | None = None  # default: 1e-3 (topk, default), 0 (sinkhorn)
+    data: str | None = None
+    corpus: str | None = None
+    tokenizer: str = "bytes"
+    seq_len: int = 256
+    batch_size: int = 16
+    max_steps: int = 1000
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int | None = None  # default: 2% of the steps (constant: 0)
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    held_out: float = 0.05
+    eval_every: int | None = None  # default: max_steps / 10
+    eval_batches: int = 8
+    log_every: int = 10
+    init_from: str | None = None
+    replay: str | None = None  # OLD:FRACTION
+    seed: int = 0
+    bf16: bool = False
+    output: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        """Raise TunelabError for anything wrong that can be seen without data or model."""
+        if (self.data is None) == (self.corpus is None):
+            raise TunelabError("give exactly one of --data FILE and --corpus NAME")
+        if self.corpus is not None and self.corpus not in CORPORA:
+            raise TunelabError(f"--corpus must be one of {', '.join(CORPORA)}, got '{self.corpus}'")
+        if self.schedule not in SCHEDULES:
+            raise TunelabError(f"--schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
+        if self.schedule == "rewarm" and not self.init_from:
+            raise TunelabError("--schedule rewarm re-warms a trained model: give --init-from CKPT")
+        for name in ("seq_len", "batch_size", "max_steps", "eval_batches", "log_every"):
+            if getattr(self, name) < 1:
+                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise TunelabError(f"--eval-every must be >= 1, got {self.eval_every}")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.max_steps:
+            raise TunelabError(f"--warmup-steps must be in [0, --max-steps], got {self.warmup_steps}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise TunelabError(f"--lr must be > 0, got {self.lr:g}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise TunelabError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio:g}")
+        if not 0 < self.held_out < 0.5:
+            raise TunelabError(f"--held-out must be in (0, 0.5), got {self.held_out:g}")
+        for name in ("aux_loss_coef", "z_loss_coef", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if value is not None and not (value >= 0 and math.isfinite(value)):
+                raise TunelabError(f"--{name.replace('_', '-')} must be >= 0, got {value:g}")
+        if self.replay is not None:
+            self.replay_source()
+        if self.init_from and not Path(self.init_from).is_dir():
+            raise TunelabError(f"--init-from {self.init_from}: no such model directory")
+        self.spec(None).resolved() if not self.init_from else None
+
+    def replay_source(self) -> tuple[str, float]:
+        """(OLD source, fraction) of ``--replay OLD:FRACTION``."""
+        source, sep, frac = (self.replay or "").rpartition(":")
+        try:
+            fraction = float(frac)
+        except ValueError:
+            fraction = -1.0
+        if not sep or not source or not 0 <= fraction < 1:
+            raise TunelabError(f"--replay must be OLD:FRACTION with 0 <= FRACTION < 1 (e.g. corpus:pydoc:0.05), "
+                               f"got '{self.replay}'")
+        return source, fraction
+
+    def source(self) -> str:
+        return self.data if self.data is not None else f"corpus:{self.corpus}"
+
+    def spec(self, vocab_size: int | None) -> ModelSpec:
+        """The size spec from the flags (defaults where unset)."""
+        given = {f.name: getattr(self, f.name) for f in fields(ModelSpec) if hasattr(self, f.name)}
+        given = {k: v for k, v in given.items() if v is not None}
+        given["seq_len"] = self.seq_len
+        if vocab_size is not None:
+            given["vocab_size"] = vocab_size
+        return ModelSpec(**given)
+
+    def coefficients(self, router: str) -> tuple[float, float]:
+        aux = self.aux_loss_coef if self.aux_loss_coef is not None else (0.0 if router == "sinkhorn" else 1e-2)
+        z = self.z_loss_coef if self.z_loss_coef is not None else (0.0 if router == "sinkhorn" else 1e-3)
+        return aux, z
+
+
+SIZE_FLAGS = ("arch", "width", "depth", "heads", "kv_heads", "ffn", "experts", "top_k")
+
+
+def check_init_from(cfg: PretrainConfig, model: torch.nn.Module) -> None:
+    """``--init-from``'s architecture must match every size flag the user gave."""
+    have = spec_of(model)
+    for name in SIZE_FLAGS:
+        want = getattr(cfg, name)
+        if want is not None and have.get(name) != want:
+            raise TunelabError(f"--init-from {cfg.init_from} has {name.replace('_', '-')} {have.get(name)}, "
+                               f"but this run asks for --{name.replace('_', '-')} {want}")
+    if cfg.router is not None and have["arch"] == "moe":
+        trained = (getattr(model.config, "tunelab_moe", None) or {}).get("router", "topk")
+        if trained != cfg.router:
+            raise TunelabError(f"--init-from {cfg.init_from} was trained with --router {trained}, "
+                               f"but this run asks for --router {cfg.router}")
+
+
+def _schedule(cfg: PretrainConfig, optimizer: torch.optim.Optimizer) -> Any:
+    from transformers import get_scheduler
+
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else \
+        (0 if cfg.schedule == "constant" else max(1, cfg.max_steps // 50))
+    if cfg.schedule == "constant":
+        return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup)
+    return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=warmup, num_training_steps=cfg.max_steps,
+                         scheduler_specific_kwargs={"min_lr_rate": cfg.min_lr_ratio})
+
+
+def _optimizer(cfg: PretrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def _batch(cfg: PretrainConfig, new: TokenStream, old: TokenStream | None, fraction: float, step: int,
+           rank: int = 0) -> torch.Tensor:
+    """Step ``step``'s batch on ``rank``: a pure function of (seed, step, rank), so resuming replays it exactly."""
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + rank * 1_000_000_007_000)
+    batch = new.batch(cfg.batch_size, g)
+    if old is not None and fraction > 0:
+        swap = torch.rand(cfg.batch_size, generator=g) < fraction
+        if swap.any():
+            batch[swap] = old.batch(int(swap.sum()), g)
+    return batch
+
+
+def _balancing(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Summed aux and z-loss over MoE layers of the last forward, and each layer's MRI."""
+    blocks = moe_blocks(model)
+    zero = torch.zeros(())
+    aux = sum((switch_aux_loss(b.last_logits, b.last_indices) for b in blocks), zero)
+    z = sum((z_loss(b.last_logits) for b in blocks), zero)
+    return aux, z, [max_routing_imbalance(b.last_indices, b.num_experts) for b in blocks]
+
+
+def run_pretrain(cfg: PretrainConfig, console: Console | None = None, stop_after_step: int | None = None) -> Path:
+    """Run ``tunelab pretrain``; return the output directory. ``stop_after_step`` ends after that
+    step's checkpoint, as if killed there (to test ``--resume``)."""
+    console = console or Console(stderr=True)
+    ranks = ddp.setup()
+    out = Path(cfg.output or _default_output(cfg))
+    resume_from = _check_output(cfg, out)
+    ddp.barrier(ranks)  # every rank has looked at the output dir before rank 0 creates it
+    if resume_from is not None:
+        cfg = _resumed_config(cfg, out)
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    vocab = len(tokenizer)
+    init = None
+    if cfg.init_from:
+        init = load_pretrained(cfg.init_from)
+        check_init_from(cfg, init)
+        if init.config.vocab_size < vocab:
+            raise TunelabError(f"--init-from {cfg.init_from} has a {init.config.vocab_size}-token vocabulary; "
+                               f"--tokenizer {cfg.tokenizer} needs {vocab}")
+    new = read_stream(cfg.source(), tokenizer, cfg.seq_len, cfg.held_out)
+    old, fraction = None, 0.0
+    if cfg.replay:
+        source, fraction = cfg.replay_source()
+        old = read_stream(source, tokenizer, cfg.seq_len, cfg.held_out)
+    if init is not None:
+        model = init
+        arch = spec_of(model)["arch"]
+        router = (getattr(model.config, "tunelab_moe", None) or {}).get("router", "topk") if arch == "moe" else None
+    else:
+        spec = cfg.spec(vocab).resolved()
+        model, arch, router = build_model(spec, cfg.seed), spec.arch, spec.router if spec.arch == "moe" else None
+    aux_coef, z_coef = cfg.coefficients(router or "topk")
+    if arch == "dense":
+        aux_coef = z_coef = 0.0
+    model.to(ranks.device)
+    optimizer = _optimizer(cfg, model)
+    scheduler = _schedule(cfg, optimizer)
+    start_step, train_seconds, tokens = 0, 0.0, 0
+    if resume_from is not None:
+        start_step, train_seconds, tokens = _load_state(resume_from, model, optimizer, scheduler)
+        console.print(f"resuming {out} from step {start_step}/{cfg.max_steps}")
+    elif ranks.main:
+        _open_output(cfg, out)
+    ddp.barrier(ranks)
+    net = ddp.wrap(model, ranks)
+    eval_sets = {new.name: new.eval_batches(cfg.batch_size, cfg.eval_batches)}
+    if old is not None:
+        eval_sets.setdefault(old.name, old.eval_batches(cfg.batch_size, cfg.eval_batches))
+    eval_every = cfg.eval_every or max(1, cfg.max_steps // 10)
+    log = _MetricsLog(out / METRICS_FILE, start_step if resume_from is not None else None, ranks.main)
+    autocast = torch.autocast(ranks.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+    window = {"ce": 0.0, "aux": 0.0, "z": 0.0, "n": 0, "tokens": 0, "t": 0.0, "mri": None}
+    if resume_from is None and ranks.main:  # step 0: the starting point of every curve
+        log.write(_evaluate(model, eval_sets, 0, tokens, autocast))
+    net.train()
+    started = time.perf_counter()
+    step = start_step
+    try:
+        with _bar(console, arch, router, ranks.main) as bar:
+            task = bar.add_task("pretrain", total=cfg.max_steps, completed=step, loss="", tps=0.0)
+            while step < cfg.max_steps:
+                t0 = time.perf_counter()
+                batch = _batch(cfg, new, old, fraction, step, ranks.rank).to(ranks.device)
+                with autocast:
+                    logits = net(input_ids=batch[:, :-1]).logits
+                ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+                aux, z, mri = _balancing(model)
+                loss = ce + aux_coef * aux + z_coef * z
+                loss.backward()
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                ddp.sync_defaults(model, ranks)
+                step += 1
+                dt = time.perf_counter() - t0
+                train_seconds += dt
+                tokens += batch[:, 1:].numel() * ranks.world
+                window["ce"] += float(ce.detach()); window["aux"] += float(aux.detach()); window["z"] += float(z.detach())
+                window["n"] += 1; window["tokens"] += batch[:, 1:].numel() * ranks.world; window["t"] += dt
+                window["mri"] = mri
+                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    log.write(_train_row(step, window, scheduler, grad_norm, tokens, train_seconds))
+                    bar.update(task, loss=f"loss {window['ce'] / window['n']:.3f}", tps=window["tokens"] / window["t"])
+                    window = {k: 0 if k != "mri" else None for k in window}
+                    window["t"] = 0.0
+                bar.update(task, completed=step)
+                stop = stop_after_step is not None and step >= stop_after_step
+                if step % eval_every == 0 or step == cfg.max_steps or stop:
+                    if ranks.main and (step % eval_every == 0 or step == cfg.max_steps):
+                        row = _evaluate(model, eval_sets, step, tokens, autocast)
+                        if arch == "moe":
+                            row["router_grad_cosine"] = router_gradient_cosine(model, eval_sets[new.name][0])
+                        log.write(row)
+                    if ranks.main and (step < cfg.max_steps or stop):
+                        _save_state(out, model, optimizer, scheduler, step, train_seconds, tokens)
+                    ddp.barrier(ranks)
+                    net.train()
+                if stop:
+                    return out
+    except KeyboardInterrupt:
+        console.print(f"interrupted at step {step}; continue from the last evaluation with: "
+                      f"tunelab pretrain --output {out} --resume")
+        raise
+    finally:
+        log.close()
+    if ranks.main:
+        _finish(cfg, out, model, tokenizer, init, eval_sets, arch, router, (aux_coef, z_coef), tokens, train_seconds,
+                time.perf_counter() - started, console)
+    ddp.barrier(ranks)
+    ddp.teardown(ranks)
+    return out
+
+
+def _evaluate(model: torch.nn.Module, eval_sets: dict[str, list[torch.Tensor]], step: int, tokens: int,
+              autocast: Any) -> dict[str, Any]:
+    """Held-out loss per distribution, and MRI under evaluation and training routing."""
+    row: dict[str, Any] = {"step": step, "split": "eval", "tokens": tokens, "loss": {}, "mri": {}, "mri_train": {}}
+    model.eval()
+    with torch.no_grad(), autocast:
+        for name, batches in eval_sets.items():
+            row["loss"][name] = sum(float(lm_loss(model, b)) for b in batches) / len(batches)
+    if moe_blocks(model):
+        for name, batches in eval_sets.items():
+            row["mri"][name] = routing_stats(model, batches)["mri"]
+            row["mri_train"][name] = routing_stats(model, batches, training_routing=True)["mri"]
+    return row
+
+
+def _train_row(step: int, w: dict[str, Any], scheduler: Any, grad_norm: float, tokens: int, seconds: float) -> dict:
+    n = max(1, w["n"])
+    return {"step": step, "split": "train", "loss": w["ce"] / n, "aux_loss": w["aux"] / n, "z_loss": w["z"] / n,
+            "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens": tokens,
+            "tokens_per_s": w["tokens"] / max(w["t"], 1e-9), "mri": w["mri"] or [], "elapsed_s": round(seconds, 3)}
+
+
+class _MetricsLog:
+    """``metrics.jsonl``; a resumed run first drops rows after its checkpoint (they are redone)."""
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True) -> None:
+        self.fh = None
+        if not enabled:
+            return
+        if resume_step is not None and path.is_file():
+            kept = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
+            atomic_write_text(path, "".join(l + "\n" for l in kept))
+        elif resume_step is None:
+            path.write_text("")
+        self.fh = path.open("a")
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.fh is not None:
+            self.fh.write(json.dumps(row) + "\n")
+            self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+def read_metrics(out: Path) -> list[dict[str, Any]]:
+    """The rows of a pretrain run's ``metrics.jsonl``."""
+    path = out / METRICS_FILE
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
+
+
+def _default_output(cfg: PretrainConfig) -> str:
+    name = cfg.arch or "moe"
+    if name == "moe" and not cfg.init_from:
+        name += f"-{cfg.router or 'topk'}"
+    data = Path(cfg.data).stem if cfg.data else cfg.corpus
+    return f"runs/pretrain/{name}-{data}" + ("-cpt" if cfg.init_from else "")
+
+
+def _check_output(cfg: PretrainConfig, out: Path) -> Path | None:
+    finished = (out / EVAL_FILE).is_file()
+    state = out / STATE_DIR
+    if cfg.resume:
+        if finished:
+            raise TunelabError(f"{out} already holds a finished run; nothing to resume")
+        if not (state / "state.json").is_file():
+            raise TunelabError(f"{out} has no checkpoint to resume from")
+        return state
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise TunelabError(f"{out} is not empty: pass --overwrite, --resume, or another --output")
+    return None
+
+
+def _resumed_config(cfg: PretrainConfig, out: Path) -> PretrainConfig:
+    """The saved run's config (the flags of a resumed run are only --output and --resume)."""
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    known = {f.name for f in fields(PretrainConfig)}
+    return PretrainConfig(**{**{k: v for k, v in saved.items() if k in known}, "resume": True, "output": str(out)})
+
+
+def _open_output(cfg: PretrainConfig, out: Path) -> None:
+    import yaml
+
+    if out.exists() and cfg.overwrite:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump({**asdict(cfg), "output": str(out), "resume": False,
+                                                             "overwrite": False}, sort_keys=False))
+
+
+def _save_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, step: int,
+                seconds: float, tokens: int) -> None:
+    """Atomically replace ``out/checkpoint``: weights + EMA buffers, AdamW, schedule, progress."""
+    tmp = out / ".checkpoint-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    for i, b in enumerate(moe_blocks(model)):
+        if isinstance(b, DefaultMoeBlock):
+            state[f"moe_defaults.{i}"] = b.defaults.contiguous()
+    # tied weights appear twice in state_dict: keep one copy
+    seen, unique = set(), {}
+    for k, v in state.items():
+        if v.data_ptr() in seen and v.numel():
+            continue
+        seen.add(v.data_ptr())
+        unique[k] = v.clone()
+    save_file(unique, str(tmp / "model.safetensors"))
+    tensors, meta = optimizer_to_flat(optimizer.state_dict())
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "train_seconds": seconds, "tokens": tokens,
+                                                "optimizer": meta, "scheduler": scheduler.state_dict()}))
+    final = out / STATE_DIR
+    old = out / ".checkpoint-old"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+                ) -> tuple[int, float, int]:
+    state = json.loads((path / "state.json").read_text())
+    weights = load_file(str(path / "model.safetensors"))
+    defaults = {k: weights.pop(k) for k in list(weights) if k.startswith("moe_defaults.")}
+    model.load_state_dict(weights, strict=False)
+    for i, b in enumerate(moe_blocks(model)):
+        if f"moe_defaults.{i}" in defaults:
+            b.defaults = defaults[f"moe_defaults.{i}"]
+    optimizer.load_state_dict(optimizer_from_flat(load_file(str(path / "optimizer.safetensors")), state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    return state["step"], state["train_seconds"], state["tokens"]
+
+
+def _finish(cfg: PretrainConfig, out: Path, model: torch.nn.Module, tokenizer: Any, init: Any,
+            eval_sets: dict[str, list[torch.Tensor]], arch: str, router: str | None, coefs: tuple[float, float],
+            tokens: int, seconds: float, wall: float, console: Console) -> None:
+    """Save the model (loads with AutoModelForCausalLM), routing statistics, figures, metrics.json last."""
+    save_model(model, out)
+    tokenizer.save_pretrained(out)
+    rows = read_metrics(out)
+    evals = [r for r in rows if r["split"] == "eval"]
+    summary: dict[str, Any] = {
+        "kind": "pretrain", "name": "pretrain", "arch": arch, "router": router, "shape": spec_of(model),
+        "params": sum(p.numel() for p in model.parameters()),
+        "data": cfg.source(), "init_from": cfg.init_from, "replay": cfg.replay, "schedule": cfg.schedule,
+        "aux_loss_coef": coefs[0], "z_loss_coef": coefs[1], "steps": cfg.max_steps, "tokens": tokens,
+        "train_seconds": round(seconds, 2), "tokens_per_s": tokens / max(seconds, 1e-9), "seed": cfg.seed,
+        "final_loss": evals[-1]["loss"] if evals else {}, "initial_loss": evals[0]["loss"] if evals else {},
+        "evals": evals,  # the held-out curves, for the report
+    }
+    if arch == "moe":
+        summary["routing"] = {name: {"eval": routing_stats(model, b), "train": routing_stats(model, b, True)}
+                              for name, b in eval_sets.items()}
+        summary["router_grad_cosine"] = evals[-1].get("router_grad_cosine") if evals else None
+        if init is not None:
+            before = load_pretrained(cfg.init_from)
+            summary["expert_changes"] = {name: expert_changes(before, model, b) for name, b in eval_sets.items()}
+    try:
+        from tunelab.moe.plots import pretrain_figures
+
+        summary["figures"] = pretrain_figures(out, rows, summary)
+    except ImportError:  # matplotlib missing: numbers only
+        summary["figures"] = []
+    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    summary["wall_seconds"] = round(wall, 1)
+    atomic_write_text(out / EVAL_FILE, json.dumps(summary, indent=1))
+    final = summary["final_loss"]
+    console.print(f"pretrained {out}: held-out loss " + ", ".join(f"{k} {v:.4f}" for k, v in final.items())
+                  + f" · {summary['tokens_per_s']:.0f} tokens/s")
+
+
+def _bar(console: Console, arch: str, router: str | None, enabled: bool = True) -> Progress:
+    label = arch if arch == "dense" else f"moe/{router}"
+    return Progress(TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
+                    TextColumn("{task.fields[tps]:.0f} tok/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, disable=not enabled)
