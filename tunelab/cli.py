@@ -957,6 +957,7 @@ def pretrain(
     held_out: Annotated[Optional[float], typer.Option(help="fraction of each text held out (its end) \\[default: 0.05]")] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="steps between evaluations and checkpoints \\[default: steps / 10]")] = None,
     eval_batches: Annotated[Optional[int], typer.Option(help="held-out batches per evaluation \\[default: 8]")] = None,
+    log_every: Annotated[Optional[int], typer.Option(help="steps per train row in metrics.jsonl \\[default: 1]")] = None,
     init_from: Annotated[Optional[str], typer.Option(help="continue pre-training this saved model")] = None,
     replay: Annotated[Optional[str], typer.Option(help="OLD:FRACTION — mix in old data (a file or corpus:NAME); also evaluated on it")] = None,
     seed: Annotated[Optional[int], typer.Option(help="\\[default: 0]")] = None,
@@ -982,7 +983,8 @@ def pretrain(
                            z_loss_coef=z_loss_coef, data=data, corpus=corpus, tokenizer=tokenizer, seq_len=seq_len,
                            batch_size=batch_size, max_steps=max_steps, lr=lr, min_lr_ratio=min_lr_ratio,
                            warmup_steps=warmup_steps, schedule=schedule, weight_decay=weight_decay, held_out=held_out,
-                           eval_every=eval_every, eval_batches=eval_batches, init_from=init_from, replay=replay,
+                           eval_every=eval_every, eval_batches=eval_batches, log_every=log_every,
+                           init_from=init_from, replay=replay,
                            seed=seed, bf16=bf16, output=output, overwrite=overwrite or None)
     run_pretrain(cfg)
 

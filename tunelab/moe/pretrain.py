@@ -101,7 +101,7 @@ class PretrainConfig:
     held_out: float = 0.05
     eval_every: int | None = None  # default: max_steps / 10
     eval_batches: int = 8
-    log_every: int = 10
+    log_every: int = 1
     init_from: str | None = None
     replay: str | None = None  # OLD:FRACTION
     seed: int = 0
@@ -261,6 +261,10 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None, stop_after
     else:
         spec = cfg.spec(vocab).resolved()
         model, arch, router = build_model(spec, cfg.seed), spec.arch, spec.router if spec.arch == "moe" else None
+    # the tokenizer's specials, so generate() stops and pads where the tokenizer does
+    model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
     aux_coef, z_coef = cfg.coefficients(router or "topk")
     if arch == "dense":
         aux_coef = z_coef = 0.0
