@@ -10,13 +10,15 @@ models are byte-level; the corpora are the built-in `kjv` (King James Bible, ~4.
 (a) kjv, width 64 × 4 layers, 8 experts, top-2, gates not renormalised, Switch aux 0.01, no
     z-loss (the Default MoE authors' setup), 1,000 steps of 16 × 128 tokens, seeds 0-2 paired
     (same init, same batches): top-k vs Default MoE (β = 0.9) forward and straight-through.
+(a′) the same two routers (top-k, Default MoE forward) as the README's commands run them: Mixtral's
+    renormalised gates, aux 0.01 + z-loss 0.001, 16 × 256 bytes, 1,000 steps, seeds 0-2.
 (b) base on kjv (1,000 steps, 16 × 128) for top-k+aux+z, Sinkhorn and a dense model with the MoE's
     active MLP width; then 1,000 steps on pydoc (8 × 128) three ways: constant LR at the base's
     final LR without replay; re-warm + re-decay without replay; re-warm + re-decay + 5% kjv replay.
 (c) dense widths 32/64/128 × depths 2/4/6 on kjv at a constant LR after warm-up (Gemstones "hot"),
     1,000 steps of 16 × 128 tokens, held-out loss every 100 steps (10 token counts per model).
 
-Run:  python experiments/moe_pretraining.py [--parts a,b,c] [--seeds 0,1,2] [--jobs 2] [--output runs/moe-pretraining]
+Run:  python experiments/moe_pretraining.py [--parts a,a2,b,c] [--seeds 0,1,2] [--jobs 2] [--output runs/moe-pretraining]
 """
 
 from __future__ import annotations
@@ -48,11 +50,16 @@ def plan(parts: str, seeds: list[int], root: Path) -> list[list[tuple[Path, list
     """Waves of (output dir, flags); runs inside a wave are independent."""
     waves: list[list[tuple[Path, list[str]]]] = [[], []]
     for s in seeds:
-        if "a" in parts:
+        if "a2" in parts.split(","):
+            for name in ("topk", "default"):
+                waves[0].append((root / "a2" / f"{name}-s{s}", ["--arch", "moe", "--router", name, "--width", "64",
+                                 "--depth", "4", "--experts", "8", "--top-k", "2", "--max-steps", "1000",
+                                 "--eval-every", "100", "--corpus", "kjv", "--seed", str(s)]))
+        if "a" in parts.split(","):
             for name, flags in A_VARIANTS.items():
                 waves[0].append((root / "a" / f"{name}-s{s}", ["--arch", "moe", *BASE, *flags, "--no-renormalize",
                                  "--aux-loss-coef", "0.01", "--z-loss-coef", "0", "--corpus", "kjv", "--seed", str(s)]))
-        if "b" in parts:
+        if "b" in parts.split(","):
             for arch, flags in B_ARCHS.items():
                 base = root / "b" / f"{arch}-s{s}"
                 waves[0].append((base, [*BASE, *flags, "--corpus", "kjv", "--seed", str(s)]))
@@ -60,7 +67,7 @@ def plan(parts: str, seeds: list[int], root: Path) -> list[list[tuple[Path, list
                     waves[1].append((root / "b" / f"{arch}-s{s}-{recipe}",
                                      ["--init-from", str(base), "--corpus", "pydoc", "--seq-len", "128", "--batch-size", "8",
                                       "--max-steps", "1000", "--eval-every", "100", *cflags, "--seed", str(s)]))
-    if "c" in parts:
+    if "c" in parts.split(","):
         for w in C_WIDTHS:
             for d in C_DEPTHS:
                 waves[0].append((root / "c" / f"w{w}-d{d}", ["--arch", "dense", "--width", str(w), "--depth", str(d),
@@ -86,7 +93,7 @@ def run_one(out: Path, flags: list[str]) -> tuple[Path, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="a,b,c")
+    ap.add_argument("--parts", default="a,a2,b,c")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--output", default="runs/moe-pretraining")

@@ -84,6 +84,27 @@ def part_a(root: Path, seeds: list[int]) -> tuple[dict[str, Any], str, list[Path
     return summary, md, [path]
 
 
+def part_a2(root: Path, seeds: list[int]) -> tuple[dict[str, Any], str, list[Path]]:
+    """Top-k vs Default MoE (forward) with renormalised gates and z-loss, 16 × 256 (the README's commands)."""
+    got = {v: {s: _load(root / "a2" / f"{v}-s{s}") for s in seeds} for v in ("topk", "default")}
+    ref = {s: m["final_loss"]["kjv"] for s, m in got["topk"].items() if m}
+    rows, summary = [], {}
+    for v, name in (("topk", "top-k"), ("default", "Default MoE (forward)")):
+        have = {s: m for s, m in got[v].items() if m}
+        loss = [m["final_loss"]["kjv"] for m in have.values()]
+        diffs = [have[s]["final_loss"]["kjv"] - ref[s] for s in have if s in ref]
+        cos = [_mean([_mean(r["router_grad_cosine"]) for r in _evals(root / "a2" / f"{v}-s{s}")
+                      if r.get("router_grad_cosine")]) for s in have]
+        mri = [_mean(m["routing"]["kjv"]["eval"]["mri"]) for m in have.values()]
+        summary[v] = {"loss": loss, "diff_vs_topk": diffs, "cos_mean": cos, "mri": mri}
+        rows.append(f"| {name} | {_ms(loss, 4)} | {_ms(diffs, 4) if v != 'topk' else '–'} | "
+                    f"{f'{sum(d < 0 for d in diffs)}/{len(diffs)}' if v != 'topk' else '–'} | {_ms(cos)} | {_ms(mri, 2)} |")
+    md = ("### (a′) Default MoE vs top-k with renormalised gates and z-loss (kjv, 16 × 256, 1,000 steps)\n\n"
+          "| router | held-out loss | Δ vs top-k (paired) | seeds better | router-grad cosine (mean over training) "
+          "| MRI (eval) |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    return summary, md, []
+
+
 def part_b(root: Path, seeds: list[int]) -> tuple[dict[str, Any], str, list[Path]]:
     summary: dict[str, Any] = {}
     lines = []
@@ -194,8 +215,8 @@ def _ci(pair: Any) -> str:
 def summarize(root: Path, parts: str, seeds: list[int], started: float, console: Console) -> int:
     summary: dict[str, Any] = {}
     md, figures = "", []
-    for part, fn in (("a", lambda: part_a(root, seeds)), ("b", lambda: part_b(root, seeds)), ("c", lambda: part_c(root))):
-        if part in parts:
+    for part, fn in (("a", lambda: part_a(root, seeds)), ("a2", lambda: part_a2(root, seeds)), ("b", lambda: part_b(root, seeds)), ("c", lambda: part_c(root))):
+        if part in parts.split(","):
             s, m, f = fn()
             summary[part], md, figures = s, md + m + "\n", figures + f
     return finish(root, summary, md, figures, "tunelab: MoE pre-training experiments", started, console)
