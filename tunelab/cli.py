@@ -975,7 +975,7 @@ def pretrain(
     if resume:
         if not output:
             raise TunelabError("--resume needs --output (the interrupted run's directory)")
-        cfg = PretrainConfig(output=output, resume=True, corpus="(saved)")
+        cfg = PretrainConfig(output=output, resume=True)  # run_pretrain reads the rest from the run's config.yaml
     else:
         cfg = from_sources(PretrainConfig, config, arch=arch, router=router, width=width, depth=depth, heads=heads,
                            kv_heads=kv_heads, ffn=ffn, experts=experts, top_k=top_k, renormalize=renormalize,

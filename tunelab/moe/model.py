@@ -117,9 +117,19 @@ def build_model(spec: ModelSpec, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def _routing(config: Any) -> dict[str, Any]:
+    """The router settings ``config.tunelab_moe`` holds (plain top-k when absent: a stock Mixtral config)."""
+    return getattr(config, "tunelab_moe", None) or {"router": "topk", "renormalize": True}
+
+
+def trained_router(model: torch.nn.Module) -> str | None:
+    """The router a saved or built MoE was trained with; ``None`` for a dense model."""
+    return _routing(model.config)["router"] if getattr(model.config, "num_local_experts", None) is not None else None
+
+
 def make_block(config: MixtralConfig) -> MoeBlock:
     """The block ``config.tunelab_moe`` names (plain top-k when absent: a stock Mixtral config)."""
-    s = getattr(config, "tunelab_moe", None) or {"router": "topk", "renormalize": True}
+    s = _routing(config)
     if s["router"] == "sinkhorn":
         return MoeBlock(config, SinkhornRouter(config, s.get("sinkhorn_tol", 1e-4), s.get("sinkhorn_iters", 100)))
     router = TopKRouter(config, renormalize=s.get("renormalize", True))

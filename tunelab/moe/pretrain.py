@@ -36,7 +36,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from safetensors.torch import load_file, save_file
 
 from tunelab.errors import TunelabError
 from tunelab.layout import EVAL_FILE, METRICS_FILE, atomic_write_text
@@ -57,14 +56,19 @@ from tunelab.moe.model import (
     moe_blocks,
     save_model,
     spec_of,
+    trained_router,
 )
 from tunelab.train.checkpoint import (
+    CHECKPOINT_DIR,
+    find_checkpoint,
+    load_checkpoint,
     optimizer_from_flat,
     optimizer_to_flat,
+    save_checkpoint,
 )
+from tunelab.train.run_dir import MetricsLog
 
 SCHEDULES = ("cosine", "constant", "rewarm")
-STATE_DIR = "checkpoint"
 
 
 @dataclass
@@ -141,7 +145,8 @@ class PretrainConfig:
             self.replay_source()
         if self.init_from and not Path(self.init_from).is_dir():
             raise TunelabError(f"--init-from {self.init_from}: no such model directory")
-        self.spec(None).resolved() if not self.init_from else None
+        if not self.init_from:
+            self.spec(None).resolved()
 
     def replay_source(self) -> tuple[str, float]:
         """(OLD source, fraction) of ``--replay OLD:FRACTION``."""
@@ -184,11 +189,10 @@ def check_init_from(cfg: PretrainConfig, model: torch.nn.Module) -> None:
         if want is not None and have.get(name) != want:
             raise TunelabError(f"--init-from {cfg.init_from} has {name.replace('_', '-')} {have.get(name)}, "
                                f"but this run asks for --{name.replace('_', '-')} {want}")
-    if cfg.router is not None and have["arch"] == "moe":
-        trained = (getattr(model.config, "tunelab_moe", None) or {}).get("router", "topk")
-        if trained != cfg.router:
-            raise TunelabError(f"--init-from {cfg.init_from} was trained with --router {trained}, "
-                               f"but this run asks for --router {cfg.router}")
+    trained = trained_router(model)
+    if cfg.router is not None and trained is not None and trained != cfg.router:
+        raise TunelabError(f"--init-from {cfg.init_from} was trained with --router {trained}, "
+                           f"but this run asks for --router {cfg.router}")
 
 
 def _schedule(cfg: PretrainConfig, optimizer: torch.optim.Optimizer) -> Any:
@@ -256,8 +260,7 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None, stop_after
         old = read_stream(source, tokenizer, cfg.seq_len, cfg.held_out)
     if init is not None:
         model = init
-        arch = spec_of(model)["arch"]
-        router = (getattr(model.config, "tunelab_moe", None) or {}).get("router", "topk") if arch == "moe" else None
+        arch, router = spec_of(model)["arch"], trained_router(model)
     else:
         spec = cfg.spec(vocab).resolved()
         model, arch, router = build_model(spec, cfg.seed), spec.arch, spec.router if spec.arch == "moe" else None
@@ -283,11 +286,12 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None, stop_after
     if old is not None:
         eval_sets.setdefault(old.name, old.eval_batches(cfg.batch_size, cfg.eval_batches))
     eval_every = cfg.eval_every or max(1, cfg.max_steps // 10)
-    log = _MetricsLog(out / METRICS_FILE, start_step if resume_from is not None else None, ranks.main)
+    # rows of other shapes than fine-tuning's, and no TensorBoard scalars
+    log = MetricsLog(out, start_step if resume_from is not None else None, ranks.main, tensorboard=False)
     autocast = torch.autocast(ranks.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     window = {"ce": 0.0, "aux": 0.0, "z": 0.0, "n": 0, "tokens": 0, "t": 0.0, "mri": None}
     if resume_from is None and ranks.main:  # step 0: the starting point of every curve
-        log.write(_evaluate(model, eval_sets, 0, tokens, autocast))
+        log.write_row(_evaluate(model, eval_sets, 0, tokens, autocast))
     net.train()
     started = time.perf_counter()
     step = start_step
@@ -316,7 +320,7 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None, stop_after
                 window["n"] += 1; window["tokens"] += batch[:, 1:].numel() * ranks.world; window["t"] += dt
                 window["mri"] = mri
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
-                    log.write(_train_row(step, window, scheduler, grad_norm, tokens, train_seconds))
+                    log.write_row(_train_row(step, window, scheduler, grad_norm, tokens, train_seconds))
                     bar.update(task, loss=f"loss {window['ce'] / window['n']:.3f}", tps=window["tokens"] / window["t"])
                     window = {k: 0 if k != "mri" else None for k in window}
                     window["t"] = 0.0
@@ -327,7 +331,7 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None, stop_after
                         row = _evaluate(model, eval_sets, step, tokens, autocast)
                         if arch == "moe":
                             row["router_grad_cosine"] = router_gradient_cosine(model, eval_sets[new.name][0])
-                        log.write(row)
+                        log.write_row(row)
                     if ranks.main and (step < cfg.max_steps or stop):
                         _save_state(out, model, optimizer, scheduler, step, train_seconds, tokens)
                     ddp.barrier(ranks)
@@ -370,30 +374,6 @@ def _train_row(step: int, w: dict[str, Any], scheduler: Any, grad_norm: float, t
             "tokens_per_s": w["tokens"] / max(w["t"], 1e-9), "mri": w["mri"] or [], "elapsed_s": round(seconds, 3)}
 
 
-class _MetricsLog:
-    """``metrics.jsonl``; a resumed run first drops rows after its checkpoint (they are redone)."""
-
-    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True) -> None:
-        self.fh = None
-        if not enabled:
-            return
-        if resume_step is not None and path.is_file():
-            kept = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
-            atomic_write_text(path, "".join(l + "\n" for l in kept))
-        elif resume_step is None:
-            path.write_text("")
-        self.fh = path.open("a")
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.fh is not None:
-            self.fh.write(json.dumps(row) + "\n")
-            self.fh.flush()
-
-    def close(self) -> None:
-        if self.fh is not None:
-            self.fh.close()
-
-
 def read_metrics(out: Path) -> list[dict[str, Any]]:
     """The rows of a pretrain run's ``metrics.jsonl``."""
     path = out / METRICS_FILE
@@ -409,12 +389,11 @@ def _default_output(cfg: PretrainConfig) -> str:
 
 
 def _check_output(cfg: PretrainConfig, out: Path) -> Path | None:
-    finished = (out / EVAL_FILE).is_file()
-    state = out / STATE_DIR
     if cfg.resume:
-        if finished:
+        if (out / EVAL_FILE).is_file():
             raise TunelabError(f"{out} already holds a finished run; nothing to resume")
-        if not (state / "state.json").is_file():
+        state = find_checkpoint(out) if out.is_dir() else None
+        if state is None:
             raise TunelabError(f"{out} has no checkpoint to resume from")
         return state
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
@@ -443,10 +422,8 @@ def _open_output(cfg: PretrainConfig, out: Path) -> None:
 
 def _save_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, step: int,
                 seconds: float, tokens: int) -> None:
-    """Atomically replace ``out/checkpoint``: weights + EMA buffers, AdamW, schedule, progress."""
-    tmp = out / ".checkpoint-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    """Replace ``out/checkpoint`` (atomically, as fine-tuning does): all weights + Default MoE's EMA
+    buffers, AdamW and the schedule, progress."""
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     for i, b in enumerate(moe_blocks(model)):
         if isinstance(b, DefaultMoeBlock):
@@ -458,31 +435,22 @@ def _save_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
             continue
         seen.add(v.data_ptr())
         unique[k] = v.clone()
-    save_file(unique, str(tmp / "model.safetensors"))
     tensors, meta = optimizer_to_flat(optimizer.state_dict())
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "train_seconds": seconds, "tokens": tokens,
-                                                "optimizer": meta, "scheduler": scheduler.state_dict()}))
-    final = out / STATE_DIR
-    old = out / ".checkpoint-old"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    save_checkpoint(out, unique, (tensors, {**meta, "scheduler": scheduler.state_dict()}),
+                    {"step": step, "train_seconds": seconds, "tokens": tokens})
 
 
 def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
                 ) -> tuple[int, float, int]:
-    state = json.loads((path / "state.json").read_text())
-    weights = load_file(str(path / "model.safetensors"))
+    weights, (tensors, meta), progress = load_checkpoint(path)
     defaults = {k: weights.pop(k) for k in list(weights) if k.startswith("moe_defaults.")}
     model.load_state_dict(weights, strict=False)
     for i, b in enumerate(moe_blocks(model)):
         if f"moe_defaults.{i}" in defaults:
             b.defaults = defaults[f"moe_defaults.{i}"]
-    optimizer.load_state_dict(optimizer_from_flat(load_file(str(path / "optimizer.safetensors")), state["optimizer"]))
-    scheduler.load_state_dict(state["scheduler"])
-    return state["step"], state["train_seconds"], state["tokens"]
+    optimizer.load_state_dict(optimizer_from_flat(tensors, meta))
+    scheduler.load_state_dict(meta["scheduler"])
+    return progress["step"], progress["train_seconds"], progress["tokens"]
 
 
 def _finish(cfg: PretrainConfig, out: Path, model: torch.nn.Module, tokenizer: Any, init: Any,
@@ -515,7 +483,7 @@ def _finish(cfg: PretrainConfig, out: Path, model: torch.nn.Module, tokenizer: A
         summary["figures"] = pretrain_figures(out, rows, summary)
     except ImportError:  # matplotlib missing: numbers only
         summary["figures"] = []
-    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     summary["wall_seconds"] = round(wall, 1)
     atomic_write_text(out / EVAL_FILE, json.dumps(summary, indent=1))
     final = summary["final_loss"]

@@ -100,9 +100,10 @@ class MetricsLog:
     """``metrics.jsonl``: one row per logged step. A resumed run first drops the rows after its
     checkpoint (they were logged before the interruption and are trained again)."""
 
-    def __init__(self, out: Path, resume_step: int | None, enabled: bool) -> None:
+    def __init__(self, out: Path, resume_step: int | None, enabled: bool, tensorboard: bool = True) -> None:
         self.path = out / METRICS_FILE
         self.fh = None
+        self.writer = None
         if not enabled:
             return
         if resume_step is not None and self.path.is_file():
@@ -112,15 +113,19 @@ class MetricsLog:
         else:
             self.path.write_text("")
         self.fh = self.path.open("a")
-        self.writer = _tensorboard_writer(out)
+        self.writer = _tensorboard_writer(out) if tensorboard else None
+
+    def write_row(self, row: dict[str, Any]) -> None:
+        """Append one JSON row (it must carry ``"step"``, which resuming trims by)."""
+        if self.fh is not None:
+            self.fh.write(json.dumps(row) + "\n")
+            self.fh.flush()
 
     def write(self, info: StepInfo) -> None:
         if self.fh is None:
             return
-        row = {"step": info.step, "loss": info.loss, "lr": info.lr, "grad_norm": info.grad_norm,
-               "tokens": info.tokens, "elapsed_s": round(info.elapsed_s, 3)}
-        self.fh.write(json.dumps(row) + "\n")
-        self.fh.flush()
+        self.write_row({"step": info.step, "loss": info.loss, "lr": info.lr, "grad_norm": info.grad_norm,
+                        "tokens": info.tokens, "elapsed_s": round(info.elapsed_s, 3)})
         if self.writer:
             if info.loss is not None:
                 self.writer.add_scalar("train/loss", info.loss, info.step)
