@@ -42,29 +42,36 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
-def part_a(root: Path, seeds: list[int]) -> tuple[dict[str, Any], str, list[Path]]:
-    runs = {v: {s: root / "a" / f"{v}-s{s}" for s in seeds} for v in A_NAMES}
-    data = {v: {s: _load(d) for s, d in per.items()} for v, per in runs.items()}
+def _router_table(root: Path, sub: str, names: dict[str, str], seeds: list[int]) -> tuple[dict[str, Any], str]:
+    """Held-out loss, the paired difference to top-k, router-gradient cosine and MRI per router
+    variant of ``root/sub/<variant>-s<seed>``: (summary, markdown rows with a header)."""
+    got = {v: {s: m for s in seeds if (m := _load(root / sub / f"{v}-s{s}"))} for v in names}
+    ref = {s: m["final_loss"]["kjv"] for s, m in got["topk"].items()}
     table, summary = [], {}
-    ref = {s: data["topk"][s]["final_loss"]["kjv"] for s in seeds if data["topk"][s]}
-    for v, name in A_NAMES.items():
-        got = {s: m for s, m in data[v].items() if m}
-        loss = [m["final_loss"]["kjv"] for m in got.values()]
-        diffs = [got[s]["final_loss"]["kjv"] - ref[s] for s in got if s in ref]
-        cos_end = [_mean(m["router_grad_cosine"]) for m in got.values()]
-        cos_all = [_mean([_mean(r["router_grad_cosine"]) for r in _evals(runs[v][s]) if r.get("router_grad_cosine")])
-                   for s in got]
-        mri = [_mean(m["routing"]["kjv"]["eval"]["mri"]) for m in got.values()]
+    for v, name in names.items():
+        have = got[v]
+        loss = [m["final_loss"]["kjv"] for m in have.values()]
+        diffs = [have[s]["final_loss"]["kjv"] - ref[s] for s in have if s in ref]
+        cos_end = [_mean(m["router_grad_cosine"]) for m in have.values()]
+        cos_all = [_mean([_mean(r["router_grad_cosine"]) for r in _evals(root / sub / f"{v}-s{s}")
+                          if r.get("router_grad_cosine")]) for s in have]
+        mri = [_mean(m["routing"]["kjv"]["eval"]["mri"]) for m in have.values()]
         summary[v] = {"loss": loss, "diff_vs_topk": diffs, "cos_end": cos_end, "cos_mean": cos_all, "mri": mri}
         wins = f"{sum(d < 0 for d in diffs)}/{len(diffs)}" if v != "topk" else "–"
         table.append(f"| {name} | {_ms(loss, 4)} | {_ms(diffs, 4) if v != 'topk' else '–'} | {wins} | "
                      f"{_ms(cos_all)} | {_ms(cos_end)} | {_ms(mri, 2)} |")
-    md = ("### (a) Default MoE vs top-k (kjv, 3 paired seeds, 1,000 steps)\n\n"
-          "| router | held-out loss | Δ vs top-k (paired) | seeds better | router-grad cosine (mean over training) "
-          "| cosine at the end | MRI (eval) |\n|---|---|---|---|---|---|---|\n" + "\n".join(table) + "\n")
+    return summary, ("| router | held-out loss | Δ vs top-k (paired) | seeds better | router-grad cosine (mean over "
+                     "training) | cosine at the end | MRI (eval) |\n|---|---|---|---|---|---|---|\n"
+                     + "\n".join(table) + "\n")
+
+
+def part_a(root: Path, seeds: list[int]) -> tuple[dict[str, Any], str, list[Path]]:
+    summary, rows = _router_table(root, "a", A_NAMES, seeds)
+    md = "### (a) Default MoE vs top-k (kjv, 3 paired seeds, 1,000 steps)\n\n" + rows
+    runs = {v: {s: root / "a" / f"{v}-s{s}" for s in seeds} for v in A_NAMES}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for i, v in enumerate(A_NAMES):
-        curves = [_evals(runs[v][s]) for s in seeds if data[v][s]]
+        curves = [_evals(runs[v][s]) for s in seeds if (runs[v][s] / "metrics.json").is_file()]
         if not curves:
             continue
         steps = [r["step"] for r in curves[0]]
@@ -86,23 +93,9 @@ def part_a(root: Path, seeds: list[int]) -> tuple[dict[str, Any], str, list[Path
 
 def part_a2(root: Path, seeds: list[int]) -> tuple[dict[str, Any], str, list[Path]]:
     """Top-k vs Default MoE (forward) with renormalised gates and z-loss, 16 × 256 (the README's commands)."""
-    got = {v: {s: _load(root / "a2" / f"{v}-s{s}") for s in seeds} for v in ("topk", "default")}
-    ref = {s: m["final_loss"]["kjv"] for s, m in got["topk"].items() if m}
-    rows, summary = [], {}
-    for v, name in (("topk", "top-k"), ("default", "Default MoE (forward)")):
-        have = {s: m for s, m in got[v].items() if m}
-        loss = [m["final_loss"]["kjv"] for m in have.values()]
-        diffs = [have[s]["final_loss"]["kjv"] - ref[s] for s in have if s in ref]
-        cos = [_mean([_mean(r["router_grad_cosine"]) for r in _evals(root / "a2" / f"{v}-s{s}")
-                      if r.get("router_grad_cosine")]) for s in have]
-        mri = [_mean(m["routing"]["kjv"]["eval"]["mri"]) for m in have.values()]
-        summary[v] = {"loss": loss, "diff_vs_topk": diffs, "cos_mean": cos, "mri": mri}
-        rows.append(f"| {name} | {_ms(loss, 4)} | {_ms(diffs, 4) if v != 'topk' else '–'} | "
-                    f"{f'{sum(d < 0 for d in diffs)}/{len(diffs)}' if v != 'topk' else '–'} | {_ms(cos)} | {_ms(mri, 2)} |")
-    md = ("### (a′) Default MoE vs top-k with renormalised gates and z-loss (kjv, 16 × 256, 1,000 steps)\n\n"
-          "| router | held-out loss | Δ vs top-k (paired) | seeds better | router-grad cosine (mean over training) "
-          "| MRI (eval) |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
-    return summary, md, []
+    summary, rows = _router_table(root, "a2", {"topk": "top-k", "default": "Default MoE (forward)"}, seeds)
+    return summary, ("### (a′) Default MoE vs top-k with renormalised gates and z-loss (kjv, 16 × 256, 1,000 steps)\n\n"
+                     + rows), []
 
 
 def part_b(root: Path, seeds: list[int]) -> tuple[dict[str, Any], str, list[Path]]:
