@@ -1,0 +1,125 @@
+"""Options declared once: help, bounds and choices live on the config field.
+
+A command's config is a dataclass; each field is one option (its YAML key, and with dashes its
+flag). :func:`option` puts what the CLI and validation need into the field's metadata, the way
+PEFT keeps help on its config fields::
+
+    @dataclass
+    class EvalConfig:
+        batch_size: int = option(32, help="prompts per forward", min=1)
+        judge: str = option("keyword", help="who decides refusal", choices=JUDGES)
+
+Metadata keys (all optional; read with :func:`meta`):
+
+* ``help`` — the flag's help text (the ``[default: ...]`` is added by the CLI builder);
+* ``choices`` — a tuple of names, or a :class:`~tunelab.registry.Registry` (its ``names()``);
+* ``min``/``max`` (inclusive) and ``gt``/``lt`` (exclusive) — numeric bounds;
+* ``flag`` — the flag's name when it is not the field's (``"--disjoint"``); ``"-"`` for an argument;
+* ``show_default`` — the default as help shows it when it is not the value (``"32 with --init-from, else 0"``);
+* ``plugin`` — the option is implemented by a training plug-in (see ``tunelab.train``).
+
+:func:`check_fields` applies the one-field rules (bounds, choices) with the project's messages
+(``--rank must be >= 1, got 0``; ``unknown method 'x'; choose one of: ...``), recursing into
+nested section dataclasses; a config's ``validate()`` keeps only rules that involve several fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import MISSING, field
+from typing import Any, Callable, Sequence
+
+from tunelab.errors import TunelabError
+
+_KEYS = ("help", "choices", "min", "max", "gt", "lt", "flag", "show_default", "plugin")
+
+
+def option(
+    default: Any = MISSING,
+    *,
+    default_factory: Callable[[], Any] | Any = MISSING,
+    help: str = "",
+    choices: Sequence[str] | Any | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    gt: float | None = None,
+    lt: float | None = None,
+    flag: str | None = None,
+    show_default: str | None = None,
+    plugin: bool = False,
+) -> Any:
+    """A dataclass field carrying its option's help, choices and bounds in its metadata."""
+    metadata = {k: v for k, v in dict(help=help, choices=choices, min=min, max=max, gt=gt, lt=lt, flag=flag,
+                                      show_default=show_default, plugin=plugin or None).items() if v not in (None, "")}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def meta(f: dataclasses.Field, key: str, fallback: Any = None) -> Any:
+    """One metadata value of a config field (``help``, ``choices``, ...)."""
+    if key not in _KEYS:
+        raise KeyError(f"unknown option metadata '{key}'")
+    return f.metadata.get(key, fallback)
+
+
+def choice_names(choices: Any) -> tuple[str, ...]:
+    """The names a ``choices`` entry allows: a tuple as is, a registry's ``names()``."""
+    if choices is None:
+        return ()
+    names = getattr(choices, "names", None)
+    return tuple(names()) if callable(names) else tuple(choices)
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    """``--batch-size`` for field ``batch_size`` (or the field's own ``flag``)."""
+    return meta(f, "flag") or "--" + f.name.replace("_", "-")
+
+
+def check_field(f: dataclasses.Field, value: Any) -> None:
+    """Raise ``TunelabError`` when ``value`` breaks field ``f``'s bounds or choices (``None`` passes)."""
+    if value is None:
+        return
+    name = flag_name(f)
+    choices = meta(f, "choices")
+    if choices is not None:
+        allowed = choice_names(choices)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if hasattr(choices, "unknown_message"):  # a Registry: aliases count, did-you-mean in the error
+                if item not in choices:
+                    raise TunelabError(choices.unknown_message(item))
+            elif item not in allowed:
+                raise TunelabError(f"unknown {f.name.replace('_', ' ')} '{item}'; choose one of: {', '.join(allowed)}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    lo, hi, gt, lt = (meta(f, k) for k in ("min", "max", "gt", "lt"))
+    if (lo is not None or gt is not None) and (hi is not None or lt is not None):  # a range
+        bad = (lo is not None and value < lo) or (gt is not None and value <= gt) or \
+              (hi is not None and value > hi) or (lt is not None and value >= lt)
+        if bad:
+            left = f"[{lo:g}" if lo is not None else f"({gt:g}"
+            right = f"{hi:g}]" if hi is not None else f"{lt:g})"
+            raise TunelabError(f"{name} must be in {left}, {right}, got {value:g}")
+        return
+    if lo is not None and value < lo:
+        raise TunelabError(f"{name} must be >= {lo:g}, got {value:g}")
+    if gt is not None and not value > gt:
+        raise TunelabError(f"{name} must be > {gt:g}, got {value:g}")
+    if hi is not None and value > hi:
+        raise TunelabError(f"{name} must be <= {hi:g}, got {value:g}")
+    if lt is not None and not value < lt:
+        raise TunelabError(f"{name} must be < {lt:g}, got {value:g}")
+
+
+def check_fields(cfg: Any) -> None:
+    """Every one-field rule of a config dataclass (and of its nested section dataclasses)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_fields(value)
+        else:
+            check_field(f, value)
+
+
+__all__ = ["option", "meta", "choice_names", "flag_name", "check_field", "check_fields"]
