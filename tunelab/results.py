@@ -1,0 +1,196 @@
+"""Typed results and the one run directory every command writes into.
+
+A command is a job: a config and ``run(cfg, run_dir) -> Result``. A :class:`Result` is a
+versioned dataclass that writes and reads its own ``metrics.json``; its schema is the class, not
+the string keys its readers use::
+
+    @result_kind("scaling")
+    @dataclass
+    class ScalingResult(Result):
+        rows: int = 0
+        fit: dict[str, float] = field(default_factory=dict)
+
+    run_dir = RunDir(Path("runs/fit"))
+    run_dir.prepare(overwrite=cfg.overwrite)
+    ScalingResult(rows=90, fit={...}).write(run_dir)
+    read_result(Path("runs/fit/metrics.json"))   # -> ScalingResult
+
+On disk a result is ``{"kind": ..., "schema_version": N, <fields in declaration order>,
+<keys this version does not know, kept as they were>}``. Files written before
+``schema_version`` existed read as version 1; a file from a newer tunelab is refused in one
+line; unknown kinds read as a plain :class:`Result` holding everything in ``extra`` (the report
+still shows what it can). Torch-free: light readers import this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Callable, TypeVar
+
+from tunelab.errors import TunelabError
+from tunelab.files import read_text
+from tunelab.layout import EVAL_FILE, atomic_write_text
+from tunelab.registry import Registry
+
+R = TypeVar("R", bound="Result")
+
+RESULT_KINDS: Registry[type["Result"]] = Registry("result kind")
+
+
+def result_kind(kind: str, version: int = 1) -> Callable[[type[R]], type[R]]:
+    """Class decorator: register a :class:`Result` subclass under ``kind`` at schema ``version``."""
+    def register(cls: type[R]) -> type[R]:
+        cls.KIND, cls.VERSION = kind, version
+        RESULT_KINDS.register(kind, cls)
+        return cls
+
+    return register
+
+
+@dataclass
+class Result:
+    """A command's result; subclasses add typed fields (all with defaults, so old files load)."""
+
+    KIND: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, kw_only=True)
+
+    # ------------------------------------------------------------------ dict form
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object written to disk (``kind`` and ``schema_version`` first)."""
+        out: dict[str, Any] = {"kind": self.KIND or self.extra.get("kind", ""), "schema_version": self.VERSION}
+        for f in dataclasses.fields(self):
+            if f.name != "extra":
+                out[f.name] = _plain(getattr(self, f.name))
+        for key, value in self.extra.items():
+            out.setdefault(key, value)
+        return out
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any], source: str | Path = "metrics.json") -> R:
+        """Build from a written object; keys this class does not know stay in ``extra``."""
+        if cls.KIND and data.get("kind", cls.KIND) != cls.KIND:
+            raise TunelabError(f"{source}: a '{data.get('kind')}' result, not '{cls.KIND}'")
+        version = data.get("schema_version", 1)
+        if not isinstance(version, int) or version > cls.VERSION:
+            raise TunelabError(f"{source}: schema version {version} of '{cls.KIND or data.get('kind')}' "
+                               f"is newer than this tunelab reads ({cls.VERSION}); upgrade tunelab")
+        data = cls.upgrade(dict(data), version)
+        names = {f.name for f in dataclasses.fields(cls) if f.init and f.name != "extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names and k not in ("kind", "schema_version")}
+        if not cls.KIND and "kind" in data:
+            extra = {"kind": data["kind"], **extra}
+        try:
+            return cls(**known, extra=extra)
+        except TypeError as exc:  # a required field missing from the file
+            raise TunelabError(f"{source}: not a '{cls.KIND}' result ({exc})") from None
+
+    @classmethod
+    def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """Rewrite an older schema version's keys into this one's (override when the schema changes)."""
+        return data
+
+    # ------------------------------------------------------------------ files
+    def write(self, where: "RunDir | Path", name: str = EVAL_FILE) -> Path:
+        """Write atomically to ``where/name`` (a :class:`RunDir` or a directory path); return the path."""
+        directory = where.path if isinstance(where, RunDir) else Path(where)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / name
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def read(cls: type[R], path: str | Path) -> R:
+        """Read ``path`` as this class; a truncated or wrong file is one line naming it."""
+        return cls.from_dict(read_json_object(path), source=path)
+
+
+def read_json_object(path: str | Path, what: str = "metrics file") -> dict[str, Any]:
+    """A JSON object from ``path``; missing, truncated or non-object files are one line naming it."""
+    text = read_text(path, what)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TunelabError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg}); is the file truncated?") from None
+    if not isinstance(data, dict):
+        raise TunelabError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_result(path: str | Path) -> Result:
+    """The result in ``path`` as its registered type (``kind``), or a plain :class:`Result`."""
+    data = read_json_object(path)
+    kind = data.get("kind")
+    cls = RESULT_KINDS.get(kind) if isinstance(kind, str) and kind in RESULT_KINDS else Result
+    return cls.from_dict(data, source=path)
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses and paths as JSON-ready values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class RunDir:
+    """A command's output directory: overwrite/resume rules, paths and atomic writes.
+
+    ``marker`` is the file written last; its presence marks the command as finished, so an
+    interrupted run never looks complete. With ``overwrite`` the marker goes first, then the rest.
+    """
+
+    path: Path
+    marker: str = EVAL_FILE
+    what: str = "result"
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+    def file(self, name: str) -> Path:
+        """``path/name``."""
+        return self.path / name
+
+    @property
+    def finished(self) -> bool:
+        """Whether the marker file exists."""
+        return self.file(self.marker).is_file()
+
+    def prepare(self, *, overwrite: bool = False, resume: bool = False) -> None:
+        """Create the directory; refuse a finished one unless ``overwrite`` (then empty it) or ``resume``."""
+        if self.path.exists() and not self.path.is_dir():
+            raise TunelabError(f"{self.path} exists and is not a directory")
+        if self.finished and resume and not overwrite:
+            raise TunelabError(f"{self.path} already holds a finished {self.what}; nothing to resume")
+        if self.finished and not overwrite:
+            raise TunelabError(f"{self.path} already holds a finished {self.what}; pass --overwrite to replace it")
+        if overwrite and self.path.is_dir():
+            self.file(self.marker).unlink(missing_ok=True)
+            for child in self.path.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write ``name`` atomically (temp file + rename)."""
+        target = self.file(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, text)
+        return target
+
+    def write_json(self, name: str, obj: Any, indent: int = 1) -> Path:
+        """Write ``obj`` as JSON to ``name`` atomically."""
+        return self.write_text(name, json.dumps(_plain(obj), indent=indent))
+
+
+__all__ = ["Result", "RESULT_KINDS", "result_kind", "read_result", "read_json_object", "RunDir"]
