@@ -81,6 +81,9 @@ PLANTED = {
         def f():
             from . import high  # relative, inside a function
             return high
+
+
+        LAZY = "pkg.high:Thing"  # a registry's lazy target names a module too
         """,
     "high.py": "from pkg import low\n",
     "room1/__init__.py": "from pkg.room1.x import f  # a front door re-export is fine\n",
@@ -95,14 +98,15 @@ PLANTED = {
             return m._other, pkg.room2.y._third, m.public
         """,
     "room1/_own.py": "_mine = 1\n",
-    "room2/__init__.py": "",
-    "room2/y.py": "_secret = _other = _third = public = 1\n",
+    "room2/__init__.py": "from pkg.room2.z import Z\n",
+    "room2/y.py": "_secret = _other = _third = public = 1\nfrom pkg.room2 import Z  # the front door loads z (top)\n",
+    "room2/z.py": "Z = 1\n",
     "room3.py": "from .room1 import x\n",
 }
 PLANTED_LAYERS = (
     Layer("bottom", ("pkg", "pkg.low")),
     Layer("rooms", ("pkg.room1", "pkg.room2", "pkg.room3"), independent=True),
-    Layer("top", ("pkg.high",)),
+    Layer("top", ("pkg.high", "pkg.room2.z")),
 )
 
 
@@ -116,8 +120,11 @@ def test_the_checker_finds_planted_violations(tmp_path: Path) -> None:
     layers = layer_violations(planted, PLANTED_LAYERS, allowed={})
     assert "pkg.low (line 4) imports pkg.high: layer 'top' is above 'bottom'" in layers
     assert "pkg.low (line 8) imports pkg.high: layer 'top' is above 'bottom'" in layers
+    assert "pkg.low (line 12) names pkg.high: layer 'top' is above 'bottom'" in layers
     assert any(v.startswith("pkg.room1.x (line 1) imports pkg.room2.y: rooms of layer 'rooms'") for v in layers)
     assert any(v.startswith("pkg.room3 (line 1) imports pkg.room1.x: rooms of layer 'rooms'") for v in layers)
+    assert ("pkg.room2.y (line 2) imports pkg.room2: layer 'top' (through its __init__'s re-exports) is above 'rooms'"
+            in layers)
     assert not any(v.startswith("pkg.room1 ") for v in layers)  # the re-export in room1/__init__
     allowed = layer_violations(planted, PLANTED_LAYERS, allowed={("pkg.room1", "pkg.room2"): "planted"})
     assert not any(v.startswith("pkg.room1.x") for v in allowed)

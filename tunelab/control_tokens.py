@@ -17,7 +17,7 @@ from tunelab.errors import TunelabError
 RESPOND = "[respond]"
 REFUSE = "[refuse]"
 MODES = ("single", "categorical")
-HARMFUL_SOURCE = "harmful-refusal"  # = tunelab.safety.recipe.HARMFUL_SOURCE (no import: recipe loads eval code)
+HARMFUL_SOURCE = "harmful-refusal"  # the source tag of the safety recipe's refusal records (they get a refuse token)
 
 # Refusal category → the HarmBench topics (tunelab.evaluate.prompts.harm_topic) it covers. Five coarse
 # categories a user would plausibly switch on and off independently; chemical/biological and violence

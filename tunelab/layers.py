@@ -15,12 +15,14 @@ to the layer of the longest prefix that names it, so a room can lend one module 
    an imported tunelab module ``m``).
 
 A package's ``__init__`` may re-export its own submodules whatever their layer: it is the room's
-front door, not a dependency of the room. ``docs/architecture.md`` explains the map and the reasons.
+front door, not a dependency of the room. Importing a front door counts as importing the highest
+layer it re-exports (the import loads them all). ``docs/architecture.md`` explains the map and the reasons.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,7 @@ class Layer:
 LAYERS: tuple[Layer, ...] = (
     Layer("core", ("tunelab", "tunelab.errors", "tunelab.files", "tunelab.configs", "tunelab.options",
                    "tunelab.registry", "tunelab.layout", "tunelab.models", "tunelab.data", "tunelab.tasks", "tunelab.control_tokens",
-                   "tunelab.layers")),
+                   "tunelab.results", "tunelab.layers")),
     Layer("adapters", ("tunelab.adapters",)),
     # batched generation and the protocol through which higher rooms act on it (refusal control, steering)
     Layer("generation", ("tunelab.evaluate.generation", "tunelab.evaluate.intervention")),
@@ -49,9 +51,9 @@ LAYERS: tuple[Layer, ...] = (
     # the trainer composed with the rooms' plug-ins (finetune), evaluation with their interventions
     Layer("recipes", ("tunelab.finetune", "tunelab.eval_recipe"), independent=True),
     # room modules that run a whole fine-tuning recipe (or build on one that does)
-    Layer("workflows", ("tunelab.safety.recipe", "tunelab.safety.attack", "tunelab.safety.augment",
-                        "tunelab.privacy.phishing"), independent=True),
-    Layer("top", ("tunelab.report", "tunelab.cli", "tunelab.demo")),
+    Layer("workflows", ("tunelab.safety.recipe", "tunelab.safety.attack", "tunelab.privacy.phishing"),
+          independent=True),
+    Layer("top", ("tunelab.report", "tunelab.cli", "tunelab.demo", "tunelab.study")),
 )
 
 # Imports between rooms of one independent layer that the map allows: (importer prefix, imported
@@ -90,12 +92,18 @@ class Module:
 
 @dataclass
 class Import:
-    """One import edge: ``source`` imports ``target`` at ``line``; ``names`` are what it takes."""
+    """One import edge: ``source`` imports ``target`` at ``line``; ``names`` are what it takes.
+
+    A lazy edge (a ``"tunelab.x:Name"`` string, as :class:`tunelab.registry.Registry` takes)
+    counts for the layer rules but not for cycles: importing on first use is how a room names
+    its own members without a circle.
+    """
 
     source: str
     target: str
     line: int
     names: tuple[str, ...] = ()
+    lazy: bool = False  # a registry's "module:attr" string: a dependency, imported on first use only
 
 
 @dataclass
@@ -137,6 +145,9 @@ def _absolute(module: Module, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
+_LAZY = re.compile(r"^([A-Za-z_]\w*(?:\.\w+)+):(\w+)$")  # "package.module:attr"
+
+
 def _is_private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__")
 
@@ -173,6 +184,11 @@ def _collect(graph: Graph, module: Module) -> None:
                 if _is_private(alias.name) and room(target, package) != room(module.name, package):
                     graph.private_uses.append((module.name, node.lineno, target, alias.name))
     for node in ast.walk(module.tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            match = _LAZY.match(node.value)
+            target = graph.resolve(match.group(1)) if match and match.group(1).split(".")[0] == package else None
+            if target is not None:
+                graph.imports.append(Import(module.name, target, node.lineno, (match.group(2),), lazy=True))
         if isinstance(node, ast.Attribute) and _is_private(node.attr):
             chain = _dotted(node.value)
             if chain is None or chain[0] not in bound:
@@ -212,18 +228,32 @@ def layer_violations(graph: Graph, layers: tuple[Layer, ...] = LAYERS,
     for edge in graph.imports:
         if edge.source == edge.target or _own_reexport(graph, edge):
             continue
-        low, high = layer_index(edge.source, layers), layer_index(edge.target, layers)
-        where = f"{edge.source} (line {edge.line}) imports {edge.target}"
+        low, high = layer_index(edge.source, layers), _front_door_layer(graph, edge.target, layers)
+        where = f"{edge.source} (line {edge.line}) {'names' if edge.lazy else 'imports'} {edge.target}"
         if low is None or high is None:
             found.append(f"{where}: {edge.source if low is None else edge.target} is in no layer")
         elif high > low:
-            found.append(f"{where}: layer '{layers[high].name}' is above '{layers[low].name}'")
+            door = "" if high == layer_index(edge.target, layers) else " (through its __init__'s re-exports)"
+            found.append(f"{where}: layer '{layers[high].name}'{door} is above '{layers[low].name}'")
         elif high == low and layers[low].independent:
             a, b = room(edge.source, graph.package), room(edge.target, graph.package)
             if a != b and not any(_covers(s, edge.source) and _covers(t, edge.target) for s, t in allowed):
                 found.append(f"{where}: rooms of layer '{layers[low].name}' do not import each other "
                              "(ALLOWED_EDGES names the exceptions)")
     return sorted(set(found))
+
+
+def _front_door_layer(graph: Graph, module: str, layers: tuple[Layer, ...]) -> int | None:
+    """The layer an import of ``module`` reaches: for a package, the highest of its own layer and
+    those of the submodules its ``__init__`` re-exports (importing the front door loads them all)."""
+    own = layer_index(module, layers)
+    if own is None or module not in graph.modules or not graph.modules[module].is_package:
+        return own
+    reached = [own]
+    for edge in graph.imports:
+        if edge.source == module and not edge.lazy and _own_reexport(graph, edge):
+            reached.append(_front_door_layer(graph, edge.target, layers) or own)
+    return max(reached)
 
 
 def _covers(prefix: str, module: str) -> bool:
@@ -234,7 +264,7 @@ def cycles(graph: Graph) -> list[list[str]]:
     """Every import cycle between modules, each as a path ``[a, b, ..., a]`` (one per strongly connected set)."""
     succ: dict[str, set[str]] = {m: set() for m in graph.modules}
     for edge in graph.imports:
-        if edge.source != edge.target:
+        if edge.source != edge.target and not edge.lazy:
             succ[edge.source].add(edge.target)
     out: list[list[str]] = []
     for component in _strongly_connected(succ):
