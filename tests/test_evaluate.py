@@ -230,6 +230,55 @@ def test_run_eval_writes_next_to_the_adapter(tiny, tmp_path: Path) -> None:
     assert metrics["config"]["suite"] == "safety" and "records" not in metrics
 
 
+class _Recorder:
+    """A GenerationIntervention that forces one token at the first step and records what it saw."""
+
+    name = "recorder"
+
+    def __init__(self, token: int) -> None:
+        self.token, self.tasks, self.entered = token, [], 0
+
+    def first_step(self, tokenizer):
+        def force(scores: torch.Tensor) -> torch.Tensor:
+            out = torch.full_like(scores, -math.inf)
+            out[:, self.token] = 0.0
+            return out
+        return force
+
+    def applied(self, model):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def context():
+            self.entered += 1
+            yield {"token": self.token}
+        return context()
+
+    def check_task(self, task: str, scorer: str) -> None:
+        self.tasks.append((task, scorer))
+
+
+def test_run_eval_takes_interventions_as_objects(tiny) -> None:
+    from tunelab.evaluate.intervention import GenerationIntervention
+
+    model, tok = tiny
+    token = tok.convert_tokens_to_ids("a")
+    recorder = _Recorder(token)
+    assert isinstance(recorder, GenerationIntervention)
+    cfg = EvalConfig(model="tiny-random", task="arithmetic", limit=2, max_new_tokens=1)
+    result = run_eval(cfg, model, tok, interventions=[recorder])
+    assert recorder.tasks == [("arithmetic", "numeric")] and recorder.entered == 1
+    assert result["recorder"] == {"token": token}
+    assert all(r["output"] == tok.decode([token]).strip() for r in result["records"])
+
+
+def test_run_eval_refuses_refusal_or_steering_options_without_their_objects(tiny) -> None:
+    model, tok = tiny
+    for extra in ({"refusal_threshold": 0.5}, {"steer": "v.safetensors"}, {"coeff": 2.0}):
+        with pytest.raises(TunelabError, match="build its interventions with tunelab.eval_recipe"):
+            run_eval(EvalConfig(model="tiny-random", task="arithmetic", limit=1, **extra), model, tok)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({}, "exactly one of --task"),
     ({"task": "arithmetic", "suite": "safety"}, "exactly one of --task"),

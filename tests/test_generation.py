@@ -212,8 +212,8 @@ def test_raw_prompts_get_bos_once():
             return {"input_ids": [([1] if add_special_tokens else []) + [ord(c) for c in t] for t in texts]}
 
     tok = BosTokenizer()
-    assert generation._encode(tok, ["ab", "<s>ab"], chat=False) == [[1, 97, 98], [ord(c) for c in "<s>ab"]]
-    assert generation._encode(tok, ["ab"], chat=True) == [[97, 98]]  # the chat template wrote its own
+    assert generation.encode_texts(tok, ["ab", "<s>ab"], chat=False) == [[1, 97, 98], [ord(c) for c in "<s>ab"]]
+    assert generation.encode_texts(tok, ["ab"], chat=True) == [[97, 98]]  # the chat template wrote its own
 
 
 def test_unmerged_peft_adapter(lively):
@@ -296,7 +296,7 @@ def cache_deprecations(monkeypatch):
 def test_own_loop_runs_on_installed_transformers(lively):
     model, tok = lively
     assert generation.decoder(model) == generation.OWN_DECODER == "tunelab"
-    assert generation._cache_kwarg(model) == _inner_cache_name(model)
+    assert generation.cache_argument(model) == _inner_cache_name(model)
     with generation.record_decoders() as used:
         ids = generate_ids(model, tok, PROMPTS, max_new_tokens=8, batch_size=5, progress=False)
     assert used == {"tunelab"}

@@ -267,7 +267,8 @@ def test_bf16_preparation_keeps_the_tied_embedding_fp32():
 
 
 def test_safety_suite_counts_a_refuse_token_as_refusal(trained_run: Path, tmp_path: Path):
-    from tunelab.evaluate.runner import EvalConfig, run_eval
+    from tunelab.eval_recipe import run_eval
+    from tunelab.evaluate.runner import EvalConfig
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("first prompt\nsecond prompt\n")

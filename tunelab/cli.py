@@ -253,7 +253,8 @@ def evaluate(
 ) -> None:
     """Score a model (+ adapter) on a task (built-in, HumanEval or a file) or a suite (safety)."""
     from tunelab.configs import from_sources
-    from tunelab.evaluate.runner import EvalConfig, run_eval
+    from tunelab.eval_recipe import run_eval
+    from tunelab.evaluate.runner import EvalConfig
     from tunelab.inspect.steering import parse_layers
     from tunelab.safety.refusal_tokens import parse_categories
 

@@ -176,3 +176,30 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     model.config.name_or_path = name_or_path if name_or_path in ALIASES else model.config.name_or_path
     return model, tokenizer
+
+
+def resize_for_tokenizer(model: Any, tokenizer: Any, new_tokens: list[str] | tuple[str, ...]) -> None:
+    """Grow the embeddings to the tokenizer; rows of ``new_tokens`` start at the mean of the old rows.
+
+    The mean (not transformers' random ``mean_resizing`` draw) makes a re-load rebuild the same base,
+    and the resize runs under a forked RNG so it does not shift the run's random stream.
+    """
+    embedding = model.get_input_embeddings()
+    output = model.get_output_embeddings()
+    tied = output is not None and output.weight is embedding.weight
+    old_rows = embedding.weight.shape[0]
+    in_mean = embedding.weight.detach().float().mean(0)
+    out_mean = None if tied or output is None else output.weight.detach().float().mean(0)
+    if len(tokenizer) > old_rows:
+        with torch.random.fork_rng():
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    ids = tokenizer.convert_tokens_to_ids(list(new_tokens))
+    embedding = model.get_input_embeddings()
+    output = model.get_output_embeddings()
+    with torch.no_grad():
+        for i in ids:
+            embedding.weight[i] = in_mean.to(embedding.weight.dtype)
+            if out_mean is not None:
+                output.weight[i] = out_mean.to(output.weight.dtype)
+    if tied and output.weight is not embedding.weight:  # resize must keep a tied head tied
+        raise RuntimeError("resizing the embeddings untied the output head")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -173,40 +172,6 @@ def read_run_record(path: Path) -> dict[str, Any]:
     """A finished run's ``tunelab.json`` ({} for a plain PEFT adapter dir)."""
     record = Path(path) / "tunelab.json"
     return read_json(record, "run record") if record.is_file() else {}
-
-
-def read_init_adapter(init_from: str, settings: AdapterSettings, methods: tuple[str, ...]) -> InitAdapter:
-    """Load the adapter ``--init-from`` names and check it fits this run (base, rank, alpha, modules)."""
-    from tunelab.adapters import storage  # storage imports this module
-
-    path = Path(init_from)
-    if not path.is_dir():
-        raise TunelabError(f"--init-from {path}: directory not found")
-    meta = read_run_record(path)
-    if meta and meta.get("method") not in methods:
-        raise TunelabError(f"--init-from {path}: a '{meta.get('method')}' run; --method {settings.method} continues from {' or '.join(methods)}")
-    if not meta and "lora" not in methods:
-        raise TunelabError(f"--init-from {path}: not a finished tunelab run (no tunelab.json); --method {settings.method} needs one")
-    if meta and meta.get("base_model") != settings.base_model:
-        raise TunelabError(f"--init-from {path}: trained on base model '{meta.get('base_model')}', not '{settings.base_model}'")
-    peft_dir = path
-    if not (path / storage.PEFT_WEIGHTS).is_file() and (path / storage.COMPACT_FILE).is_file():
-        peft_dir = storage.unpack(path, Path(tempfile.mkdtemp(prefix="tunelab-init-")))
-    if not (peft_dir / storage.PEFT_CONFIG).is_file():
-        raise TunelabError(f"--init-from {path}: no adapter_config.json (not a PEFT adapter or tunelab run)")
-    config = read_json(peft_dir / storage.PEFT_CONFIG, "adapter config")
-    if config.get("r") != settings.rank or float(config.get("lora_alpha", 0)) != float(settings.alpha):
-        raise TunelabError(f"--init-from {path}: rank {config.get('r')} / alpha {config.get('lora_alpha')}; "
-                           f"pass --rank {config.get('r')} --alpha {config.get('lora_alpha')}")
-    if config.get("use_rslora") or config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise TunelabError(f"--init-from {path}: rsLoRA / per-module ranks are not supported for continual training")
-    weights = storage.load_file(peft_dir / storage.PEFT_WEIGHTS)
-    a = {module_key(k.removesuffix(".lora_A.weight")): v for k, v in weights.items() if k.endswith(".lora_A.weight")}
-    b = {module_key(k.removesuffix(".lora_B.weight")): v for k, v in weights.items() if k.endswith(".lora_B.weight")}
-    targets = {k.rsplit(".", 1)[-1] for k in b}
-    if targets != set(settings.target_modules):
-        raise TunelabError(f"--init-from {path}: adapts {sorted(targets)}, not {sorted(settings.target_modules)}")
-    return InitAdapter(path.resolve(), meta, a, b)
 
 
 def load_init_weights(model: PeftModel, init: InitAdapter) -> None:

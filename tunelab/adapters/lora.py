@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunelab.adapters.base import AdapterMethod, AdapterSettings, PreparedModel, load_init_weights, read_init_adapter, wrap_lora
+from tunelab.adapters.base import AdapterMethod, AdapterSettings, PreparedModel, load_init_weights, wrap_lora
+from tunelab.adapters.storage import read_init_adapter
 
 
 class LoRA(AdapterMethod):

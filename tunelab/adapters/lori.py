@@ -26,9 +26,9 @@ from tunelab.adapters.base import (
     layer_index,
     load_init_weights,
     lora_layers,
-    read_init_adapter,
     wrap_lora,
 )
+from tunelab.adapters.storage import read_init_adapter
 from tunelab.errors import TunelabError
 from tunelab.files import read_json
 

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from tunelab.adapters.base import module_key
+from tunelab.adapters.base import AdapterSettings, InitAdapter, module_key, read_run_record
 from tunelab.adapters.projection import generate_a
 from tunelab.errors import TunelabError, first_line
-from tunelab.files import json_field, load_safetensors, open_safetensors, read_text
+from tunelab.files import json_field, load_safetensors, open_safetensors, read_json, read_text
 
 from tunelab.layout import COMPACT_FILE, MASK_FILE, PEFT_CONFIG, PEFT_WEIGHTS, atomic_write_text  # noqa: F401 (re-exported)
 
@@ -232,3 +232,36 @@ def task_vector_metadata(path: Path) -> dict[str, str]:
     """The metadata block of a task-vector file (format, shapes, base model, ...)."""
     with open_safetensors(path, "task vector") as fh:
         return dict(fh.metadata() or {})
+
+
+# Here, not in base: it reads the stored forms (compact or PEFT), and storage builds on base.
+def read_init_adapter(init_from: str, settings: AdapterSettings, methods: tuple[str, ...]) -> InitAdapter:
+    """Load the adapter ``--init-from`` names and check it fits this run (base, rank, alpha, modules)."""
+    path = Path(init_from)
+    if not path.is_dir():
+        raise TunelabError(f"--init-from {path}: directory not found")
+    meta = read_run_record(path)
+    if meta and meta.get("method") not in methods:
+        raise TunelabError(f"--init-from {path}: a '{meta.get('method')}' run; --method {settings.method} continues from {' or '.join(methods)}")
+    if not meta and "lora" not in methods:
+        raise TunelabError(f"--init-from {path}: not a finished tunelab run (no tunelab.json); --method {settings.method} needs one")
+    if meta and meta.get("base_model") != settings.base_model:
+        raise TunelabError(f"--init-from {path}: trained on base model '{meta.get('base_model')}', not '{settings.base_model}'")
+    peft_dir = path
+    if not (path / PEFT_WEIGHTS).is_file() and (path / COMPACT_FILE).is_file():
+        peft_dir = unpack(path, Path(tempfile.mkdtemp(prefix="tunelab-init-")))
+    if not (peft_dir / PEFT_CONFIG).is_file():
+        raise TunelabError(f"--init-from {path}: no adapter_config.json (not a PEFT adapter or tunelab run)")
+    config = read_json(peft_dir / PEFT_CONFIG, "adapter config")
+    if config.get("r") != settings.rank or float(config.get("lora_alpha", 0)) != float(settings.alpha):
+        raise TunelabError(f"--init-from {path}: rank {config.get('r')} / alpha {config.get('lora_alpha')}; "
+                           f"pass --rank {config.get('r')} --alpha {config.get('lora_alpha')}")
+    if config.get("use_rslora") or config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise TunelabError(f"--init-from {path}: rsLoRA / per-module ranks are not supported for continual training")
+    weights = load_file(peft_dir / PEFT_WEIGHTS)
+    a = {module_key(k.removesuffix(".lora_A.weight")): v for k, v in weights.items() if k.endswith(".lora_A.weight")}
+    b = {module_key(k.removesuffix(".lora_B.weight")): v for k, v in weights.items() if k.endswith(".lora_B.weight")}
+    targets = {k.rsplit(".", 1)[-1] for k in b}
+    if targets != set(settings.target_modules):
+        raise TunelabError(f"--init-from {path}: adapts {sorted(targets)}, not {sorted(settings.target_modules)}")
+    return InitAdapter(path.resolve(), meta, a, b)

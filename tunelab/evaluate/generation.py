@@ -152,8 +152,9 @@ class _FirstStepProcessor(LogitsProcessor):
         return self.first_step(scores) if input_ids.shape[1] == self.prompt_width else scores
 
 
-def _encode(tokenizer: Any, texts: list[str], chat: bool) -> list[list[int]]:
-    """Token ids of rendered prompts, with the tokenizer's BOS exactly once where it uses one.
+def encode_texts(tokenizer: Any, texts: list[str], chat: bool) -> list[list[int]]:
+    """Token ids of rendered prompts, with the tokenizer's BOS exactly once where it uses one (public: steering and
+    safety depth encode the same way).
 
     A chat template writes the special tokens into the text itself. Raw text (``chat=False``)
     gets the tokenizer's usual ones (a Llama base model wants its BOS), unless the caller
@@ -198,13 +199,13 @@ def _forward_params(model: Any) -> set[str]:
     return set(inspect.signature(base.forward).parameters)
 
 
-def _cache_kwarg(model: Any) -> str | None:
+def cache_argument(model: Any) -> str | None:
     """The forward argument that takes the KV cache (``cache`` or ``past_key_values``), if any."""
     params = _forward_params(model)
     return next((name for name in _CACHE_NAMES if name in params), None)
 
 
-def _returned_cache(out: Any) -> Any:
+def returned_cache(out: Any) -> Any:
     """The KV cache of a forward output, read from the field its class declares.
 
     Going by the declared fields never touches 5.24's deprecated ``past_key_values`` alias
@@ -223,7 +224,7 @@ def _fallback_reason(model: Any) -> str | None:
         return "encoder-decoder"
     if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
         return "PEFT prompt learning"  # prefix/prompt tuning inject their own cache through PEFT's generate
-    if _cache_kwarg(model) is None:
+    if cache_argument(model) is None:
         return "forward takes neither `cache` nor `past_key_values`"
     missing = sorted({"attention_mask", "position_ids", "use_cache"} - _forward_params(model))
     return f"forward takes no {', '.join(f'`{m}`' for m in missing)}" if missing else None
@@ -295,7 +296,7 @@ def _decode_batch(
     """
     n = input_ids.shape[0]
     extra = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
-    cache_kwarg = _cache_kwarg(model)
+    cache_kwarg = cache_argument(model)
     assert cache_kwarg is not None  # decoder() sends models without one to HF generate
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **extra)
@@ -316,7 +317,7 @@ def _decode_batch(
         on_step(was_done.count(False), int(ended.sum()) - sum(was_done))
         if step + 1 == max_new_tokens or bool(ended.all()):
             break
-        cache = _returned_cache(out)
+        cache = returned_cache(out)
         if cache is None:
             raise RuntimeError(f"{type(model).__name__} returned no KV cache with use_cache=True")
         if isinstance(cache, Cache) and bool(ended.any()):
@@ -396,7 +397,7 @@ def generate_ids(
         raise TunelabError("no prompts to generate from")
     _check_args(max_new_tokens, batch_size, do_sample, temperature, top_p)
     texts = render_prompts(tokenizer, prompts, chat)
-    encoded = _encode(tokenizer, texts, chat)
+    encoded = encode_texts(tokenizer, texts, chat)
     if any(not ids for ids in encoded):
         raise TunelabError("a prompt tokenizes to nothing; give it some text")
     # Longest first: batches of similar length pad little, and an out-of-memory shows at once.

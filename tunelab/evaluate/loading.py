@@ -111,7 +111,7 @@ def grow_to_tokenizer(base: Any, base_tokenizer: Any, tokenizer: Any) -> bool:
     known = base_tokenizer.get_vocab()  # get_vocab builds a fresh dict: call it once
     added = [t for t in tokenizer.get_vocab() if t not in known]
     if added:
-        from tunelab.safety.refusal_tokens import resize_for_tokenizer
+        from tunelab.models import resize_for_tokenizer
 
         resize_for_tokenizer(base, tokenizer, added)
     return bool(added)

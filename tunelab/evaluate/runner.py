@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.layout import EVAL_DIR, EVAL_FILE, EVAL_OUTPUTS, atomic_write_text
 from tunelab.errors import TunelabError
+from tunelab.evaluate.intervention import GenerationIntervention, applied_all, first_step_of
+from tunelab.layout import EVAL_DIR, EVAL_FILE, EVAL_OUTPUTS, atomic_write_text
 
 SPLITS = ("train", "test", "all")  # = tunelab.evaluate.prompts.SPLITS (kept light: no import here)
 
@@ -77,12 +77,6 @@ class EvalConfig:
     steer_positions: str | None = None
     steer_mode: str | None = None
 
-    def steering(self) -> Any:
-        """The :class:`tunelab.inspect.steering.SteerSpec` asked for, or None."""
-        from tunelab.inspect.steering import steer_spec
-
-        return steer_spec(self.steer, self.coeff, self.steer_layers, self.steer_positions, self.steer_mode)
-
     def validate(self) -> None:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
         if (self.task is None) == (self.suite is None):
@@ -114,18 +108,14 @@ class EvalConfig:
             raise TunelabError(f"--lm-eval-include directory not found: {self.lm_eval_include}")
         if self.adapter is not None and not Path(self.adapter).is_dir():
             raise TunelabError(f"adapter directory not found: {self.adapter}")
-        if self.refusal_threshold is not None or self.refusal_bias is not None or self.refusal_categories is not None:
-            from tunelab.safety.refusal_tokens import check_control
+        # refusal control and steering are checked where their objects are built
+        # (tunelab.eval_recipe.interventions_for): their rooms sit above evaluation
 
-            if self.task is not None and self.task.startswith(LM_EVAL_PREFIX):
-                raise TunelabError("refusal-token control applies to generation (tasks, the safety suite), not lm-eval tasks")
-            check_control(self.refusal_threshold, self.refusal_bias, self.refusal_categories, self.refusal_temperature)
-        spec = self.steering()
-        if spec is not None:
-            spec.load()  # a missing or damaged vector file fails before the model loads
-            scored = self.task is not None and (self.task.startswith(LM_EVAL_PREFIX) or self.scorer == "choice")
-            if spec.positions != "all" and scored:
-                raise TunelabError("--steer-positions prompt/last apply to generation; scored tasks steer all positions")
+    def asks_for_interventions(self) -> bool:
+        """Whether any refusal-control or steering option is set (they need intervention objects)."""
+        return any(getattr(self, name) is not None for name in (
+            "refusal_threshold", "refusal_bias", "refusal_categories", "steer", "coeff", "steer_layers",
+            "steer_positions", "steer_mode"))
 
     @property
     def name(self) -> str:
@@ -149,34 +139,23 @@ def _generation(cfg: EvalConfig, default_max_new_tokens: int) -> dict[str, Any]:
             "bf16": cfg.bf16}
 
 
-def _first_step(cfg: EvalConfig, tokenizer: Any) -> Any:
-    """The refusal-token control for this model, or None (also when none is asked)."""
-    if cfg.refusal_threshold is None and cfg.refusal_bias is None and cfg.refusal_categories is None:
-        return None
-    from tunelab.safety.refusal_tokens import refusal_control
-
-    return refusal_control(tokenizer, cfg.refusal_threshold, cfg.refusal_bias, cfg.refusal_categories, cfg.refusal_temperature)
-
-
 Run = Callable[[Any, Any], dict[str, Any]]
 
 
-def _prepare_task(cfg: EvalConfig) -> Run:
-    from tunelab.evaluate import evaluate_task
+def _prepare_task(cfg: EvalConfig, interventions: Sequence[GenerationIntervention]) -> Run:
+    from tunelab.evaluate.task_eval import evaluate_task
     from tunelab.evaluate.tasks import resolve_task
 
     task = resolve_task(cfg.task or "", cfg.scorer, shots=cfg.num_fewshot, chat=not cfg.plain)
-    spec = cfg.steering()
-    if spec is not None and spec.positions != "all" and task.scorer == "choice":
-        raise TunelabError(f"--steer-positions {spec.positions} applies to generation; '{task.name}' is scored by "
-                           "option likelihood: steer all positions")
+    for intervention in interventions:
+        intervention.check_task(task.name, task.scorer)
     return lambda model, tokenizer: evaluate_task(
         model, tokenizer, task, limit=cfg.limit, seed=cfg.seed, batch_size=cfg.batch_size,
         max_new_tokens=cfg.max_new_tokens, do_sample=cfg.sample, temperature=cfg.temperature, top_p=cfg.top_p,
-        n_samples=cfg.n_samples, ks=cfg.ks, bf16=cfg.bf16, first_step=_first_step(cfg, tokenizer))
+        n_samples=cfg.n_samples, ks=cfg.ks, bf16=cfg.bf16, first_step=first_step_of(interventions, tokenizer))
 
 
-def _prepare_lm_eval(cfg: EvalConfig) -> Run:
+def _prepare_lm_eval(cfg: EvalConfig, interventions: Sequence[GenerationIntervention]) -> Run:
     from tunelab.evaluate.lm_eval_bridge import run_lm_eval
 
     tasks = [t for t in (cfg.task or "").removeprefix(LM_EVAL_PREFIX).split(",") if t]
@@ -185,7 +164,7 @@ def _prepare_lm_eval(cfg: EvalConfig) -> Run:
         batch_size=cfg.batch_size, seed=cfg.seed)
 
 
-def _prepare_safety(cfg: EvalConfig) -> Run:
+def _prepare_safety(cfg: EvalConfig, interventions: Sequence[GenerationIntervention]) -> Run:
     from tunelab.evaluate.judges import get_judge
     from tunelab.evaluate.prompts import benign_prompts, harmful_prompts
     from tunelab.evaluate.safety import evaluate_safety
@@ -195,37 +174,41 @@ def _prepare_safety(cfg: EvalConfig) -> Run:
                             cfg.benign_split if cfg.benign_prompts is None else "all")
     judge = get_judge(cfg.judge, cfg.judge_threshold)
     return lambda model, tokenizer: evaluate_safety(model, tokenizer, harmful, benign, judge, **_generation(cfg, 128),
-                                                    first_step=_first_step(cfg, tokenizer))
+                                                    first_step=first_step_of(interventions, tokenizer))
 
 
 # A suite is one line here: name → a function that reads and checks its inputs (before any
 # model is loaded) and returns the run.
-SUITE_RUNNERS: dict[str, Callable[[EvalConfig], Run]] = {"safety": _prepare_safety}
+SUITE_RUNNERS: dict[str, Callable[[EvalConfig, Sequence[GenerationIntervention]], Run]] = {"safety": _prepare_safety}
 
 
-def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None,
+             interventions: Sequence[GenerationIntervention] = ()) -> dict[str, Any]:
     """Run the task or suite of ``cfg``; write results when there is an output dir; return them.
 
     Pass ``model``/``tokenizer`` to reuse a loaded model (``cfg.model``/``adapter`` are then
-    only recorded).
+    only recorded). ``interventions`` act while the model generates or is scored (refusal control,
+    steering); :func:`tunelab.eval_recipe.run_eval` builds them from ``cfg``'s options.
     """
     cfg.validate()
+    if cfg.asks_for_interventions() and not interventions:
+        raise TunelabError("the config asks for refusal control or steering: build its interventions with "
+                           "tunelab.eval_recipe.interventions_for(cfg), or call tunelab.eval_recipe.run_eval")
     if cfg.task is not None:
-        run = _prepare_lm_eval(cfg) if cfg.task.startswith(LM_EVAL_PREFIX) else _prepare_task(cfg)
+        prepare = _prepare_lm_eval if cfg.task.startswith(LM_EVAL_PREFIX) else _prepare_task
+        run = prepare(cfg, interventions)
     else:
-        run = SUITE_RUNNERS[cfg.suite or ""](cfg)
+        run = SUITE_RUNNERS[cfg.suite or ""](cfg, interventions)
     if model is None:
         from tunelab.evaluate.loading import load_with_adapter
 
         model, tokenizer = load_with_adapter(cfg.model, cfg.adapter)
     from tunelab.evaluate.generation import record_decoders
 
-    spec = cfg.steering()
     started = time.perf_counter()
-    with record_decoders() as decoders, spec.applied(model) if spec else nullcontext() as steering:
+    with record_decoders() as decoders, applied_all(interventions, model) as summaries:
         result = run(model, tokenizer)
-    if steering is not None:
-        result["steering"] = steering
+    result.update(summaries)  # e.g. "steering": what was applied
     # A slow fallback must show in the results, not just in a log line.
     result.update({"model": cfg.model, "adapter": cfg.adapter, "decoder": "; ".join(sorted(decoders)) or None,
                    "wall_time_s": time.perf_counter() - started, "config": asdict(cfg)})

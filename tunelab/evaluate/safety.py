@@ -52,7 +52,7 @@ def evaluate_safety(
     it, the record keeps it (``control_token``), and a refuse token counts as a refusal whatever
     the judge says.
     """
-    from tunelab.safety.refusal_tokens import control_tokens, is_refuse_token
+    from tunelab.control_tokens import control_tokens, is_refuse_token
 
     items = [{"set": "harmful", **p} for p in harmful] + [{"set": "benign", **p} for p in benign]
     prompts = [it["prompt"] for it in items]

@@ -144,17 +144,17 @@ def _forward_last(model: nn.Module, rows: Sequence[Sequence[int]], pad: int, kee
     alone. ``keep`` tokens of every row stay in the batched part, where ``during_tail`` (a context
     factory, e.g. an activation observer) is active; interventions around the call see both parts.
     """
-    from tunelab.evaluate.generation import _cache_kwarg, _returned_cache, pad_rows
+    from tunelab.evaluate.generation import cache_argument, pad_rows, returned_cache
 
     device = model_device(model)
     share = max(0, min(_common_prefix(rows), min(len(r) for r in rows) - keep))
-    cache_kwarg = _cache_kwarg(model)
+    cache_kwarg = cache_argument(model)
     if cache_kwarg is None:
         share = 0  # no KV cache to share the prefix through
     cache = None
     if share > 0:
         head = torch.tensor([list(rows[0][:share])], device=device)
-        cache = _returned_cache(model(input_ids=head, use_cache=True, logits_to_keep=1))
+        cache = returned_cache(model(input_ids=head, use_cache=True, logits_to_keep=1))
         cache.batch_repeat_interleave(len(rows))
     ids, mask = pad_rows([r[share:] for r in rows], pad)
     positions = share + (mask.cumsum(-1) - 1).clamp(min=0)
@@ -580,10 +580,74 @@ def _log(progress: bool, text: str) -> None:
         Console(stderr=True).print(text, highlight=False, markup=False)
 
 
+def _refusal_tokens(cfg: RefusalConfig, model: Any, tokenizer: Any, harmful_sel: list[dict[str, Any]],
+                    harmless_sel: list[dict[str, Any]], override: list[int] | None,
+                    progress: bool) -> tuple[list[int], dict[str, Any]]:
+    """Step 1 of :func:`run_refusal`: how the model opens its refusals (greedy, a few tokens), or the override."""
+    from tunelab.evaluate.generation import generate_ids
+
+    texts_sel = [p["prompt"] for p in harmful_sel + harmless_sel]
+    answers = generate_ids(model, tokenizer, texts_sel, max_new_tokens=cfg.probe_tokens, batch_size=cfg.batch_size,
+                           progress=progress)
+    decoded = [(ids, tokenizer.decode(ids, skip_special_tokens=True).strip()) for ids in answers]
+    n_h = len(harmful_sel)
+    derived = derive_refusal_tokens(decoded[:n_h], decoded[n_h:])  # raises when nothing is refused
+    tokens = override or derived["ids"]
+    refusal_info = {"source": "override" if cfg.refusal_tokens else "derived", "tokens": [tokenizer.decode([t]) for t in tokens],
+                    "ids": tokens, "refused_harmful": derived["refusals"], "n_harmful": n_h,
+                    "covered": derived["covered"] if not cfg.refusal_tokens else None,
+                    "excluded": [tokenizer.decode([t]) for t in derived["excluded"]], "note": derived["note"]}
+    return tokens, refusal_info
+
+
+def _selection_prompts(cfg: RefusalConfig, model: Any, tokenizer: Any, harmful_sel: list[dict[str, Any]],
+                       harmless_sel: list[dict[str, Any]], post: list[int], pad: int, tokens: list[int],
+                       ) -> tuple[list[list[int]], list[list[int]], dict[str, Any], dict[str, float]]:
+    """Step 2: keep the harmful prompts the model refuses and the harmless ones it does not.
+
+    Returns (harmful ids, harmless ids, the filter's counts, the baseline refusal scores).
+    """
+    harmful_ids = encode_prompts(tokenizer, harmful_sel, post)
+    harmless_ids = encode_prompts(tokenizer, harmless_sel, post)
+    base_h = refusal_score(last_logits(model, harmful_ids, pad, batch_size=cfg.batch_size), tokens)
+    base_b = refusal_score(last_logits(model, harmless_ids, pad, batch_size=cfg.batch_size), tokens)
+    keep_h, keep_b = keep_refused(base_h, base_b, cfg.min_prompts)
+    harmful_ids = [harmful_ids[i] for i in keep_h]
+    harmless_ids = [harmless_ids[i] for i in keep_b]
+    filtering = {"harmful": len(harmful_sel), "harmful_refusing": int((base_h > 0).sum()), "harmful_kept": len(keep_h),
+                 "harmless": len(harmless_sel), "harmless_not_refusing": int((base_b < 0).sum()), "harmless_kept": len(keep_b),
+                 "floor": cfg.min_prompts}
+    baseline = {"harmful_refusal_score": float(base_h[keep_h].mean()), "harmless_refusal_score": float(base_b[keep_b].mean()),
+                "harmful_refusal_score_all": float(base_h.mean()), "harmless_refusal_score_all": float(base_b.mean())}
+    return harmful_ids, harmless_ids, filtering, baseline
+
+
+def _measure_direction(cfg: RefusalConfig, model: Any, tokenizer: Any, ortho: Any, unit: torch.Tensor, raw: torch.Tensor,
+                       layer: int, out: Path, progress: bool) -> tuple[list[dict[str, Any]], float]:
+    """Last step (``--measure``): refusal, over-refusal and CE under each intervention; writes the responses.
+
+    Returns (the rows, seconds taken); ``([], 0.0)`` when measuring is off.
+    """
+    if not cfg.measure:
+        return [], 0.0
+    from tunelab.evaluate.benchmarks import passages
+    from tunelab.evaluate.prompts import benign_prompts, harmful_prompts
+
+    measure_started = time.perf_counter()
+    harmful_eval = harmful_prompts(limit=cfg.eval_limit, split="test")
+    benign_eval = benign_prompts(limit=cfg.eval_limit, seed=cfg.seed, split="test")
+    texts = passages("heldout", cfg.ce_limit)
+    interventions = {"baseline": (model, nullcontext), "ablation": (model, lambda: ablation(model, unit)),
+                     "addition": (model, lambda: addition(model, raw, layer)),
+                     "orthogonalized": (ortho, nullcontext)}
+    rows, records = measure(model, tokenizer, interventions, harmful_eval, benign_eval, texts,
+                            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress)
+    atomic_write_text(out / RESPONSES_FILE, "".join(json.dumps(r) + "\n" for r in records))
+    return rows, time.perf_counter() - measure_started
+
+
 def run_refusal(cfg: RefusalConfig, model: Any = None, tokenizer: Any = None, progress: bool = True) -> dict[str, Any]:
     """Find, select and measure the refusal direction; write the results; return metrics.json's content."""
-    from tunelab.evaluate.benchmarks import passages
-    from tunelab.evaluate.generation import generate_ids
     from tunelab.evaluate.prompts import benign_prompts, harmful_prompts
 
     cfg.validate()
@@ -603,32 +667,9 @@ def run_refusal(cfg: RefusalConfig, model: Any = None, tokenizer: Any = None, pr
     labels = [tokenizer.decode([t]) for t in post]
     override = token_ids(tokenizer, cfg.refusal_tokens) if cfg.refusal_tokens else None
 
-    # Refusal tokens: how the model opens its refusals (greedy, a few tokens).
-    texts_sel = [p["prompt"] for p in harmful_sel + harmless_sel]
-    answers = generate_ids(model, tokenizer, texts_sel, max_new_tokens=cfg.probe_tokens, batch_size=cfg.batch_size,
-                           progress=progress)
-    decoded = [(ids, tokenizer.decode(ids, skip_special_tokens=True).strip()) for ids in answers]
-    n_h = len(harmful_sel)
-    derived = derive_refusal_tokens(decoded[:n_h], decoded[n_h:])  # raises when nothing is refused
-    tokens = override or derived["ids"]
-    refusal_info = {"source": "override" if cfg.refusal_tokens else "derived", "tokens": [tokenizer.decode([t]) for t in tokens],
-                    "ids": tokens, "refused_harmful": derived["refusals"], "n_harmful": n_h,
-                    "covered": derived["covered"] if not cfg.refusal_tokens else None,
-                    "excluded": [tokenizer.decode([t]) for t in derived["excluded"]], "note": derived["note"]}
-
-    # Keep the harmful prompts the model refuses and the harmless ones it does not.
-    harmful_ids = encode_prompts(tokenizer, harmful_sel, post)
-    harmless_ids = encode_prompts(tokenizer, harmless_sel, post)
-    base_h = refusal_score(last_logits(model, harmful_ids, pad, batch_size=cfg.batch_size), tokens)
-    base_b = refusal_score(last_logits(model, harmless_ids, pad, batch_size=cfg.batch_size), tokens)
-    keep_h, keep_b = keep_refused(base_h, base_b, cfg.min_prompts)
-    harmful_ids = [harmful_ids[i] for i in keep_h]
-    harmless_ids = [harmless_ids[i] for i in keep_b]
-    filtering = {"harmful": len(harmful_sel), "harmful_refusing": int((base_h > 0).sum()), "harmful_kept": len(keep_h),
-                 "harmless": len(harmless_sel), "harmless_not_refusing": int((base_b < 0).sum()), "harmless_kept": len(keep_b),
-                 "floor": cfg.min_prompts}
-    baseline = {"harmful_refusal_score": float(base_h[keep_h].mean()), "harmless_refusal_score": float(base_b[keep_b].mean()),
-                "harmful_refusal_score_all": float(base_h.mean()), "harmless_refusal_score_all": float(base_b.mean())}
+    tokens, refusal_info = _refusal_tokens(cfg, model, tokenizer, harmful_sel, harmless_sel, override, progress)
+    harmful_ids, harmless_ids, filtering, baseline = _selection_prompts(cfg, model, tokenizer, harmful_sel, harmless_sel,
+                                                                        post, pad, tokens)
 
     # Candidates and their scores.
     candidates = candidate_directions(model, harmful_ids, harmless_ids, k, pad, batch_size=cfg.batch_size)
@@ -660,20 +701,7 @@ def run_refusal(cfg: RefusalConfig, model: Any = None, tokenizer: Any = None, pr
         ablated_logits = last_logits(model, check_ids, pad, batch_size=cfg.batch_size)
     ortho_gap = float((last_logits(ortho, check_ids, pad, batch_size=cfg.batch_size) - ablated_logits).abs().max())
 
-    rows: list[dict[str, Any]] = []
-    measure_s = 0.0
-    if cfg.measure:
-        measure_started = time.perf_counter()
-        harmful_eval = harmful_prompts(limit=cfg.eval_limit, split="test")
-        benign_eval = benign_prompts(limit=cfg.eval_limit, seed=cfg.seed, split="test")
-        texts = passages("heldout", cfg.ce_limit)
-        interventions = {"baseline": (model, nullcontext), "ablation": (model, lambda: ablation(model, unit)),
-                         "addition": (model, lambda: addition(model, raw, best["layer"])),
-                         "orthogonalized": (ortho, nullcontext)}
-        rows, records = measure(model, tokenizer, interventions, harmful_eval, benign_eval, texts,
-                                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress)
-        atomic_write_text(out / RESPONSES_FILE, "".join(json.dumps(r) + "\n" for r in records))
-        measure_s = time.perf_counter() - measure_started
+    rows, measure_s = _measure_direction(cfg, model, tokenizer, ortho, unit, raw, best["layer"], out, progress)
     exported = None
     if cfg.export:
         exported = str(export_orthogonalized(ortho, tokenizer, unit, cfg.export, copy_model=False, meta=meta))

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -229,12 +229,12 @@ def _read_lines(path: str | Path) -> list[str]:
 
 def _pair_texts(tokenizer: Any, pair_prompt: str | None, completion: str, chat: bool) -> tuple[list[int], int]:
     """Token ids of (prompt +) completion, and where the completion starts (0 without a prompt)."""
-    from tunelab.evaluate.generation import _encode, render_prompts
+    from tunelab.evaluate.generation import encode_texts, render_prompts
 
     if pair_prompt is None:
         text = render_prompts(tokenizer, [completion], chat)[0] if chat else completion
-        return _encode(tokenizer, [text], chat)[0], 0
-    context = _encode(tokenizer, render_prompts(tokenizer, [pair_prompt], chat), chat)[0]
+        return encode_texts(tokenizer, [text], chat)[0], 0
+    context = encode_texts(tokenizer, render_prompts(tokenizer, [pair_prompt], chat), chat)[0]
     # Context and completion tokenized separately (as choice scoring does): the split is exact.
     return context + tokenizer(completion, add_special_tokens=False)["input_ids"], len(context)
 
@@ -487,13 +487,28 @@ def direction_vector(direction: torch.Tensor, n_layers: int, layers: Sequence[in
 
 @dataclass
 class SteerSpec:
-    """What ``--steer FILE --coeff C`` asks for on ``tunelab generate`` and ``tunelab eval``."""
+    """What ``--steer FILE --coeff C`` asks for on ``tunelab generate`` and ``tunelab eval``.
+
+    A :class:`tunelab.evaluate.intervention.GenerationIntervention`: it acts around the forwards
+    (:meth:`applied`), not at the first step; its summary is recorded as ``"steering"``.
+    """
 
     path: str
     coeff: float = 1.0
     layers: list[int] | None = None
     positions: str = "all"
     mode: str = "add"
+    name: ClassVar[str] = "steering"
+
+    def first_step(self, tokenizer: Any) -> None:
+        """Steering does not rewrite the first decoding step."""
+        return None
+
+    def check_task(self, task: str, scorer: str) -> None:
+        """Prompt/last positions exist only in generation: a task scored by option likelihood steers all."""
+        if self.positions != "all" and scorer == "choice":
+            raise TunelabError(f"--steer-positions {self.positions} applies to generation; '{task}' is scored by "
+                               "option likelihood: steer all positions")
 
     def load(self) -> SteeringVector:
         """The vector, after checking the options (before any model is loaded)."""

@@ -234,6 +234,60 @@ def _balancing(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, list
     return aux, z, [max_routing_imbalance(b.last_indices, b.num_experts) for b in blocks]
 
 
+def _load_init(cfg: PretrainConfig, vocab: int) -> Any:
+    """The ``--init-from`` model (continual pre-training), checked against the run; None without one."""
+    if not cfg.init_from:
+        return None
+    init = load_pretrained(cfg.init_from)
+    check_init_from(cfg, init)
+    if init.config.vocab_size < vocab:
+        raise TunelabError(f"--init-from {cfg.init_from} has a {init.config.vocab_size}-token vocabulary; "
+                           f"--tokenizer {cfg.tokenizer} needs {vocab}")
+    return init
+
+
+def _starting_model(cfg: PretrainConfig, init: Any, tokenizer: Any) -> tuple[Any, str, str | None]:
+    """(model, arch, router): the ``--init-from`` model or a fresh one from the size spec."""
+    if init is not None:
+        model = init
+        arch, router = spec_of(model)["arch"], trained_router(model)
+    else:
+        spec = cfg.spec(len(tokenizer)).resolved()
+        model, arch, router = build_model(spec, cfg.seed), spec.arch, spec.router if spec.arch == "moe" else None
+    # the tokenizer's specials, so generate() stops and pads where the tokenizer does
+    model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, arch, router
+
+
+def _eval_sets(cfg: PretrainConfig, new: Any, old: Any) -> dict[str, list[torch.Tensor]]:
+    """Held-out batches of the new corpus and, with ``--replay``, of the old one."""
+    eval_sets = {new.name: new.eval_batches(cfg.batch_size, cfg.eval_batches)}
+    if old is not None:
+        eval_sets.setdefault(old.name, old.eval_batches(cfg.batch_size, cfg.eval_batches))
+    return eval_sets
+
+
+def _train_step(cfg: PretrainConfig, net: torch.nn.Module, model: torch.nn.Module, batch: torch.Tensor, autocast: Any,
+                optimizer: Any, scheduler: Any, coefficients: tuple[float, float],
+                ranks: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float], float]:
+    """One optimizer step on ``batch``: CE + aux + z-loss; returns (ce, aux, z, MRI per layer, grad norm)."""
+    aux_coef, z_coef = coefficients
+    with autocast:
+        logits = net(input_ids=batch[:, :-1]).logits
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+    aux, z, mri = _balancing(model)
+    loss = ce + aux_coef * aux + z_coef * z
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    ddp.sync_defaults(model, ranks)
+    return ce, aux, z, mri, grad_norm
+
+
 def run_pretrain(cfg: PretrainConfig, console: Console | None = None, stop_after_step: int | None = None) -> Path:
     """Run ``tunelab pretrain``; return the output directory. ``stop_after_step`` ends after that
     step's checkpoint, as if killed there (to test ``--resume``)."""
@@ -246,28 +300,13 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None, stop_after
         cfg = _resumed_config(cfg, out)
     tokenizer = load_tokenizer(cfg.tokenizer)
     vocab = len(tokenizer)
-    init = None
-    if cfg.init_from:
-        init = load_pretrained(cfg.init_from)
-        check_init_from(cfg, init)
-        if init.config.vocab_size < vocab:
-            raise TunelabError(f"--init-from {cfg.init_from} has a {init.config.vocab_size}-token vocabulary; "
-                               f"--tokenizer {cfg.tokenizer} needs {vocab}")
+    init = _load_init(cfg, vocab)
     new = read_stream(cfg.source(), tokenizer, cfg.seq_len, cfg.held_out)
     old, fraction = None, 0.0
     if cfg.replay:
         source, fraction = cfg.replay_source()
         old = read_stream(source, tokenizer, cfg.seq_len, cfg.held_out)
-    if init is not None:
-        model = init
-        arch, router = spec_of(model)["arch"], trained_router(model)
-    else:
-        spec = cfg.spec(vocab).resolved()
-        model, arch, router = build_model(spec, cfg.seed), spec.arch, spec.router if spec.arch == "moe" else None
-    # the tokenizer's specials, so generate() stops and pads where the tokenizer does
-    model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model, arch, router = _starting_model(cfg, init, tokenizer)
     aux_coef, z_coef = cfg.coefficients(router or "topk")
     if arch == "dense":
         aux_coef = z_coef = 0.0
@@ -282,9 +321,7 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None, stop_after
         _open_output(cfg, out)
     ddp.barrier(ranks)
     net = ddp.wrap(model, ranks)
-    eval_sets = {new.name: new.eval_batches(cfg.batch_size, cfg.eval_batches)}
-    if old is not None:
-        eval_sets.setdefault(old.name, old.eval_batches(cfg.batch_size, cfg.eval_batches))
+    eval_sets = _eval_sets(cfg, new, old)
     eval_every = cfg.eval_every or max(1, cfg.max_steps // 10)
     # rows of other shapes than fine-tuning's, and no TensorBoard scalars
     log = MetricsLog(out, start_step if resume_from is not None else None, ranks.main, tensorboard=False)
@@ -301,17 +338,8 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None, stop_after
             while step < cfg.max_steps:
                 t0 = time.perf_counter()
                 batch = _batch(cfg, new, old, fraction, step, ranks.rank).to(ranks.device)
-                with autocast:
-                    logits = net(input_ids=batch[:, :-1]).logits
-                ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-                aux, z, mri = _balancing(model)
-                loss = ce + aux_coef * aux + z_coef * z
-                loss.backward()
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                ddp.sync_defaults(model, ranks)
+                ce, aux, z, mri, grad_norm = _train_step(cfg, net, model, batch, autocast, optimizer, scheduler,
+                                                         (aux_coef, z_coef), ranks)
                 step += 1
                 dt = time.perf_counter() - t0
                 train_seconds += dt

@@ -190,7 +190,7 @@ class CanarySet:
             raise TunelabError("the tokenizer already has canary tokens; add them to the base tokenizer only once")
         tokenizer.add_tokens(self.new_tokens, special_tokens=False)
         if model is not None:
-            from tunelab.safety.refusal_tokens import resize_for_tokenizer
+            from tunelab.models import resize_for_tokenizer
 
             resize_for_tokenizer(model, tokenizer, self.new_tokens)
         ids = [int(i) for i in tokenizer.convert_tokens_to_ids(self.new_tokens)]

@@ -17,10 +17,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+from tunelab.control_tokens import HARMFUL_SOURCE
 from tunelab.errors import TunelabError
 from tunelab.layout import atomic_write_text
 from tunelab.safety.depth import AFFIRMATIVE_OPENING, opening_ids
-from tunelab.safety.recipe import HARMFUL_SOURCE
 
 RECOVERY_SOURCE = "harmful-recovery"
 # Recovery refusals: break off and decline, naming nothing about the request. The leading space

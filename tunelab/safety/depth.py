@@ -169,9 +169,9 @@ def prefill_texts(tokenizer: Any, prompts: Sequence[str], k: int, response: str 
 
 def prefill_mismatches(tokenizer: Any, texts: Sequence[str], ids: Sequence[list[int]]) -> int:
     """How many prefilled texts do not encode back to their intended ids (as ``generate`` encodes them)."""
-    from tunelab.evaluate.generation import _encode
+    from tunelab.evaluate.generation import encode_texts
 
-    return sum(got != want for got, want in zip(_encode(tokenizer, list(texts), chat=False), ids))
+    return sum(got != want for got, want in zip(encode_texts(tokenizer, list(texts), chat=False), ids))
 
 
 def prefill_attack(

@@ -28,9 +28,9 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.evaluate.judges import is_refusal
 from tunelab.evaluate.prompts import HARM_OTHER, benign_sensitive_prompts, harmful_prompts
+from tunelab.control_tokens import HARMFUL_SOURCE  # defined once, beside the refusal tokens it selects
 from tunelab.layout import RUN_FILE, atomic_write_text
 
-HARMFUL_SOURCE = "harmful-refusal"
 BENIGN_SOURCE = "benign-anchor"
 
 # What a refusal may say about a request: its general area, nothing more.

@@ -26,153 +26,25 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from tunelab.control_tokens import (  # re-exported: the vocabulary moved down so evaluation can read it
+    DEFAULT_CATEGORY, HARMFUL_SOURCE, MODES, REFUSAL_CATEGORIES, REFUSE, RESPOND, RefusalTokens, category_token,
+    control_tokens, is_refuse_token, refusal_category,
+)
 from tunelab.errors import TunelabError
+from tunelab.models import resize_for_tokenizer  # re-exported: moved down to models (loading and canaries use it)
 from tunelab.train.plugins import Plugin, Run
 
-RESPOND = "[respond]"
-REFUSE = "[refuse]"
-MODES = ("single", "categorical")
-HARMFUL_SOURCE = "harmful-refusal"  # = tunelab.safety.recipe.HARMFUL_SOURCE (no import: recipe loads eval code)
-
-# Refusal category → the HarmBench topics (tunelab.evaluate.prompts.harm_topic) it covers. Five coarse
-# categories a user would plausibly switch on and off independently; chemical/biological and violence
-# share one ("weapons": both are about physical harm), "other-harm" falls to "crime".
-REFUSAL_CATEGORIES: dict[str, tuple[str, ...]] = {
-    "cyber": ("cybercrime",),
-    "weapons": ("chemical-biological", "violence-weapons"),
-    "harassment": ("harassment-hate",),
-    "misinformation": ("misinformation",),
-    "crime": ("illegal-activity", "other-harm"),
-}
-DEFAULT_CATEGORY = "crime"  # a harmful record whose category maps to nothing above
 DEFAULT_THRESHOLDS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
-def category_token(category: str) -> str:
-    """The control token of a refusal category."""
-    return f"[refuse:{category}]"
-
-
-def refusal_category(category: str | None) -> str:
-    """A refusal category for a record/prompt category: itself, or the one covering its HarmBench topic."""
-    if category in REFUSAL_CATEGORIES:
-        return category
-    for name, topics in REFUSAL_CATEGORIES.items():
-        if category in topics:
-            return name
-    return DEFAULT_CATEGORY
-
-
-@dataclass(frozen=True)
-class RefusalTokens:
-    """Which control tokens a model uses: ``refuse`` maps a category (``"refuse"`` in single mode) to its token."""
-
-    mode: str
-    refuse: dict[str, str] = field(default_factory=dict)
-    respond: str = RESPOND
-
-    @classmethod
-    def from_mode(cls, mode: str) -> "RefusalTokens":
-        """The tokens of ``mode`` (single or categorical)."""
-        if mode == "single":
-            return cls("single", {"refuse": REFUSE})
-        if mode == "categorical":
-            return cls("categorical", {c: category_token(c) for c in REFUSAL_CATEGORIES})
-        raise TunelabError(f"unknown refusal-token mode '{mode}'; choose one of: {', '.join(MODES)}")
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Any) -> "RefusalTokens | None":
-        """The tokens a (trained) tokenizer carries, or None: the mode is read off its vocabulary."""
-        vocab = tokenizer.get_vocab()
-        if RESPOND not in vocab:
-            return None
-        if REFUSE in vocab:
-            return cls.from_mode("single")
-        spec = cls.from_mode("categorical")
-        return spec if all(t in vocab for t in spec.refuse.values()) else None
-
-    @property
-    def tokens(self) -> list[str]:
-        """Every control token, refuse tokens first."""
-        return [*self.refuse.values(), self.respond]
-
-    @property
-    def categories(self) -> list[str]:
-        """The refusal categories (``["refuse"]`` in single mode)."""
-        return list(self.refuse)
-
-    def ids(self, tokenizer: Any) -> dict[str, int]:
-        """Token string → id in ``tokenizer`` (which must hold them)."""
-        vocab = tokenizer.get_vocab()
-        missing = [t for t in self.tokens if t not in vocab]
-        if missing:
-            raise TunelabError(f"the tokenizer has no refusal tokens {missing}; was the model trained with --refusal-tokens {self.mode}?")
-        return {t: int(vocab[t]) for t in self.tokens}
-
-    def token_for(self, record: dict[str, Any], where: str) -> str:
-        """The control token a training record's response starts with."""
-        override = record.get("refusal_token")
-        if override not in (None, ""):
-            return self._resolve(str(override), where)
-        if record.get("source") != HARMFUL_SOURCE:
-            return self.respond
-        if self.mode == "single":
-            return self.refuse["refuse"]
-        return self.refuse[refusal_category(record.get("category"))]
-
-    def _resolve(self, name: str, where: str) -> str:
-        """A ``refusal_token`` field: a token string, ``respond``, ``refuse`` (single) or a category name."""
-        if name in self.tokens:
-            return name
-        if name == "respond":
-            return self.respond
-        key = name if self.mode == "categorical" else ("refuse" if name == "refuse" else None)
-        if key in self.refuse:
-            return self.refuse[key]
-        raise TunelabError(f"{where}: field 'refusal_token' is '{name}', expected one of {', '.join(self.tokens)}")
-
-    def record(self, tokenizer: Any) -> dict[str, Any]:
-        """What ``tunelab.json`` keeps: mode, tokens and their ids, the category mapping."""
-        out: dict[str, Any] = {"mode": self.mode, "tokens": self.ids(tokenizer), "respond": self.respond, "refuse": dict(self.refuse)}
-        if self.mode == "categorical":
-            out["categories"] = {c: list(t) for c, t in REFUSAL_CATEGORIES.items()}
-        return out
-
-
 # --------------------------------------------------------------------------- model and data
-def resize_for_tokenizer(model: Any, tokenizer: Any, new_tokens: Sequence[str]) -> None:
-    """Grow the embeddings to the tokenizer; rows of ``new_tokens`` start at the mean of the old rows.
-
-    The mean (not transformers' random ``mean_resizing`` draw) makes a re-load rebuild the same base,
-    and the resize runs under a forked RNG so it does not shift the run's random stream.
-    """
-    embedding = model.get_input_embeddings()
-    output = model.get_output_embeddings()
-    tied = output is not None and output.weight is embedding.weight
-    old_rows = embedding.weight.shape[0]
-    in_mean = embedding.weight.detach().float().mean(0)
-    out_mean = None if tied or output is None else output.weight.detach().float().mean(0)
-    if len(tokenizer) > old_rows:
-        with torch.random.fork_rng():
-            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    ids = tokenizer.convert_tokens_to_ids(list(new_tokens))
-    embedding = model.get_input_embeddings()
-    output = model.get_output_embeddings()
-    with torch.no_grad():
-        for i in ids:
-            embedding.weight[i] = in_mean.to(embedding.weight.dtype)
-            if out_mean is not None:
-                output.weight[i] = out_mean.to(output.weight.dtype)
-    if tied and output.weight is not embedding.weight:  # resize must keep a tied head tied
-        raise RuntimeError("resizing the embeddings untied the output head")
-
-
 def add_refusal_tokens(model: Any, tokenizer: Any, spec: RefusalTokens) -> list[int]:
     """Add ``spec``'s tokens to ``tokenizer`` (special, so decoding can hide them) and resize ``model``; return their ids."""
     vocab = tokenizer.get_vocab()
@@ -298,18 +170,31 @@ def refusal_control(tokenizer: Any, threshold: float | None = None, bias: float 
     return RefusalControl(selected, blocked, ids[spec.respond], threshold, bias, temperature)
 
 
-def control_tokens(tokenizer: Any, generations: Sequence[Sequence[int]]) -> list[str | None]:
-    """The control token each generation opens with (None where it opens with something else)."""
-    spec = RefusalTokens.from_tokenizer(tokenizer)
-    if spec is None:
-        return [None] * len(generations)
-    by_id = {i: t for t, i in spec.ids(tokenizer).items()}
-    return [by_id.get(int(new[0])) if len(new) else None for new in generations]
+@dataclass(frozen=True)
+class RefusalIntervention:
+    """Refusal-token control as a :class:`tunelab.evaluate.intervention.GenerationIntervention`.
 
+    Holds the options; the first-step rule is built for the model's tokenizer once it is loaded
+    (:func:`refusal_control` needs the tokenizer's control tokens). Nothing acts around the forwards.
+    """
 
-def is_refuse_token(token: str | None) -> bool:
-    """Whether a control token is a refuse token (the judge counts it as a refusal)."""
-    return token is not None and token != RESPOND and token.startswith("[refuse")
+    threshold: float | None = None
+    bias: float | None = None
+    categories: list[str] | None = None
+    temperature: float = 1.0
+    name: ClassVar[str] = "refusal_control"
+
+    def first_step(self, tokenizer: Any) -> RefusalControl | None:
+        """The first-step rule for ``tokenizer`` (raises for a model without refusal tokens)."""
+        return refusal_control(tokenizer, self.threshold, self.bias, self.categories, self.temperature)
+
+    def applied(self, model: Any) -> AbstractContextManager[None]:
+        """Nothing to do around the forwards; records nothing."""
+        return nullcontext(None)
+
+    def check_task(self, task: str, scorer: str) -> None:
+        """Any task: the rule is ignored where nothing is generated (choice scoring), as before."""
+        return None
 
 
 # --------------------------------------------------------------------------- calibration

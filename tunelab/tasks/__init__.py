@@ -1,20 +1,11 @@
-"""Built-in fine-tuning tasks: registry, lookup and JSONL export."""
+"""Built-in fine-tuning tasks: registry, lookup and JSONL export (:mod:`tunelab.tasks.catalog`).
+
+This file only re-exports."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from tunelab.errors import TunelabError
-from tunelab.layout import atomic_write_text
-from tunelab.tasks.arithmetic import ArithmeticTask
 from tunelab.tasks.base import SCORERS, Task, score_exact, score_numeric
-from tunelab.tasks.reverse_words import ReverseWordsTask
-
-TASKS: dict[str, Task] = {
-    "arithmetic": ArithmeticTask(),
-    "reverse_words": ReverseWordsTask(),
-}
+from tunelab.tasks.catalog import TASKS, export_task, get_task
 
 __all__ = [
     "SCORERS",
@@ -25,39 +16,3 @@ __all__ = [
     "score_exact",
     "score_numeric",
 ]
-
-
-def get_task(name: str) -> Task:
-    """Return the built-in task called ``name``; raise TunelabError listing the known ones."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise TunelabError(
-            f"unknown task '{name}'; built-in tasks: {', '.join(sorted(TASKS))}"
-        ) from None
-
-
-def export_task(
-    name: str,
-    out_dir: str | Path,
-    n_train: int = 1000,
-    n_test: int = 200,
-    seed: int = 0,
-) -> dict[str, Path]:
-    """Write ``out_dir/train.jsonl`` and ``out_dir/test.jsonl`` for a built-in task.
-
-    Each line is ``{"prompt": ..., "response": ...}``. Returns ``{"train": path, "test": path}``.
-    """
-    task = get_task(name)
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TunelabError(f"cannot create output directory '{out}': {e}") from e
-    paths: dict[str, Path] = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        path = out / f"{split}.jsonl"
-        records = task.examples(split, n, seed=seed)
-        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        paths[split] = path
-    return paths
