@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -179,18 +179,24 @@ def load_pretrained(directory: str | Path) -> torch.nn.Module:
     """A saved model with its trained routers (and EMA defaults) restored; fp32."""
     from transformers import AutoModelForCausalLM
 
+    from safetensors import SafetensorError
+
+    from tunelab.files import load_safetensors
+    from tunelab.models import check_model_dir
+
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise TunelabError(f"{directory}: not a model directory (no config.json)")
+    check_model_dir(directory)  # a truncated config or weights file: one line naming it, before transformers
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise TunelabError(f"cannot load {directory}: {str(exc).splitlines()[0]}") from exc
     if getattr(model.config, "num_local_experts", None) is not None:
         install_blocks(model)
         state = directory / MOE_STATE_FILE
         if state.is_file():
-            tensors = load_file(str(state))
+            _, tensors = load_safetensors(state, "Default MoE state")
             for i, block in enumerate(moe_blocks(model)):
                 if f"layers.{i}.defaults" in tensors:
                     block.defaults = tensors[f"layers.{i}.defaults"].to(block.defaults)

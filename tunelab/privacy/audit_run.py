@@ -94,16 +94,32 @@ def load_canary_file(path: str | Path) -> tuple[list[dict[str, Any]], list[bool]
         return cs.records(), [c.member for c in cs.canaries], describe(cs)
     from tunelab.data import read_rows, validate_record
 
+    text_cells = path.suffix.lower() == ".csv"  # CSV has no booleans: its cells are text
     records, member = [], []
     for where, row in read_rows(path):
-        if not isinstance(row, dict) or not isinstance(row.get("member"), bool):
+        flag = _membership(row.get("member") if isinstance(row, dict) else None, text_cells)
+        if flag is None:
             raise TunelabError(f"{where}: field 'member' must be true or false (is this canary trained on?)")
         record = {k: v for k, v in row.items() if k != "member"}
         validate_record(record, where)
         records.append(record)
-        member.append(row["member"])
+        member.append(flag)
     return records, member, {"family": "user", "m": len(records), "members": sum(member),
                              "non_members": len(member) - sum(member), "file": str(path)}
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _membership(value: Any, text_cells: bool) -> bool | None:
+    """A row's ``member`` as a bool; CSV text ``true``/``false``/``1``/``0``/``yes``/``no`` (any case)
+    counts there only — JSON has real booleans and keeps them strict. ``None``: not a membership value."""
+    if isinstance(value, bool):
+        return value
+    if text_cells and isinstance(value, str):
+        word = value.strip().lower()
+        return True if word in _TRUE else False if word in _FALSE else None
+    return None
 
 
 def describe(cs: CanarySet) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Sequence
 import yaml
 
 from tunelab.errors import TunelabError
+from tunelab.files import read_json
 
 from tunelab.layout import COMPACT_FILE, CONFIG_FILE, EVAL_FILE, MASK_FILE, METRICS_FILE, PEFT_WEIGHTS, RUN_FILE
 
@@ -247,7 +248,8 @@ def collect(paths: Sequence[str | os.PathLike[str]]) -> ReportData:
             data.figures += _read_figures(d, root, data)
     if not (data.runs or data.evals or data.demos or data.figures):
         shown = ", ".join(str(p) for p in inputs)
-        raise TunelabError(f"no tunelab runs, evaluations or demo results found under {shown}")
+        skipped = f"; {'; '.join(data.notes)}" if data.notes else ""  # name the files that could not be read
+        raise TunelabError(f"no tunelab runs, evaluations or demo results found under {shown}{skipped}")
     return data
 
 
@@ -269,10 +271,11 @@ def _walk(root: Path, depth: int) -> list[Path]:
 
 
 def _read_json(path: Path, notes: list[str]) -> Any:
+    """A JSON file the report reads; an unreadable one is noted (file, line, why) and skipped."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        notes.append(f"skipped {path}: {type(exc).__name__}: {exc}")
+        return read_json(path, "metrics file", expect=None)
+    except TunelabError as exc:  # e.g. "FILE:1: malformed JSON (...)": a truncated write
+        notes.append(f"skipped {exc}")
         return None
 
 
