@@ -280,7 +280,9 @@ def inspect_interference(dirs: Sequence[str | os.PathLike[str]], output: str | o
         result["merged"] = str(merged)
         run_file = Path(merged) / "tunelab.json"
         if run_file.is_file():
-            run = json.loads(run_file.read_text())
+            from tunelab.files import read_json
+
+            run = read_json(run_file, "run record")
             result.update(merge_method=run.get("merge_method"), weights=run.get("weights"))
     return write_metrics(result, output).parent
 

@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from tunelab.errors import TunelabError
+from tunelab.files import load_safetensors, read_json
 
 CHECKPOINT_DIR = "checkpoint"
 _OLD = ".checkpoint-old"
@@ -80,7 +83,11 @@ def find_checkpoint(out_dir: Path) -> Path | None:
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], tuple[dict[str, torch.Tensor], dict[str, Any]], dict[str, Any]]:
     """(trainable weights, update-rule state, progress) of a checkpoint; restores the RNG."""
-    state = json.loads((path / "state.json").read_text())
-    torch.set_rng_state(load_file(path / "rng.safetensors")["torch"])
-    rule_state = (load_file(path / "update_rule.safetensors"), state["update_rule"])
-    return load_file(path / "trainable.safetensors"), rule_state, state["progress"]
+    # A checkpoint truncated by a full disk or a kill mid-write is one line naming the file.
+    state = read_json(path / "state.json", "checkpoint state")
+    if not {"update_rule", "progress"} <= set(state):
+        raise TunelabError(f"{path / 'state.json'}: not a tunelab checkpoint state (no update_rule/progress)")
+    tensors = {name: load_safetensors(path / f"{name}.safetensors", "checkpoint")[1]
+               for name in ("rng", "update_rule", "trainable")}
+    torch.set_rng_state(tensors["rng"]["torch"])
+    return tensors["trainable"], (tensors["update_rule"], state["update_rule"]), state["progress"]
