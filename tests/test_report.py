@@ -205,7 +205,7 @@ def test_bad_input(tmp_path: Path, runs: Path):
     # A corrupt file in one run costs that run, not the report; the footer says why.
     (runs / "demo" / "lora" / "tunelab.json").write_text("{oops")
     page = render_report([runs])
-    assert "demo/lori-s" in page and "skipped" in page and "JSONDecodeError" in page
+    assert "demo/lori-s" in page and "skipped" in page and "malformed JSON" in page
 
 
 def test_series_formats():

@@ -101,16 +101,16 @@ def test_privacy_section(audits: Path):
 
     rows = rows_of(text)
     header = rows[0]
-    for col in ("TPR@0.1% FPR", "TPR@1% FPR", "TPR@10% FPR", "AUROC", "ε_LB", "ceiling", "threshold"):
+    for col in ("TPR@0.1% FPR", "TPR@1% FPR", "TPR@10% FPR", "AUROC", "ε_LB (ceiling)"):
         assert col in header, col
+    assert "threshold" not in header and "Threshold strategy: bonferroni (hull, K=12)" in text  # one strategy: caption
     body = rows[1:]
     assert len(body) == 4  # one per (audit, score)
     # headline first within each audit, marked with a star
     assert body[0].startswith("lora-canaries") and "bigram" in body[0] and "secret_loss ★" in body[0]
     assert "sequence_loss" in body[1] and "★" not in body[1]
     assert body[2].startswith("lora-unigram") and "unigram" in body[2] and "sequence_loss ★" in body[2]
-    for value in ("1,000 (503 / 497)", "–1", "12.0% [5.0–20.0]", "40.0% [30.0–50.0]", "0.710 [0.680–0.740]", "1.23", "4.41",
-                  "bonferroni (hull, K=12)"):
+    for value in ("1,000 (503 / 497)", "–1", "12.0% [5.0–20.0]", "40.0% [30.0–50.0]", "0.710 [0.680–0.740]", "1.23 (4.41)"):
         assert value in body[0], (value, body[0])
     for value in ("2,000 (1,000 / 1,000)", "2.1% [0.4–5.0]", "30.0% [25.0–35.0]", "77.0% [70.0–80.0]", "0.930 [0.910–0.950]",
                   "5.02", "(at ceiling)", "5.3"):

@@ -730,6 +730,8 @@ def _privacy_table(rows: list[_PrivacyRow], palette: Palette) -> Markup:
     fprs = _privacy_fprs(rows)
     settings = {(fmt_num(_privacy_value(r, "delta")), fmt_num(_privacy_value(r, "significance"))) for r in rows}
     per_row_settings = len(settings) > 1  # one caption line when every audit used the same δ and significance
+    strategies = {str(_privacy_strategy(r) or "–") for r in rows}
+    per_row_strategy = len(strategies) > 1  # else the caption names the one strategy
     refusals: dict[str, int] = {}
     body = []
     for r in rows:
@@ -738,21 +740,22 @@ def _privacy_table(rows: list[_PrivacyRow], palette: Palette) -> Markup:
         n_in = r.values.get("n_members") if number(r.values.get("n_members")) is not None else canaries.get("members")
         n_out = r.values.get("n_non_members") if number(r.values.get("n_non_members")) is not None else canaries.get("non_members")
         eps, ceiling = _privacy_epsilon(r)
-        eps_cell: Any = _fmt_eps(eps)
+        # ε_LB and its ceiling share a column: the table must fit a 1280 px page (issue 24)
+        eps_cell: Any = f"{_fmt_eps(eps)} ({_fmt_eps(ceiling)})"
         if eps is not None and ceiling and eps >= NEAR_CEILING * ceiling:
             eps_cell = Markup(f'{esc(eps_cell)} <span class="delta-neg" title="ε_LB is at least {NEAR_CEILING:.0%} of what a '
                               f'perfect attack could show with these canaries: more canaries needed">(at ceiling)</span>')
-        detail = r.values.get("epsilon") if isinstance(r.values.get("epsilon"), dict) else {}
-        strategy = detail.get("threshold_strategy") or _privacy_value(r, "threshold_strategy")
         body.append([
             swatch(palette(r.ev.subject), r.label), r.family, r.score + (" ★" if r.headline else ""),
             f"{fmt_int(m)} ({fmt_int(n_in)} / {fmt_int(n_out)})",
             *[_privacy_tpr_cell(r, f, refusals) for f in fprs],
-            _fmt_auroc(r.values.get("auroc")), eps_cell, _fmt_eps(ceiling), str(strategy) if strategy else "–",
+            _fmt_auroc(r.values.get("auroc")), eps_cell,
+            *([str(_privacy_strategy(r) or "–")] if per_row_strategy else []),
             *([fmt_num(_privacy_value(r, "delta")), fmt_num(_privacy_value(r, "significance"))] if per_row_settings else []),
         ])
-    headers = ["model / run", "canary family", "attack score", "m (members / non-members)",
-               *[f"TPR@{f * 100:g}% FPR" for f in fprs], "AUROC", "ε_LB", "ceiling", "threshold",
+    headers = ["model / run", "canaries", "score", "m (in / out)",
+               *[f"TPR@{f * 100:g}% FPR" for f in fprs], "AUROC", "ε_LB (ceiling)",
+               *(["threshold"] if per_row_strategy else []),
                *(["δ", "significance"] if per_row_settings else [])]
     delta, significance = next(iter(settings)) if settings else ("–", "–")
     at = "at each row's δ and significance" if per_row_settings else f"at δ = {delta} and significance {significance}"
@@ -767,14 +770,21 @@ def _privacy_table(rows: list[_PrivacyRow], palette: Palette) -> Markup:
         "TPR@FPR: members found when that share of non-members is wrongly flagged, "
         f"with {level}bootstrap CIs in brackets "
         "(percent); refused (–) when there are too few non-members for that FPR to allow even one false positive. "
-        "AUROC with its CI. ★ marks each audit's headline score.")
+        "AUROC with its CI. ★ marks each audit's headline score. m (in / out): canaries, members / non-members."
+        + ("" if per_row_strategy else f" Threshold strategy: {next(iter(strategies))}."))
     notes = ""
     if refusals:
         notes = '<p class="note">' + "; ".join(f"<sup>{i}</sup> {esc(reason)}" for reason, i in refusals.items()) + "</p>"
     fpr_cols = tuple(range(4, 4 + len(fprs)))
-    numeric = (3, *fpr_cols, 4 + len(fprs), 5 + len(fprs), 6 + len(fprs),
-               *((8 + len(fprs), 9 + len(fprs)) if per_row_settings else ()))
+    after = 6 + len(fprs) + per_row_strategy  # first column past AUROC, ε_LB (and threshold)
+    numeric = (3, *fpr_cols, 4 + len(fprs), 5 + len(fprs), *((after, after + 1) if per_row_settings else ()))
     return Markup(table(headers, body, numeric=numeric, caption=caption) + notes)
+
+
+def _privacy_strategy(row: _PrivacyRow) -> Any:
+    """The threshold strategy behind a row's ε_LB."""
+    detail = row.values.get("epsilon") if isinstance(row.values.get("epsilon"), dict) else {}
+    return detail.get("threshold_strategy") or _privacy_value(row, "threshold_strategy")
 
 
 def _privacy_roc(row: _PrivacyRow) -> tuple[list[float], list[float]]:
