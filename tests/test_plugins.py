@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import tiny_config
 from tunelab.errors import TunelabError
-from tunelab.finetune import train
-from tunelab.train import Plugin, Run, StepInfo, TrainConfig, fit
+from tunelab.finetune import TrainConfig, train
+from tunelab.train import Plugin, Run, StepInfo, fit
 
 
 
