@@ -89,7 +89,6 @@ class PrivateTraining:
         require_one_process(run)  # Poisson sampling and the secret noise live in one process
         cfg = run.cfg
         self.run_cfg = cfg
-        self.dp: DPConfig = cfg.dp  # the run's ``dp`` section
         dp = self.dp
         n = len(run.examples)
         if cfg.batch_size > n:
@@ -146,6 +145,11 @@ class PrivateTraining:
         return {"dp": self.ledger().as_dict()}
 
     # -- shared by the DP rules --------------------------------------------------------------
+    @property
+    def dp(self) -> DPConfig:
+        """The run's ``dp`` section (the options of this rule)."""
+        return self.run_cfg.dp
+
     def dp_steps_done(self) -> int:
         """Optimizer steps taken so far (each one a use of the private data): the rule's ``steps_done``."""
         return getattr(self, "steps_done", 0)  # 0 before setup
