@@ -260,12 +260,16 @@ def section_types(cls: type) -> dict[str, type]:
             if isinstance(hints.get(f.name), type) and is_dataclass(hints[f.name])}
 
 
+def flat_name(f: dataclasses.Field) -> str:
+    """A section option's flat key: its flag's name (``canary_family`` for ``canary.family``,
+    whose flag is ``--canary-family``)."""
+    return flag_name(f)[2:].replace("-", "_")
+
+
 @functools.cache
 def flat_names(cls: type) -> dict[str, tuple[str, str]]:
-    """Flat key → (section, field) for every section option of ``cls``: its flag's name
-    (``canary_family`` for ``canary.family``, whose flag is ``--canary-family``)."""
-    return {flag_name(f)[2:].replace("-", "_"): (section, f.name)
-            for section, sub in section_types(cls).items() for f in fields(sub)}
+    """Flat key → (section, field) for every section option of ``cls``."""
+    return {flat_name(f): (section, f.name) for section, sub in section_types(cls).items() for f in fields(sub)}
 
 
 def fold(cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -342,8 +346,7 @@ def sectioned(cls: type[C]) -> type[C]:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in sections:
-                values.update({flag_name(s)[2:].replace("-", "_"): v
-                               for s, v in zip(fields(value), dataclasses.astuple(value))})
+                values.update({flat_name(s): v for s, v in zip(fields(value), dataclasses.astuple(value))})
             else:
                 values[f.name] = dataclasses.asdict(self)[f.name] if is_dataclass(value) else _copy(value)
         return values

@@ -42,8 +42,8 @@ from typing import Any, Callable
 
 from rich.console import Console
 
-from tunelab.configs import sectioned
-from tunelab.options import option
+from tunelab.configs import flat_name, sectioned
+from tunelab.options import meta, option
 from tunelab.privacy.train_config import CanaryConfig, DPConfig
 from tunelab.registry import Registry
 from tunelab.safety.train_config import ConstrainedConfig, RefusalTokensConfig, SafetyCheckConfig
@@ -127,8 +127,8 @@ class _WithSections:
         names = []
         for name in SECTIONS:
             section = getattr(self, name)
-            names += [f.metadata.get("flag", "--" + f.name)[2:].replace("-", "_") for f in dataclasses.fields(section)
-                      if f.metadata.get("plugin") and getattr(section, f.name) not in (f.default, 0)]
+            names += [flat_name(f) for f in dataclasses.fields(section)
+                      if meta(f, "plugin") and getattr(section, f.name) not in (f.default, 0)]
         return names + LoopConfig.plugin_options_set(self)  # type: ignore[arg-type]
 
     def beta_schedule(self) -> BetaSchedule:
