@@ -52,7 +52,7 @@ def arithmetic_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_config(data: Path, output: Path, method: str = "lora", **kw):
     """A fast TrainConfig on tiny-random."""
-    from tunelab.train import TrainConfig
+    from tunelab.finetune import TrainConfig
 
     values = dict(model="tiny-random", data=str(data), method=method, output=str(output), rank=4, alpha=8,
                   max_steps=4, batch_size=4, seed=123, lr=1e-2, save_every=0, bf16=False)

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import tiny_config
 from tunelab.errors import TunelabError
-from tunelab.finetune import train
-from tunelab.train import Plugin, Run, StepInfo, TrainConfig, fit
+from tunelab.finetune import TrainConfig, train
+from tunelab.train import Plugin, Run, StepInfo, fit
 
 
 
@@ -131,3 +131,65 @@ def test_metrics_after_resume_hold_each_step_once(qa_file: Path, tmp_path: Path)
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert 9.0 not in [json.loads(line)["loss"] for line in metrics.read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------- config sections
+def test_sections_nested_and_flat_give_the_same_config(tmp_path: Path) -> None:
+    """``dp: {noise_multiplier: 1.0}`` in YAML is ``noise_multiplier: 1.0`` is the flag; a flag
+    overrides one option of a YAML section."""
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("data: d.jsonl\noutput: out\noptimizer: dp-zo\ndp: {noise_multiplier: 1.0, noise: laplace}\n"
+                      "canary:\n  count: 8\n  family: unigram\nrefusal: {tokens: single}\nsafety_check: {eval_limit: 3}\n")
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("data: d.jsonl\noutput: out\noptimizer: dp-zo\nnoise_multiplier: 1.0\nnoise: laplace\n"
+                    "canaries: 8\ncanary_family: unigram\nrefusal_tokens: single\nsafety_eval_limit: 3\n")
+    a, b = TrainConfig.from_sources(nested), TrainConfig.from_sources(flat)
+    assert a == b and a.dp.noise_multiplier == 1.0 and a.canary.count == 8 and a.refusal.tokens == "single"
+    assert TrainConfig.from_sources(None, data="d.jsonl", output="out", optimizer="dp-zo", noise_multiplier=1.0,
+                                    noise="laplace", canaries=8, canary_family="unigram", refusal_tokens="single",
+                                    safety_eval_limit=3) == a
+    over = TrainConfig.from_sources(nested, noise="gaussian")  # one option of the section, the rest kept
+    assert over.dp.noise == "gaussian" and over.dp.noise_multiplier == 1.0
+    assert a.to_dict()["canary_family"] == "unigram" and "canary" not in a.to_dict()  # saved flat, as older runs
+    assert TrainConfig(**a.to_dict()) == a
+
+
+def test_section_errors_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: d.jsonl\noutput: out\ndp:\n  noise_multiplyer: 1.0\n")
+    with pytest.raises(TunelabError, match=r"bad.yaml:4: unknown option 'dp.noise_multiplyer'"):
+        TrainConfig.from_sources(bad)
+    bad.write_text("data: d.jsonl\noutput: out\ndp:\n  clip: fast\n")
+    with pytest.raises(TunelabError, match=r"bad.yaml:4: dp.clip: expected a number, got 'fast'"):
+        TrainConfig.from_sources(bad)
+    bad.write_text("data: d.jsonl\noutput: out\nnoise: laplace\ndp: {noise: laplace}\n")
+    with pytest.raises(TunelabError, match="given twice"):
+        TrainConfig.from_sources(bad)
+    with pytest.raises(TunelabError, match="--noise-multiplier only applies to --optimizer dp-zo or dp-sgd"):
+        TrainConfig.from_sources(None, data="d.jsonl", output="out", dp={"noise_multiplier": 1.0})
+
+
+def test_every_plugin_option_belongs_to_a_registered_section() -> None:
+    """The sections are exactly SECTIONS' entries; the loop's config has no plug-in options but ``objective``."""
+    import dataclasses
+
+    from tunelab.finetune import RULES, SECTIONS
+    from tunelab.train.config import TrainConfig as LoopConfig
+
+    sections = {f.name: f.type for f in dataclasses.fields(TrainConfig) if f.name in SECTIONS}
+    assert list(sections) == list(SECTIONS) and all(sections[n] is SECTIONS.get(n).config for n in SECTIONS)
+    assert [f.name for f in dataclasses.fields(LoopConfig) if f.metadata.get("plugin")] == ["objective"]
+    assert RULES.names() == ("adamw", "zo", "dp-zo", "dp-sgd")
+    with pytest.raises(TunelabError, match="unknown optimizer 'adamv'"):
+        TrainConfig.from_sources(None, data="d.jsonl", output="out", optimizer="adamv")
+
+
+def test_saved_run_configs_load() -> None:
+    """Old runs' flat ``config`` (tunelab.json) builds the sectioned config unchanged."""
+    root = Path(__file__).parent / "data" / "saved" / "runs"
+    for record in root.glob("*/tunelab.json"):
+        saved = json.loads(record.read_text()).get("config")
+        if saved is None or "optimizer" not in saved:
+            continue
+        cfg = TrainConfig(**saved)
+        assert cfg.to_dict() == saved, record

@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from tests.conftest import tiny_config
 from tunelab.data import Collator, tokenize_records
 from tunelab.errors import TunelabError
-from tunelab.finetune import train
+from tunelab.finetune import TrainConfig, train
 from tunelab.privacy.dp import physical_batches
 from tunelab.privacy.dp_sgd import DPSGD, PerSampleHooks
-from tunelab.train import TrainConfig, fit
+from tunelab.train import fit
 
 DP = {"optimizer": "dp-sgd", "noise_multiplier": 1.0}
 # Opacus's full backward hooks warn on modules whose inputs need no gradient (token ids, frozen layers)

@@ -16,7 +16,8 @@ from tests.test_bad_input import assert_one_line, run_cli, train_args
 
 from tunelab.privacy.dp import PoissonBatches, physical_batches
 from tunelab.privacy.dp_zo import DPZO
-from tunelab.train import TrainConfig, fit
+from tunelab.finetune import TrainConfig
+from tunelab.train import fit
 from tunelab.train.zo import step_seed
 
 B, CLIP, LR = 4, 0.5, 0.1

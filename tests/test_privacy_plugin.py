@@ -22,7 +22,7 @@ def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
 def canary_run(tmp_path_factory: pytest.TempPathFactory, qa_file: Path) -> Path:
     """A finished tiny-random run with 40 bigram canaries (the CLI path is covered below)."""
     from tunelab.finetune import train
-    from tunelab.train import TrainConfig
+    from tunelab.finetune import TrainConfig
 
     out = tmp_path_factory.mktemp("canary") / "run"
     train(TrainConfig(**{**tiny_config(qa_file, out).to_dict(), "canaries": 40, "canary_family": "bigram"}))
@@ -56,7 +56,8 @@ def test_canaries_change_nothing_else(qa_file, tmp_path):
     """Same seed with and without canaries: the user's records keep their order and the adapter starts
     from the same weights (unigram canaries run the model; the run's RNG must not move)."""
     from tunelab.finetune import plugins_for
-    from tunelab.train import Plugin, TrainConfig, fit
+    from tunelab.finetune import TrainConfig
+    from tunelab.train import Plugin, fit
 
     seen: dict[str, dict] = {}
 
@@ -85,7 +86,7 @@ def test_canaries_change_nothing_else(qa_file, tmp_path):
 
 def test_resumed_run_keeps_its_canaries(qa_file, tmp_path):
     from tunelab.finetune import train
-    from tunelab.train import TrainConfig
+    from tunelab.finetune import TrainConfig
 
     cfg = TrainConfig(**{**tiny_config(qa_file, tmp_path / "run", max_steps=3, save_every=1).to_dict(),
                          "canaries": 12, "canary_family": "random"})

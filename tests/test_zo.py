@@ -12,8 +12,8 @@ from tests.conftest import tiny_config
 from safetensors.torch import load_file
 
 from tunelab.errors import TunelabError
-from tunelab.finetune import train
-from tunelab.train import TrainConfig, fit
+from tunelab.finetune import TrainConfig, train
+from tunelab.train import fit
 from tunelab.train.zo import ZO, step_seed
 
 

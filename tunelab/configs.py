@@ -5,15 +5,25 @@ are the YAML keys and, with dashes, the CLI flags. Each value is checked against
 type hint before the dataclass is built, so a wrong type is one line naming the file, line and
 field (``run.yaml:3: lr: expected a number, got 'fast'``) and ``validate()`` only ever compares
 values of the right type.
+
+A config may be made of *sections*: a field whose type is itself a dataclass (``dp: DPConfig``),
+owned by the room that implements it. Its options are written nested in YAML
+(``dp: {noise_multiplier: 1.0}``) or flat under their flag's name (``noise_multiplier: 1.0``,
+``--noise-multiplier 1.0``; a section field's ``flag`` metadata names it, as
+``--canary-family`` for ``canary.family``); both give the same config. :func:`sectioned`
+makes a config class accept flat keywords, read flat attributes and write a flat ``to_dict()``,
+so a saved run stays in the shape older runs have.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import re
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -21,6 +31,7 @@ import yaml
 
 from tunelab.errors import TunelabError, first_line
 from tunelab.files import read_text
+from tunelab.options import flag_name
 
 C = TypeVar("C")
 
@@ -170,6 +181,10 @@ class _Source:
         field = name + "".join(f"[{a}]" if isinstance(a, int) else f".{a}" for a in at)
         if self.path is None:
             return "--" + field.replace("_", "-")
+        return f"{self.where(at)}: {field}"
+
+    def where(self, at: tuple[int | str, ...] = ()) -> str:
+        """``FILE:LINE`` of the value at ``at`` (the key's line for a whole value)."""
         # A whole value is reported at its key (a block list starts on the line after it);
         # an element of a list or mapping at its own line.
         node = self.node if at else self.key
@@ -179,7 +194,7 @@ class _Source:
                 break
             node = child
         line = f":{node.start_mark.line + 1}" if node is not None else ""
-        return f"{self.path}{line}: {field}"
+        return f"{self.path}{line}"
 
 
 def _child(node: yaml.Node | None, step: int | str) -> yaml.Node | None:
@@ -191,19 +206,165 @@ def _child(node: yaml.Node | None, step: int | str) -> yaml.Node | None:
 
 
 def check_types(cls: type[C], values: dict[str, Any], sources: dict[str, _Source] | None = None) -> dict[str, Any]:
-    """``values`` checked (and ints widened to floats, ...) against ``cls``'s field types."""
-    hints = _type_hints(cls)
+    """``values`` checked (and ints widened to floats, ...) against ``cls``'s field types.
+
+    A section given as a mapping has each of its keys checked against the section's fields;
+    a flat section option against the section field it names.
+    """
+    hints, sections, flat = _type_hints(cls), section_types(cls), flat_names(cls)
     checked = {}
     for name, value in values.items():
-        if name not in hints:
+        source = (sources or {}).get(name, _Source())
+        if name in sections and isinstance(value, dict):
+            checked[name] = _check_section(name, sections[name], value, source)
+            continue
+        hint = hints.get(name)
+        if hint is None and name in flat:
+            section, sub = flat[name]
+            hint = _type_hints(sections[section]).get(sub)
+        if hint is None:
             checked[name] = value
             continue
         try:
-            checked[name] = coerce(value, hints[name])
+            checked[name] = coerce(value, hint)
         except _Mismatch as exc:
-            where = (sources or {}).get(name, _Source()).locate(name, exc.at)
-            raise TunelabError(f"{where}: expected {exc.expected}, got {_show(exc.value)}") from None
+            raise TunelabError(f"{source.locate(name, exc.at)}: expected {exc.expected}, got {_show(exc.value)}") from None
     return checked
+
+
+def _check_section(name: str, section: type, values: dict[Any, Any], source: _Source) -> dict[str, Any]:
+    """A section's mapping (``dp: {noise: gaussian}``): known keys, values of the right type."""
+    hints = _type_hints(section)
+    known = {f.name for f in fields(section)}
+    checked = {}
+    for key, value in values.items():
+        sub = str(key).replace("-", "_")
+        if sub not in known:
+            where = source.where((key,)) if source.path is not None else ""
+            raise TunelabError(f"{where + ': ' if where else ''}unknown option '{name}.{key}'; "
+                               f"{name} takes: {', '.join(sorted(known))}")
+        try:
+            checked[sub] = coerce(value, hints[sub]) if sub in hints else value
+        except _Mismatch as exc:
+            raise TunelabError(f"{source.locate(name, (key, *exc.at))}: expected {exc.expected}, "
+                               f"got {_show(exc.value)}") from None
+    return checked
+
+
+# --------------------------------------------------------------------------- sections
+@functools.cache
+def section_types(cls: type) -> dict[str, type]:
+    """The fields of config ``cls`` that are sections (their type is a dataclass), by field name."""
+    hints = _type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)
+            if isinstance(hints.get(f.name), type) and is_dataclass(hints[f.name])}
+
+
+def flat_name(f: dataclasses.Field) -> str:
+    """A section option's flat key: its flag's name (``canary_family`` for ``canary.family``,
+    whose flag is ``--canary-family``)."""
+    return flag_name(f)[2:].replace("-", "_")
+
+
+@functools.cache
+def flat_names(cls: type) -> dict[str, tuple[str, str]]:
+    """Flat key → (section, field) for every section option of ``cls``."""
+    return {flat_name(f): (section, f.name) for section, sub in section_types(cls).items() for f in fields(sub)}
+
+
+def fold(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with flat section options folded into their section's mapping (``noise: x`` →
+    ``dp: {noise: x}``); a section given as an instance takes them with ``dataclasses.replace``."""
+    sections, flat = section_types(cls), flat_names(cls)
+    out = {k: v for k, v in values.items() if k not in flat}
+    for key, value in values.items():
+        if key not in flat:
+            continue
+        section, sub = flat[key]
+        base = out.get(section)
+        if is_dataclass(base):
+            out[section] = dataclasses.replace(base, **{sub: value})
+            continue
+        base = dict(base or {})
+        if sub in base:
+            raise TunelabError(f"option '{key}' is given twice (also as {section}.{sub})")
+        out[section] = {**base, sub: value}
+    return out
+
+
+def nest(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """:func:`fold`, then each section mapping made an instance of its section class."""
+    sections = section_types(cls)
+    out = fold(cls, values)
+    for section, sub_cls in sections.items():
+        if isinstance(out.get(section), dict):
+            out[section] = sub_cls(**out[section])
+    return out
+
+
+def merge(cls: type, base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``update`` (both folded); a section's mapping is updated key by key,
+    so a flag overrides one option of a section the YAML file gives."""
+    sections = section_types(cls)
+    out = dict(base)
+    for key, value in update.items():
+        if key in sections and isinstance(out.get(key), dict) and isinstance(value, dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING  # type: ignore[misc]
+
+
+def sectioned(cls: type[C]) -> type[C]:
+    """Make dataclass ``cls`` take, read and write its section options flat as well as nested.
+
+    ``cls(noise_multiplier=1.0)`` is ``cls(dp=DPConfig(noise_multiplier=1.0))``;
+    ``cfg.noise_multiplier`` reads ``cfg.dp.noise_multiplier`` (for callers written before the
+    sections; new code reads the section); ``cfg.to_dict()`` is flat, the shape of a saved run.
+    """
+    generated = cls.__init__
+
+    def __init__(self: Any, **values: Any) -> None:
+        generated(self, **nest(type(self), values))
+
+    def __getattr__(self: Any, name: str) -> Any:  # only reached when ordinary lookup fails
+        where = flat_names(type(self)).get(name)
+        if where is None:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        return getattr(getattr(self, where[0]), where[1])
+
+    def to_dict(self: Any) -> dict[str, Any]:
+        """The config flat (section options under their flat names), as runs save it."""
+        sections = section_types(type(self))
+        values: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in sections:
+                values.update({flat_name(s): v for s, v in zip(fields(value), dataclasses.astuple(value))})
+            else:
+                values[f.name] = dataclasses.asdict(self)[f.name] if is_dataclass(value) else _copy(value)
+        return values
+
+    __init__.__doc__ = generated.__doc__
+    cls.__init__ = __init__  # type: ignore[misc]
+    cls.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    cls.to_dict = to_dict  # type: ignore[attr-defined]
+    return cls
+
+
+def _copy(value: Any) -> Any:
+    """A plain copy of a config value (as ``dataclasses.asdict`` copies lists and dicts)."""
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return value
 
 
 # --------------------------------------------------------------------------- sources
@@ -224,7 +385,7 @@ def _compose(path: Path) -> yaml.Node | None:
         raise TunelabError(f"{path}: malformed YAML ({first_line(exc)})") from None
 
 
-def _read_yaml(path: Path, cls: type) -> tuple[dict[str, Any], dict[str, _Source]]:
+def _read_yaml(path: Path, cls: type, strict: bool = True) -> tuple[dict[str, Any], dict[str, _Source]]:
     if not path.is_file():
         raise TunelabError(f"config file not found: {path}")
     root = _compose(path)
@@ -232,7 +393,7 @@ def _read_yaml(path: Path, cls: type) -> tuple[dict[str, Any], dict[str, _Source
         return {}, {}
     if not isinstance(root, yaml.MappingNode):
         raise TunelabError(f"{path}:{root.start_mark.line + 1}: a config must be a mapping of option: value")
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cls)} | set(flat_names(cls))
     values: dict[str, Any] = {}
     sources: dict[str, _Source] = {}
     loader = yaml.SafeLoader("")
@@ -244,6 +405,8 @@ def _read_yaml(path: Path, cls: type) -> tuple[dict[str, Any], dict[str, _Source
             key = loader.construct_object(key_node, deep=True)
             name = str(key).replace("-", "_")
             if name not in known:
+                if not strict:
+                    continue
                 raise TunelabError(f"{where}: unknown option '{key}'")
             merged = name in sources and id(sources[name].key) not in explicit  # a key may override a merged one
             if name in values and not merged:  # PyYAML would silently keep the last one
@@ -269,15 +432,30 @@ def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
     return check_types(cls, values, sources)
 
 
+def read_option(path: str | Path, cls: type, name: str) -> Any:
+    """One option of a saved config file for ``cls`` (checked; its default when absent); keys
+    ``cls`` does not know (e.g. options of sections a recipe adds) are not looked at."""
+    path = Path(path)
+    values, sources = _read_yaml(path, cls, strict=False)
+    if name in values:
+        return check_types(cls, {name: values[name]}, sources)[name]
+    return _default(next(f for f in fields(cls) if f.name == name))
+
+
 def from_sources(cls: type[C], yaml_path: str | Path | None = None, **overrides: Any) -> C:
-    """Build and validate ``cls``: defaults, then ``yaml_path``, then non-``None`` ``overrides``."""
+    """Build and validate ``cls``: defaults, then ``yaml_path``, then non-``None`` ``overrides``.
+
+    Section options may come nested or flat from either source; a flag overrides one option
+    of a section the YAML file gives.
+    """
     values: dict[str, Any] = {}
     if yaml_path:
         path = Path(yaml_path)
         from_file, sources = _read_yaml(path, cls)
-        values.update(check_types(cls, from_file, sources))
+        values = fold(cls, check_types(cls, from_file, sources))
     # Flags are usually typed by typer already; checking them too covers Python callers.
-    values.update(check_types(cls, {k: v for k, v in overrides.items() if v is not None}))
+    flags = check_types(cls, {k: v for k, v in overrides.items() if v is not None})
+    values = merge(cls, values, fold(cls, flags))
     try:
         cfg = cls(**values)
     except TypeError as exc:  # an override that is not a field of cls

@@ -1,68 +1,179 @@
-"""``tunelab train`` as a recipe: a :class:`~tunelab.train.TrainConfig` → the plug-ins its options
-need → :func:`tunelab.train.fit`.
+"""``tunelab train`` as a recipe: a :class:`TrainConfig` → the plug-ins its sections need →
+:func:`tunelab.train.fit`.
 
 The loop in ``tunelab.train`` knows nothing of safety or privacy; this module composes it with the
 plug-ins of those rooms, the way a torchtune recipe composes library parts. Use :func:`train`
 for a run as the CLI does it; use ``fit`` with your own plug-ins and update rule to go further.
+
+Config sections
+---------------
+``TrainConfig`` here is :class:`tunelab.train.TrainConfig` (the loop and the adapter) plus one
+section per entry of :data:`SECTIONS`, each declared by its own room with ``option()`` metadata and a
+``validate(run)`` for its multi-option rules. In YAML a section is nested or flat; both give the
+same config, and a run saves it flat (the shape of older runs, which load unchanged):
+
+=================  =================================================  ======================================
+YAML section       options (flat key / flag)                          room, plug-in
+=================  =================================================  ======================================
+``refusal``        ``tokens`` (``refusal_tokens``)                    safety: ``RefusalTokensPlugin``
+``constrained``    ``reference``, ``beta_first``, ``beta_early``,     safety: ``ReferenceLogprobs`` (with
+                   ``beta_early_until``, ``beta_late`` (same names)   ``objective: constrained``)
+``canary``         ``count`` (``canaries``), ``family``,              privacy: ``CanaryPlugin``
+                   ``secret_len``, ``prefix``, ``new_token_rows``
+                   (``canary_family``, ...)
+``safety_check``   ``eval_limit``, ``max_new_tokens``                 safety: ``SafetyCheck``
+                   (``safety_eval_limit``, ``safety_max_new_tokens``)
+``dp``             ``noise``, ``clip``, ``target_epsilon``,           privacy: the update rules ``dp-zo``,
+                   ``target_delta``, ``noise_multiplier``,            ``dp-sgd`` (see :data:`RULES`)
+                   ``accountant``, ``physical_batch_size``,
+                   ``log_private_metrics`` (same names)
+=================  =================================================  ======================================
+
+For example ``dp: {noise_multiplier: 1.0}`` is ``noise_multiplier: 1.0`` is ``--noise-multiplier 1.0``,
+and ``canary: {count: 8, family: unigram}`` is ``canaries: 8`` + ``canary_family: unigram``.
 """
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from rich.console import Console
 
-from tunelab.train import Plugin, TrainConfig, fit
+from tunelab.configs import flat_name, sectioned
+from tunelab.options import meta, option
+from tunelab.privacy.train_config import CanaryConfig, DPConfig
+from tunelab.registry import Registry
+from tunelab.safety.train_config import ConstrainedConfig, RefusalTokensConfig, SafetyCheckConfig
+from tunelab.train import Plugin, fit
+from tunelab.train import TrainConfig as LoopConfig
+from tunelab.train.objectives import BetaSchedule
 from tunelab.train.run_dir import resumed_config
 from tunelab.train.update_rules import UpdateRule
 
 
-def plugins_for(cfg: TrainConfig) -> list[Plugin]:
-    """The plug-ins ``cfg``'s options ask for, in hook order; raises for options that cannot work."""
-    from tunelab.safety.safety_check import SafetyCheck
+@dataclass(frozen=True)
+class Section:
+    """One section of the training config: its dataclass, and the plug-in that implements it.
 
-    plugins: list[Plugin] = []
-    if cfg.refusal_tokens:
-        from tunelab.safety.refusal_tokens import RefusalTokensPlugin
+    ``plugin(cfg)`` returns the section's plug-in for a config (``None``: the section is off, or,
+    as for ``dp``, an update rule implements it); it raises for options that cannot work.
+    """
 
-        plugins.append(RefusalTokensPlugin(cfg))
-    if cfg.objective == "constrained":
-        from tunelab.safety.constrained import ReferenceLogprobs
+    config: type
+    plugin: Callable[[Any], Plugin | None] = lambda cfg: None
 
-        plugins.append(ReferenceLogprobs())
+
+def _refusal_plugin(cfg: Any) -> Plugin | None:
+    if not cfg.refusal.tokens:
+        return None
+    from tunelab.safety.refusal_tokens import RefusalTokensPlugin
+
+    return RefusalTokensPlugin(cfg)
+
+
+def _constrained_plugin(cfg: Any) -> Plugin | None:
+    if cfg.objective != "constrained":
+        return None
+    from tunelab.safety.constrained import ReferenceLogprobs
+
+    return ReferenceLogprobs(cfg.constrained)
+
+
+def _canary_plugin(cfg: Any) -> Plugin | None:
     from tunelab.privacy.plugin import CanaryPlugin, canary_spec
 
     spec = canary_spec(cfg)
-    if spec is not None:
-        plugins.append(CanaryPlugin(spec))
-    plugins.append(SafetyCheck())
-    return plugins
+    return CanaryPlugin(spec) if spec is not None else None
 
+
+def _safety_check_plugin(cfg: Any) -> Plugin | None:
+    from tunelab.safety.safety_check import SafetyCheck
+
+    return SafetyCheck(cfg.safety_check)  # always given: its record entry is null when the check is off
+
+
+# Section name (the YAML key and the config attribute) → its dataclass and plug-in, in hook order.
+# Every plug-in option belongs to a section, so every option has its plug-in by construction.
+SECTIONS: Registry[Section] = Registry("config section")
+SECTIONS.register("refusal", Section(RefusalTokensConfig, _refusal_plugin))
+SECTIONS.register("constrained", Section(ConstrainedConfig, _constrained_plugin))
+SECTIONS.register("canary", Section(CanaryConfig, _canary_plugin))
+SECTIONS.register("safety_check", Section(SafetyCheckConfig, _safety_check_plugin))
+SECTIONS.register("dp", Section(DPConfig))  # implemented by the dp-zo/dp-sgd update rules
 
 # --optimizer name → its update rule, imported only when used (opacus is heavy to import)
-RULES = {
-    "adamw": "tunelab.train.update_rules:AdamW",
-    "zo": "tunelab.train.zo:ZO",
-    "dp-zo": "tunelab.privacy.dp_zo:DPZO",
-    "dp-sgd": "tunelab.privacy.dp_sgd:DPSGD",
-}
+RULES: Registry[type[UpdateRule]] = Registry("optimizer")
+RULES.register("adamw", "tunelab.train.update_rules:AdamW")
+RULES.register("zo", "tunelab.train.zo:ZO")
+RULES.register("dp-zo", "tunelab.privacy.dp_zo:DPZO")
+RULES.register("dp-sgd", "tunelab.privacy.dp_sgd:DPSGD")
 
 
-def rule_for(cfg: TrainConfig) -> UpdateRule:
+class _WithSections:
+    """What the sections add to the loop's config (mixed into :class:`TrainConfig`)."""
+
+    def validate(self) -> None:
+        """The loop's rules, then each section's."""
+        LoopConfig.validate(self)  # type: ignore[arg-type]
+        for name in SECTIONS:
+            getattr(self, name).validate(self)
+
+    def plugin_options_set(self) -> list[str]:
+        """Plug-in options (``option(plugin=True)``) set to something other than off/default, by
+        their flat names: the sections' first, then the loop's (``objective``)."""
+        names = []
+        for name in SECTIONS:
+            section = getattr(self, name)
+            names += [flat_name(f) for f in dataclasses.fields(section)
+                      if meta(f, "plugin") and getattr(section, f.name) not in (f.default, 0)]
+        return names + LoopConfig.plugin_options_set(self)  # type: ignore[arg-type]
+
+    def beta_schedule(self) -> BetaSchedule:
+        """The constrained objective's β by response position."""
+        return self.constrained.schedule()  # type: ignore[attr-defined]
+
+    @property
+    def private(self) -> bool:
+        """A differentially private run (``--optimizer dp-zo``/``dp-sgd``)."""
+        from tunelab.privacy.train_config import PRIVATE_OPTIMIZERS
+
+        return self.optimizer in PRIVATE_OPTIMIZERS  # type: ignore[attr-defined]
+
+
+# The loop's config plus one field per section, built from SECTIONS (so the two cannot drift);
+# the optimizer field takes its names from RULES.
+TrainConfig = sectioned(make_dataclass(
+    "TrainConfig",
+    [("optimizer", str, option("adamw", choices=RULES, help=f"update rule: {RULES.help()}")),
+     *[(name, section.config, dataclasses.field(default_factory=section.config)) for name, section in SECTIONS.items()]],
+    bases=(_WithSections, LoopConfig),
+    namespace={"__doc__": "One ``tunelab train`` run: the loop and adapter (:class:`tunelab.train.TrainConfig`) "
+                          "and the plug-ins' sections (see :mod:`tunelab.finetune`).",
+               "__module__": __name__},
+))
+
+
+def plugins_for(cfg: Any) -> list[Plugin]:
+    """The plug-ins ``cfg``'s sections ask for, in hook order; raises for options that cannot work."""
+    plugins = [section.plugin(cfg) for _, section in SECTIONS.items()]
+    return [plugin for plugin in plugins if plugin is not None]
+
+
+def rule_for(cfg: Any) -> UpdateRule:
     """The update rule ``cfg.optimizer`` names."""
-    module, name = RULES[cfg.optimizer].split(":")
-    return getattr(importlib.import_module(module), name)()
+    return RULES.get(cfg.optimizer)()
 
 
-def train(cfg: TrainConfig, *, stop_after_step: int | None = None, console: Console | None = None) -> Path:
+def train(cfg: Any, *, stop_after_step: int | None = None, console: Console | None = None) -> Path:
     """Run one ``tunelab train`` job with the plug-ins its options need; return the output directory."""
-    from tunelab.safety.safety_check import default_limit
-
     cfg = resumed_config(cfg)
-    if cfg.safety_eval_limit is None:
-        cfg = TrainConfig(**{**cfg.to_dict(), "safety_eval_limit": default_limit(cfg)})
+    if cfg.safety_check.eval_limit is None:
+        check = dataclasses.replace(cfg.safety_check, eval_limit=cfg.safety_check.limit_for(cfg))
+        cfg = dataclasses.replace(cfg, safety_check=check)
     return fit(cfg, plugins_for(cfg), rule_for(cfg), stop_after_step=stop_after_step, console=console)
 
 
-__all__ = ["TrainConfig", "plugins_for", "rule_for", "train"]
+__all__ = ["RULES", "SECTIONS", "Section", "TrainConfig", "plugins_for", "rule_for", "train"]

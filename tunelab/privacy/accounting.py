@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.train.config import ACCOUNTANTS
-from tunelab.train.config import NOISES as MECHANISMS
+from tunelab.privacy.train_config import ACCOUNTANTS
+from tunelab.privacy.train_config import NOISES as MECHANISMS
 
 NEIGHBOURING = "add/remove one example (sensitivity C)"
 PLD_RESOLUTION = 1e-4  # dp-accounting's default value_discretization_interval

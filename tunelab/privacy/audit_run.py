@@ -150,12 +150,13 @@ def _run_record(run: Path) -> dict[str, Any]:
 
 def _config_model(run: Path) -> str:
     """The base model of a run still being finished (its tunelab.json is written after the audit)."""
+    from tunelab.configs import read_option
     from tunelab.layout import CONFIG_FILE
     from tunelab.train.config import TrainConfig
 
     if not (run / CONFIG_FILE).is_file():
         raise TunelabError(f"{run}: not a tunelab run (no {RUN_FILE} or {CONFIG_FILE}); pass --model")
-    return TrainConfig.from_sources(run / CONFIG_FILE).model  # the checked YAML reader: one-line errors
+    return read_option(run / CONFIG_FILE, TrainConfig, "model")  # the checked YAML reader: one-line errors
 
 
 def _base_for(model_name: str, tokenizer: Any) -> Any:

@@ -31,6 +31,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.privacy.accounting import Ledger, calibrate_noise, spent_epsilon
+from tunelab.privacy.train_config import DPConfig
 from tunelab.train.plugins import Run
 from tunelab.train.update_rules import require_one_process
 
@@ -88,27 +89,28 @@ class PrivateTraining:
         require_one_process(run)  # Poisson sampling and the secret noise live in one process
         cfg = run.cfg
         self.run_cfg = cfg
+        dp = self.dp
         n = len(run.examples)
         if cfg.batch_size > n:
             raise TunelabError(f"--batch-size {cfg.batch_size} is the expected batch of Poisson sampling; "
                                f"it must not exceed the {n} training examples")
         self.n, self.q = n, cfg.batch_size / n
         self.total_steps = cfg.max_steps or max(1, round(cfg.epochs * n / cfg.batch_size))
-        self.delta = cfg.delta
+        self.delta = dp.delta
         if self.delta >= 1.0 / n:
             run.console.print(f"[yellow]warning:[/] δ = {self.delta:g} ≥ 1/N = {1 / n:.3g}: a mechanism that publishes "
                               "one random example outright meets such a δ; use δ ≪ 1/N")
-        if cfg.noise_multiplier is not None:
-            self.noise = cfg.noise_multiplier
+        if dp.noise_multiplier is not None:
+            self.noise = dp.noise_multiplier
         else:
-            self.noise = calibrate_noise(cfg.noise, self.q, self.total_steps, cfg.target_epsilon, self.delta, cfg.accountant)
+            self.noise = calibrate_noise(dp.noise, self.q, self.total_steps, dp.target_epsilon, self.delta, dp.accountant)
         self.outside = self.outside_guarantee(cfg)
         for note in self.outside:
             run.console.print(f"[yellow]warning:[/] {note}")
         self.planned_epsilon = self.epsilon(self.total_steps)
-        run.console.print(f"{cfg.optimizer}: {cfg.noise} noise {'σ' if cfg.noise == 'gaussian' else 'b'} = "
-                          f"{self.noise:.4g}·C (C = {cfg.clip:g}), q = {self.q:.4g}, {self.total_steps} steps → "
-                          f"(ε = {self.planned_epsilon:.3g}, δ = {self.delta:g}) by {cfg.accountant.upper()}")
+        run.console.print(f"{cfg.optimizer}: {dp.noise} noise {'σ' if dp.noise == 'gaussian' else 'b'} = "
+                          f"{self.noise:.4g}·C (C = {dp.clip:g}), q = {self.q:.4g}, {self.total_steps} steps → "
+                          f"(ε = {self.planned_epsilon:.3g}, δ = {self.delta:g}) by {dp.accountant.upper()}")
 
     @staticmethod
     def outside_guarantee(cfg: Any) -> list[str]:
@@ -129,7 +131,7 @@ class PrivateTraining:
         return self.sampler, self.total_steps
 
     def logs_loss(self) -> bool:
-        return self.run_cfg.log_private_metrics
+        return self.dp.log_private_metrics
 
     def progress_note(self) -> str:
         steps = self.dp_steps_done()
@@ -143,30 +145,35 @@ class PrivateTraining:
         return {"dp": self.ledger().as_dict()}
 
     # -- shared by the DP rules --------------------------------------------------------------
+    @property
+    def dp(self) -> DPConfig:
+        """The run's ``dp`` section (the options of this rule)."""
+        return self.run_cfg.dp
+
     def dp_steps_done(self) -> int:
         """Optimizer steps taken so far (each one a use of the private data): the rule's ``steps_done``."""
         return getattr(self, "steps_done", 0)  # 0 before setup
 
     def epsilon(self, steps: int) -> float:
         """ε spent after ``steps`` steps at the run's δ."""
-        cfg = self.run_cfg
-        return spent_epsilon(cfg.noise, self.q, steps, self.noise, self.delta, cfg.accountant) if steps else 0.0
+        dp = self.dp
+        return spent_epsilon(dp.noise, self.q, steps, self.noise, self.delta, dp.accountant) if steps else 0.0
 
     def ledger(self) -> Ledger:
         """The run's privacy record, for the steps taken so far."""
-        cfg, steps = self.run_cfg, self.dp_steps_done()
-        return Ledger(mechanism=f"{cfg.optimizer} ({cfg.noise})", sample_rate=self.q, expected_batch_size=cfg.batch_size,
-                      examples=self.n, noise_multiplier=self.noise, clip=cfg.clip, steps=steps,
-                      accountant=cfg.accountant, delta=self.delta, epsilon=self.epsilon(steps),
-                      target_epsilon=cfg.target_epsilon, private_metrics_logged=cfg.log_private_metrics,
+        cfg, dp, steps = self.run_cfg, self.dp, self.dp_steps_done()
+        return Ledger(mechanism=f"{cfg.optimizer} ({dp.noise})", sample_rate=self.q, expected_batch_size=cfg.batch_size,
+                      examples=self.n, noise_multiplier=self.noise, clip=dp.clip, steps=steps,
+                      accountant=dp.accountant, delta=self.delta, epsilon=self.epsilon(steps),
+                      target_epsilon=dp.target_epsilon, private_metrics_logged=dp.log_private_metrics,
                       outside_guarantee=tuple(self.outside))
 
     def physical_size(self) -> int:
-        return self.run_cfg.physical_batch_size or self.run_cfg.batch_size
+        return self.dp.physical_batch_size or self.run_cfg.batch_size
 
     def draw_noise(self) -> float:
         """One draw of the step's scalar noise in units of C: N(0, σ²) or Laplace(0, b)."""
-        if self.run_cfg.noise == "gaussian":
+        if self.dp.noise == "gaussian":
             return float(torch.randn((), generator=self.noise_generator, dtype=torch.float64)) * self.noise
         u = float(torch.rand((), generator=self.noise_generator, dtype=torch.float64)) - 0.5
         return -self.noise * math.copysign(1.0, u) * math.log1p(-2 * abs(u))

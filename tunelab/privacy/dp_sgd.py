@@ -162,7 +162,7 @@ class DPSGD(PrivateTraining, UpdateRule):
         self.base = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
         # The per-sample gradients are of per-example losses (a sum: "sum" above); the optimizer
         # divides the noisy sum by the expected batch B ("mean").
-        self.optimizer = DPOptimizer(self.base, noise_multiplier=self.noise, max_grad_norm=cfg.clip,
+        self.optimizer = DPOptimizer(self.base, noise_multiplier=self.noise, max_grad_norm=self.dp.clip,
                                      expected_batch_size=cfg.batch_size, loss_reduction="mean",
                                      generator=self.noise_generator)
         self.optimizer.attach_step_hook(self._mask_update)

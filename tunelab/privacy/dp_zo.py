@@ -49,12 +49,12 @@ class DPZO(PrivateTraining, ZO):
         if batch["input_ids"].shape[0] == 0:  # an empty Poisson batch: the step is noise only
             return torch.tensor(float("nan"))
         projected, losses = self.projected_gradients(loss_fn, batch)
-        clip = self.run_cfg.clip
+        clip = self.dp.clip
         self.clipped_sum += float(projected.clamp(-clip, clip).sum())
         return losses.mean().detach()
 
     def step(self) -> dict[str, float | None]:
-        noisy = (self.clipped_sum + self.draw_noise() * self.run_cfg.clip) / self.run_cfg.batch_size
+        noisy = (self.clipped_sum + self.draw_noise() * self.dp.clip) / self.run_cfg.batch_size
         self.clipped_sum = 0.0
         lr = self.apply(noisy)
         return {"lr": lr, "grad_norm": None}  # the step's scalar is private too

@@ -20,68 +20,23 @@ mean what they mean without canaries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from tunelab.errors import TunelabError
 from tunelab.privacy.audit_run import CANARY_FILE, PrivacyAuditConfig, describe, headline, run_privacy_audit
-from tunelab.privacy.canaries import FAMILIES, PREFIX_STYLES, CanarySet, insert_members, make_canaries
+from tunelab.privacy.canaries import CanarySet, insert_members, make_canaries
+from tunelab.privacy.train_config import CanaryConfig
 from tunelab.train.plugins import Plugin, Run
 
-TOKEN_ROWS = ("trained", "frozen")
-_OPTIONS = ("canary_family", "canary_secret_len", "canary_prefix", "canary_new_token_rows")
-
-
-@dataclass(frozen=True)
-class CanarySpec:
-    """What to plant: ``m`` canaries of ``family`` with ``secret_len``-token secrets."""
-
-    m: int
-    family: str = "random"
-    secret_len: int = 8
-    prefix_style: str = "random"
-    new_token_rows: str = "trained"  # new-token: embedding rows trained (like refusal tokens) or frozen
-
-    def check(self, method: str) -> str | None:
-        """Raise for values that cannot work with ``method``; return a warning for ones that barely can."""
-        if self.m < 2:
-            raise TunelabError(f"--canaries must be >= 2 (members and non-members), got {self.m}")
-        if self.family not in FAMILIES:
-            raise TunelabError(f"unknown --canary-family '{self.family}'; choose one of: {', '.join(FAMILIES)}")
-        if self.secret_len < 1:
-            raise TunelabError(f"--canary-secret-len must be >= 1 token, got {self.secret_len}")
-        if self.prefix_style not in PREFIX_STYLES:
-            raise TunelabError(f"unknown --canary-prefix '{self.prefix_style}'; choose one of: {', '.join(PREFIX_STYLES)}")
-        if self.new_token_rows not in TOKEN_ROWS:
-            raise TunelabError(f"unknown --canary-new-token-rows '{self.new_token_rows}'; choose one of: {', '.join(TOKEN_ROWS)}")
-        if self.family != "new-token":
-            if self.new_token_rows != "trained":
-                raise TunelabError("--canary-new-token-rows only applies to --canary-family new-token")
-            return None
-        if method not in ("lora", "lori-d", "full"):
-            # lori-s packs only B and lota saves a task vector: neither carries new embedding rows.
-            raise TunelabError(f"new-token canaries work with --method lora, lori-d or full, not {method}")
-        if self.new_token_rows == "frozen":
-            if method == "full":
-                raise TunelabError("--canary-new-token-rows frozen needs an adapter method: full fine-tuning trains every row")
-            return ("new-token canaries with frozen embeddings: the new tokens' rows stay at their initial value "
-                    "(the mean row), so members and non-members look alike to the model and the audit will be near "
-                    "chance (the paper: TPR 0.74 → 0.05)")
-        return None
+CanarySpec = CanaryConfig  # what to plant: the ``canary`` section of ``tunelab train``'s config
 
 
 def canary_spec(cfg: Any) -> CanarySpec | None:
-    """The spec ``cfg``'s canary options ask for (None: no canaries); raises for options without ``--canaries``."""
-    if not cfg.canaries:
-        unused = [name for name in _OPTIONS if getattr(cfg, name) != getattr(type(cfg), name, None)]
-        if unused:
-            raise TunelabError(f"--{unused[0].replace('_', '-')} only applies with --canaries M")
-        return None
-    spec = CanarySpec(cfg.canaries, cfg.canary_family, cfg.canary_secret_len, cfg.canary_prefix, cfg.canary_new_token_rows)
-    spec.check(cfg.method)  # bad values fail before any data or model is read
-    return spec
+    """The canaries ``cfg``'s ``canary`` section asks for (None: none); raises for options that cannot work."""
+    section: CanaryConfig = cfg.canary
+    section.validate(cfg)  # bad values fail before any data or model is read
+    return section if section.count else None
 
 
 class CanaryPlugin(Plugin):
@@ -112,8 +67,8 @@ class CanaryPlugin(Plugin):
             spec = self.spec
             with torch.random.fork_rng(devices=[]):  # unigram runs the model: leave the run's RNG as it was
                 self.canary_set = make_canaries(
-                    spec.family, spec.m, spec.secret_len, run.cfg.seed, run.tokenizer, data_rows=self.records,
-                    model=run.model if spec.family == "unigram" else None, prefix_style=spec.prefix_style)
+                    spec.family, spec.count, spec.secret_len, run.cfg.seed, run.tokenizer, data_rows=self.records,
+                    model=run.model if spec.family == "unigram" else None, prefix_style=spec.prefix)
         cs = self.canary_set
         if cs.new_tokens:
             from tunelab.adapters import get_method

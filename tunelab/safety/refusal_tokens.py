@@ -353,14 +353,9 @@ class RefusalTokensPlugin(Plugin):
     claims = ("refusal_tokens",)
 
     def __init__(self, cfg: Any) -> None:
-        if cfg.refusal_tokens not in MODES:
-            raise TunelabError(f"unknown --refusal-tokens mode '{cfg.refusal_tokens}'; choose one of: {', '.join(MODES)}")
-        if cfg.method not in ("lora", "lori-d", "full"):
-            # lori-s packs only B and lota saves a task vector: neither would carry the new embedding rows.
-            raise TunelabError(f"--refusal-tokens works with --method lora, lori-d or full, not {cfg.method}")
-        if cfg.objective == "constrained":
-            raise TunelabError("--refusal-tokens with --objective constrained is not supported (the reference has no refusal tokens)")
-        self.spec = RefusalTokens.from_mode(cfg.refusal_tokens)
+        """``cfg``: a training config with a ``refusal`` section (:class:`~tunelab.safety.train_config.RefusalTokensConfig`)."""
+        cfg.refusal.validate(cfg)  # bad values fail before any data or model is read
+        self.spec = RefusalTokens.from_mode(cfg.refusal.tokens)
         self.token_ids: list[int] = []
 
     def on_data(self, run: Run, rows: list[tuple[str, Any]], chats: list[list[dict[str, str]]]) -> list[list[dict[str, str]]]:

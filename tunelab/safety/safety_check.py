@@ -12,48 +12,50 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.layout import EVAL_DIR, EVAL_FILE
+from tunelab.safety.train_config import DEFAULT_SAFETY_LIMIT, SafetyCheckConfig
 from tunelab.train.plugins import Plugin, Run
 
-DEFAULT_SAFETY_LIMIT = 32  # prompts per set for the before/after safety check of a continued run
 SAFETY_SUMMARY = ("asr", "refusal_rate", "over_refusal", "intervals", "n_harmful", "n_benign", "judge")
 
 
-def default_limit(cfg: Any) -> int:
-    """``--safety-eval-limit`` when unset: on for runs that continue from an adapter, else off."""
-    return DEFAULT_SAFETY_LIMIT if cfg.init_from else 0
-
-
-def safety_summary(cfg: Any, adapter: str | Path, out: Path, reuse: bool = False) -> dict[str, Any]:
-    """Run the safety suite on ``cfg.model`` + ``adapter`` (or, with ``reuse``, read a finished
+def safety_summary(model: str, check: SafetyCheckConfig, adapter: str | Path, out: Path,
+                   reuse: bool = False) -> dict[str, Any]:
+    """Run the safety suite on ``model`` + ``adapter`` (or, with ``reuse``, read a finished
     one from ``out``); keep its headline numbers."""
     from tunelab.evaluate.runner import EvalConfig, run_eval
 
     if reuse and (out / EVAL_FILE).is_file():
         result = json.loads((out / EVAL_FILE).read_text())
     else:
-        result = run_eval(EvalConfig(model=cfg.model, adapter=str(adapter), suite="safety", limit=cfg.safety_eval_limit,
-                                     max_new_tokens=cfg.safety_max_new_tokens, output=str(out)))
+        result = run_eval(EvalConfig(model=model, adapter=str(adapter), suite="safety", limit=check.eval_limit,
+                                     max_new_tokens=check.max_new_tokens, output=str(out)))
     return {key: result[key] for key in SAFETY_SUMMARY}
 
 
 class SafetyCheck(Plugin):
-    """Scores the ``--init-from`` adapter before training and the result after it."""
+    """Scores the ``--init-from`` adapter before training and the result after it (section ``safety_check``)."""
 
     claims = ("safety_eval_limit",)
 
-    def __init__(self) -> None:
+    def __init__(self, check: SafetyCheckConfig | None = None) -> None:
+        self.check = check or SafetyCheckConfig()
         self.before: dict[str, Any] | None = None
 
     def on_start(self, run: Run) -> None:
-        cfg = run.cfg
-        if cfg.safety_eval_limit and cfg.init_from:
-            run.console.print(f"safety before training (the --init-from adapter, {cfg.safety_eval_limit} prompts per set)")
+        cfg, limit = run.cfg, self.check.eval_limit
+        if limit and cfg.init_from:
+            run.console.print(f"safety before training (the --init-from adapter, {limit} prompts per set)")
             # a resumed run already scored the --init-from adapter before its interruption
-            self.before = safety_summary(cfg, cfg.init_from, run.out / EVAL_DIR / "safety-before", reuse=run.resumed)
+            self.before = safety_summary(cfg.model, self.check, cfg.init_from, run.out / EVAL_DIR / "safety-before",
+                                         reuse=run.resumed)
 
     def on_finish(self, run: Run, record: dict[str, Any]) -> None:
-        cfg = run.cfg
+        limit = self.check.eval_limit
         record["safety"] = None
-        if cfg.safety_eval_limit:
-            run.console.print(f"safety after training ({cfg.safety_eval_limit} prompts per set)")
-            record["safety"] = {"before": self.before, "after": safety_summary(cfg, run.out, run.out / EVAL_DIR / "safety")}
+        if limit:
+            run.console.print(f"safety after training ({limit} prompts per set)")
+            record["safety"] = {"before": self.before,
+                                "after": safety_summary(run.cfg.model, self.check, run.out, run.out / EVAL_DIR / "safety")}
+
+
+__all__ = ["DEFAULT_SAFETY_LIMIT", "SAFETY_SUMMARY", "SafetyCheck", "safety_summary"]

@@ -46,7 +46,7 @@ def shared_seed(cfg: TrainConfig, acc: Accelerator) -> TrainConfig:
         return cfg
     from accelerate.utils import broadcast_object_list
 
-    return TrainConfig(**{**cfg.to_dict(), "seed": broadcast_object_list([cfg.seed])[0]})
+    return type(cfg)(**{**cfg.to_dict(), "seed": broadcast_object_list([cfg.seed])[0]})
 
 
 def prepare(run: Run, net: torch.nn.Module, loader: Any) -> tuple[torch.nn.Module, Any]:

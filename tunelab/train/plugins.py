@@ -20,9 +20,11 @@ hook               when, and what it may do                                     
                    run evaluations
 =================  =====================================================================  ============
 
-``claims`` names the :class:`~tunelab.train.config.TrainConfig` options a plug-in implements;
-``fit`` refuses a config that sets a plug-in option no given plug-in claims, so an option can
-never be silently ignored. Example — an L2 pull towards zero on the trainable weights, and a
+``claims`` names the plug-in options (``option(plugin=True)``, by their flat names such as
+``refusal_tokens``) a plug-in implements; ``fit`` refuses a config that sets a plug-in option no
+given plug-in claims, so an option can never be silently ignored. ``tunelab.finetune`` declares
+each plug-in's config section together with its plug-in (``SECTIONS``), so there every option is
+claimed by construction. Example — an L2 pull towards zero on the trainable weights, and a
 record entry::
 
     from tunelab.train import Plugin, fit

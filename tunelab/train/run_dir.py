@@ -67,8 +67,8 @@ def resumed_config(cfg: TrainConfig) -> TrainConfig:
     if not cfg.resume:
         return cfg
     check_output_dir(cfg)  # the errors for "nothing to resume" come before a missing config
-    saved = TrainConfig.from_sources(Path(cfg.output) / CONFIG_FILE)
-    return TrainConfig(**{**saved.to_dict(), "resume": True})
+    saved = type(cfg).from_sources(Path(cfg.output) / CONFIG_FILE)  # type(cfg): a recipe's config keeps its sections
+    return type(cfg)(**{**saved.to_dict(), "resume": True})
 
 
 def resolved_config(cfg: TrainConfig) -> TrainConfig:
@@ -80,7 +80,7 @@ def resolved_config(cfg: TrainConfig) -> TrainConfig:
         values["lr"] = get_method(cfg.method).default_lr
     if values["bf16"] is None:
         values["bf16"] = bf16_supported()
-    return TrainConfig(**values)
+    return type(cfg)(**values)
 
 
 def open_output_dir(run: Run) -> None:

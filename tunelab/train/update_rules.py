@@ -199,5 +199,3 @@ class AdamW(UpdateRule):
             self.optimizer.optimizer.load_state_dict(state)
         self.scheduler.load_state_dict(meta["scheduler"])
 
-
-UPDATE_RULES: dict[str, type[UpdateRule]] = {AdamW.name: AdamW}
