@@ -16,8 +16,8 @@ the string keys its readers use::
     read_result(Path("runs/fit/metrics.json"))   # -> ScalingResult
 
 On disk a result is ``{"kind": ..., "schema_version": N, <fields in declaration order>,
-<keys this version does not know, kept as they were>}``. Files written before
-``schema_version`` existed read as version 1; a file from a newer tunelab is refused in one
+<keys this version does not know, kept as they were>}`` (``schema_version`` from version 2 on).
+Files without ``schema_version`` read as version 1; a file from a newer tunelab is refused in one
 line; unknown kinds read as a plain :class:`Result` holding everything in ``extra`` (the report
 still shows what it can). Torch-free: light readers import this module.
 """
@@ -57,15 +57,50 @@ class Result:
 
     KIND: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+    INDENT: ClassVar[int] = 1  # the writer's json.dumps indent before results were typed (kept: same bytes)
+    TRAILING_NEWLINE: ClassVar[bool] = False
     extra: dict[str, Any] = field(default_factory=dict, repr=False, kw_only=True)
+    # Key order of the dict this result was read from (from_dict): writing it back gives the same
+    # object, keys a writer left out stay out, and commands that now build a Result from their dict
+    # write the same bytes as before.
+    _keys: tuple[str, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ dict form
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object written to disk (``kind`` and ``schema_version`` first)."""
-        out: dict[str, Any] = {"kind": self.KIND or self.extra.get("kind", ""), "schema_version": self.VERSION}
-        for f in dataclasses.fields(self):
-            if f.name != "extra":
-                out[f.name] = _plain(getattr(self, f.name))
+        """The JSON object written to disk (``kind`` and ``schema_version`` first).
+
+        ``schema_version`` is written from version 2 on: a file without it reads as version 1, so
+        version-1 files stay exactly what the untyped writers wrote. A result read by
+        :meth:`from_dict` keeps the keys and order it was read with.
+        """
+        kind = self.KIND or self.extra.get("kind", "")
+        fields = {f.name: f for f in dataclasses.fields(self) if f.name not in ("extra", "_keys")}
+        values = {name: _plain(getattr(self, name)) for name in fields}
+        if self._keys is None:
+            out: dict[str, Any] = {"kind": kind}
+            if self.VERSION > 1:
+                out["schema_version"] = self.VERSION
+            out.update(values)
+            for key, value in self.extra.items():
+                out.setdefault(key, value)
+            return out
+        out = {}
+        for key in self._keys:
+            if key == "kind":
+                out[key] = kind
+            elif key == "schema_version":
+                out[key] = self.VERSION
+            elif key in values:
+                out[key] = values[key]
+            elif key in self.extra:
+                out[key] = self.extra[key]
+        if "kind" not in out:
+            out = {"kind": kind, **out}
+        if self.VERSION > 1 and "schema_version" not in out:
+            out = {"kind": kind, "schema_version": self.VERSION, **out}
+        for name, f in fields.items():  # set after reading: append unless still the default
+            if name not in out and values[name] != _plain(_default(f)):
+                out[name] = values[name]
         for key, value in self.extra.items():
             out.setdefault(key, value)
         return out
@@ -86,9 +121,11 @@ class Result:
         if not cls.KIND and "kind" in data:
             extra = {"kind": data["kind"], **extra}
         try:
-            return cls(**known, extra=extra)
+            result = cls(**known, extra=extra)
         except TypeError as exc:  # a required field missing from the file
             raise TunelabError(f"{source}: not a '{cls.KIND}' result ({exc})") from None
+        result._keys = tuple(data)
+        return result
 
     @classmethod
     def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
@@ -101,7 +138,8 @@ class Result:
         directory = where.path if isinstance(where, RunDir) else Path(where)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / name
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        text = json.dumps(self.to_dict(), indent=self.INDENT)
+        atomic_write_text(path, text + "\n" if self.TRAILING_NEWLINE else text)
         return path
 
     @classmethod
@@ -128,6 +166,22 @@ def read_result(path: str | Path) -> Result:
     kind = data.get("kind")
     cls = RESULT_KINDS.get(kind) if isinstance(kind, str) and kind in RESULT_KINDS else Result
     return cls.from_dict(data, source=path)
+
+
+def as_result(data: dict[str, Any]) -> Result:
+    """``data`` (a command's metrics dict) as its registered type by ``kind`` (plain :class:`Result` if none)."""
+    kind = data.get("kind")
+    cls = RESULT_KINDS.get(kind) if isinstance(kind, str) and kind in RESULT_KINDS else Result
+    return cls.from_dict(data, source=f"'{kind}' result")
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default value (None when it has none)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
 
 
 def _plain(value: Any) -> Any:
@@ -193,4 +247,4 @@ class RunDir:
         return self.write_text(name, json.dumps(_plain(obj), indent=indent))
 
 
-__all__ = ["Result", "RESULT_KINDS", "result_kind", "read_result", "read_json_object", "RunDir"]
+__all__ = ["Result", "RESULT_KINDS", "result_kind", "read_result", "read_json_object", "as_result", "RunDir"]
