@@ -148,6 +148,26 @@ class Result:
         return cls.from_dict(read_json_object(path), source=path)
 
 
+@result_kind("curve")
+@dataclass
+class CurveResult(Result):
+    """A plotted curve beside a command's main result (``prefill/``, ``by-category/``, ``ser-curve/``).
+
+    Core, not a room's: three rooms write one and the report draws them all the same way; the
+    keys each adds (``asr``, ``ser``, ``config``, ...) stay in ``extra``, in the order written.
+    """
+
+    INDENT = 2
+
+    name: str | None = None
+    title: str | None = None
+    xlabel: str | None = None
+    ylabel: str | None = None
+    model: str | None = None
+    adapter: str | None = None
+    series: list[dict[str, Any]] = field(default_factory=list)
+
+
 def read_json_object(path: str | Path, what: str = "metrics file") -> dict[str, Any]:
     """A JSON object from ``path``; missing, truncated or non-object files are one line naming it."""
     text = read_text(path, what)
@@ -247,4 +267,4 @@ class RunDir:
         return self.write_text(name, json.dumps(_plain(obj), indent=indent))
 
 
-__all__ = ["Result", "RESULT_KINDS", "result_kind", "read_result", "read_json_object", "as_result", "RunDir"]
+__all__ = ["Result", "RESULT_KINDS", "result_kind", "read_result", "read_json_object", "as_result", "CurveResult", "RunDir"]
