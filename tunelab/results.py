@@ -133,12 +133,15 @@ class Result:
         return data
 
     # ------------------------------------------------------------------ files
-    def write(self, where: "RunDir | Path", name: str = EVAL_FILE) -> Path:
-        """Write atomically to ``where/name`` (a :class:`RunDir` or a directory path); return the path."""
+    def write(self, where: "RunDir | Path", name: str = EVAL_FILE, *, indent: int | None = None) -> Path:
+        """Write atomically to ``where/name`` (a :class:`RunDir` or a directory path); return the path.
+
+        ``indent`` overrides the class's :attr:`INDENT` (a writer of several kinds keeps its own).
+        """
         directory = where.path if isinstance(where, RunDir) else Path(where)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / name
-        text = json.dumps(self.to_dict(), indent=self.INDENT)
+        text = json.dumps(self.to_dict(), indent=self.INDENT if indent is None else indent)
         atomic_write_text(path, text + "\n" if self.TRAILING_NEWLINE else text)
         return path
 

@@ -39,6 +39,7 @@ from rich.progress import (
 
 from tunelab.errors import TunelabError
 from tunelab.layout import EVAL_FILE, METRICS_FILE, atomic_write_text
+from tunelab.moe.results import PretrainResult
 from tunelab.moe import ddp
 from tunelab.moe.balancing import max_routing_imbalance, switch_aux_loss, z_loss
 from tunelab.moe.corpora import CORPORA, TokenStream, load_tokenizer, read_stream
@@ -513,7 +514,7 @@ def _finish(cfg: PretrainConfig, out: Path, model: torch.nn.Module, tokenizer: A
         summary["figures"] = []
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     summary["wall_seconds"] = round(wall, 1)
-    atomic_write_text(out / EVAL_FILE, json.dumps(summary, indent=1))
+    PretrainResult.from_dict(summary).write(out)
     final = summary["final_loss"]
     console.print(f"pretrained {out}: held-out loss " + ", ".join(f"{k} {v:.4f}" for k, v in final.items())
                   + f" · {summary['tokens_per_s']:.0f} tokens/s")

@@ -64,6 +64,8 @@ from rich.table import Table
 
 from tunelab.errors import TunelabError
 from tunelab.layout import EVAL_FILE, RUN_FILE, atomic_write_text
+from tunelab.privacy.results import PhishingResult
+from tunelab.results import CurveResult
 
 PREFIX_KINDS = ("true", "similar", "random")
 POISON_PREFIXES = ("fixed", "random")
@@ -491,8 +493,8 @@ def run_phishing(cfg: PhishConfig, console: Console | None = None) -> dict[str, 
         "series": [{k: s[k] for k in ("label", "x", "y")} for s in series],
     }
     (out / CURVE_DIR).mkdir(exist_ok=True)
-    atomic_write_text(out / CURVE_DIR / EVAL_FILE, json.dumps(curve, indent=2))
-    atomic_write_text(out / EVAL_FILE, json.dumps(metrics, indent=2))  # last: marks a finished experiment
+    CurveResult.from_dict(curve).write(out / CURVE_DIR)
+    PhishingResult.from_dict(metrics).write(out)  # last: marks a finished experiment
     return metrics
 
 

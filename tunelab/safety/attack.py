@@ -24,6 +24,7 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.files import json_field, open_safetensors, read_json
 from tunelab.layout import EVAL_FILE, RUN_FILE, atomic_write_text
+from tunelab.safety.results import AttackResult
 
 ATTACKS = ("harmful", "identity")
 # Affirmative openings only: the standard attack targets, with nothing after them.
@@ -132,7 +133,7 @@ def run_attack(cfg: AttackConfig) -> dict[str, Any]:
         "intervals": {"asr_before": before["intervals"]["asr"], "asr_after": after["intervals"]["asr"]},
         "n_harmful": after["n_harmful"], "final_loss": record["losses"][-1], "run": str(run_dir),
     }
-    atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=2))
+    AttackResult.from_dict(result).write(out)
     return result
 
 
