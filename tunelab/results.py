@@ -226,11 +226,15 @@ class RunDir:
 
     ``marker`` is the file written last; its presence marks the command as finished, so an
     interrupted run never looks complete. With ``overwrite`` the marker goes first, then the rest.
+    ``what`` names a finished one in errors, article included ("a finished run", "an attack
+    result"); ``not_empty``, when given, refuses any non-empty directory without ``--overwrite``
+    (``{path}`` in it is filled in), not just a finished one.
     """
 
     path: Path
     marker: str = EVAL_FILE
-    what: str = "result"
+    what: str = "a finished result"
+    not_empty: str | None = None
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -244,19 +248,48 @@ class RunDir:
         """Whether the marker file exists."""
         return self.file(self.marker).is_file()
 
-    def prepare(self, *, overwrite: bool = False, resume: bool = False) -> None:
-        """Create the directory; refuse a finished one unless ``overwrite`` (then empty it) or ``resume``."""
+    def check(self, *, overwrite: bool = False, resume: bool = False,
+              checkpoint: Callable[[Path], Path | None] | None = None) -> Path | None:
+        """Refuse what the flags do not allow, writing nothing; return the checkpoint to resume from.
+
+        ``checkpoint`` finds a resumable checkpoint in the directory (commands that resume): with
+        ``resume`` one must exist, without it an unfinished run is refused unless ``overwrite``.
+        """
+        found = checkpoint(self.path) if checkpoint is not None and self.path.is_dir() else None
+        if resume:
+            if self.finished:
+                raise TunelabError(f"{self.path} already holds {self.what}; nothing to resume")
+            if checkpoint is not None and found is None:
+                raise TunelabError(f"{self.path} has no checkpoint to resume from")
+            return found
+        if overwrite:
+            return None
+        if self.not_empty is not None and self.path.is_dir() and any(self.path.iterdir()):
+            raise TunelabError(self.not_empty.format(path=self.path))
+        if self.finished:
+            raise TunelabError(f"{self.path} already holds {self.what}; pass --overwrite to replace it")
+        if found is not None:
+            raise TunelabError(f"{self.path} holds an unfinished run; pass --resume to continue it or --overwrite to restart")
+        return None
+
+    def open(self, *, clear: bool = False, marker_only: bool = False) -> None:
+        """Create the directory; with ``clear`` empty it first (the marker goes first), or with
+        ``marker_only`` drop just the marker (a rerun that reuses the rest must not look finished)."""
         if self.path.exists() and not self.path.is_dir():
             raise TunelabError(f"{self.path} exists and is not a directory")
-        if self.finished and resume and not overwrite:
-            raise TunelabError(f"{self.path} already holds a finished {self.what}; nothing to resume")
-        if self.finished and not overwrite:
-            raise TunelabError(f"{self.path} already holds a finished {self.what}; pass --overwrite to replace it")
-        if overwrite and self.path.is_dir():
+        if (clear or marker_only) and self.path.is_dir():
             self.file(self.marker).unlink(missing_ok=True)
-            for child in self.path.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            if clear:
+                for child in self.path.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def prepare(self, *, overwrite: bool = False, resume: bool = False) -> None:
+        """:meth:`check` then :meth:`open`: refuse a finished directory unless ``overwrite`` (then empty it) or ``resume``."""
+        if self.path.exists() and not self.path.is_dir():
+            raise TunelabError(f"{self.path} exists and is not a directory")
+        self.check(overwrite=overwrite, resume=resume)
+        self.open(clear=overwrite)
 
     def write_text(self, name: str, text: str) -> Path:
         """Write ``name`` atomically (temp file + rename)."""
