@@ -278,11 +278,15 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise TunelabError(f"{self.path} exists and is not a directory")
         if (clear or marker_only) and self.path.is_dir():
-            self.file(self.marker).unlink(missing_ok=True)
+            self.unfinish()
             if clear:
                 for child in self.path.iterdir():
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def unfinish(self) -> None:
+        """Drop the marker: a rerun into this directory must not look finished if it is interrupted."""
+        self.file(self.marker).unlink(missing_ok=True)
 
     def prepare(self, *, overwrite: bool = False, resume: bool = False) -> None:
         """:meth:`check` then :meth:`open`: refuse a finished directory unless ``overwrite`` (then empty it) or ``resume``."""

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_FILE, atomic_write_text
+from tunelab.layout import atomic_write_text
 from tunelab.inspect.results import MultiTurnResult
 
 Messages = list[dict[str, str]]

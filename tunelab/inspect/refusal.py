@@ -50,7 +50,7 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate.judges import is_refusal
 from tunelab.inspect.hooks import blocks, geometry, model_device, observe, text_config
 from tunelab.inspect.steering import direction_vector, steer
-from tunelab.layout import EVAL_FILE, atomic_write_text
+from tunelab.layout import atomic_write_text
 from tunelab.inspect.results import RefusalDirectionResult
 
 KIND = "refusal-direction"

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_FILE, atomic_write_text
+from tunelab.layout import EVAL_FILE
 from tunelab.inspect.results import SaltResult
 
 SPLITS = ("train", "test")

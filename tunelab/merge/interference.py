@@ -24,7 +24,6 @@ from typing import Any, Sequence
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_FILE, atomic_write_text
 from tunelab.merge.results import InterferenceResult
 from tunelab.merge.sources import AdapterSource, LoraFactors, SparseDelta, common_base, read_sources
 

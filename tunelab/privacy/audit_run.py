@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_DIR, EVAL_FILE, RUN_FILE, atomic_write_text
+from tunelab.layout import EVAL_DIR, RUN_FILE, atomic_write_text
 from tunelab.privacy.results import PrivacyAuditResult
 from tunelab.privacy.audit import DEFAULT_FPRS, BootstrapParams, CanaryScoreAuditor
 from tunelab.privacy.canaries import CanarySet

@@ -63,9 +63,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_FILE, RUN_FILE, atomic_write_text
+from tunelab.layout import RUN_FILE, atomic_write_text
 from tunelab.privacy.results import PhishingResult
-from tunelab.results import CurveResult
+from tunelab.results import CurveResult, RunDir
 
 PREFIX_KINDS = ("true", "similar", "random")
 POISON_PREFIXES = ("fixed", "random")
@@ -448,10 +448,9 @@ def run_phishing(cfg: PhishConfig, console: Console | None = None) -> dict[str, 
     cfg.validate()
     console = console or Console(stderr=True)
     out = Path(cfg.output)
-    if (out / EVAL_FILE).is_file():
-        if not cfg.overwrite:
-            raise TunelabError(f"{out} already holds a phishing result; pass --overwrite to replace it")
-        (out / EVAL_FILE).unlink()  # an interrupted rerun must not look finished
+    run_dir = RunDir(out, what="a phishing result")
+    run_dir.check(overwrite=cfg.overwrite)
+    run_dir.unfinish()
     if cfg.data is not None:
         corpus, exclude = read_corpus(cfg.data), set[str]()
     else:

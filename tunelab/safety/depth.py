@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_FILE, EVAL_OUTPUTS, atomic_write_text
+from tunelab.layout import EVAL_OUTPUTS, atomic_write_text
 from tunelab.results import CurveResult
 from tunelab.safety.results import SafetyDepthResult
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_FILE, atomic_write_text
+from tunelab.layout import atomic_write_text
 from tunelab.scaling.results import ScalingResult
 from tunelab.scaling.approach1 import approach1
 from tunelab.scaling.approach3 import (
