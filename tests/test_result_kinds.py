@@ -75,3 +75,19 @@ def test_result_fields_are_typed() -> None:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             assert f.name in hints and hints[f.name] is not typing.Any, f"{cls.__name__}.{f.name} is untyped"
+
+
+@pytest.mark.parametrize("kind", sorted(set(RESULT_KINDS.names()) - {"test-fit"}))
+def test_a_writer_dict_writes_the_same_bytes_through_its_result(kind: str, tmp_path: Path) -> None:
+    """A writer's dict (some fields left out, fields in its own order, a key the class does not
+    know) written through its Result is the file ``json.dumps`` wrote before results were typed."""
+    import dataclasses
+
+    from tunelab.results import as_result
+
+    cls = RESULT_KINDS.get(kind)
+    names = [f.name for f in dataclasses.fields(cls) if f.init and f.name != "extra"]
+    data = {"kind": kind, **{name: i for i, name in enumerate(reversed(names[::2]))}, "later_key": [1, 2]}
+    path = as_result(data).write(tmp_path)
+    expected = json.dumps(data, indent=cls.INDENT) + ("\n" if cls.TRAILING_NEWLINE else "")
+    assert path.read_text() == expected
