@@ -19,8 +19,8 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.evaluate.intervention import GenerationIntervention, applied_all, first_step_of
-from tunelab.layout import EVAL_DIR, EVAL_OUTPUTS, atomic_write_text
 from tunelab.evaluate.results import LmEvalResult, SafetyResult, TaskResult  # noqa: F401 (registered for as_result)
+from tunelab.layout import EVAL_DIR, EVAL_OUTPUTS, atomic_write_text
 from tunelab.results import RunDir, as_result
 
 SPLITS = ("train", "test", "all")  # = tunelab.evaluate.prompts.SPLITS (kept light: no import here)
