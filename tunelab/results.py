@@ -16,8 +16,8 @@ the string keys its readers use::
     read_result(Path("runs/fit/metrics.json"))   # -> ScalingResult
 
 On disk a result is ``{"kind": ..., "schema_version": N, <fields in declaration order>,
-<keys this version does not know, kept as they were>}``. Files written before
-``schema_version`` existed read as version 1; a file from a newer tunelab is refused in one
+<keys this version does not know, kept as they were>}`` (``schema_version`` from version 2 on).
+Files without ``schema_version`` read as version 1; a file from a newer tunelab is refused in one
 line; unknown kinds read as a plain :class:`Result` holding everything in ``extra`` (the report
 still shows what it can). Torch-free: light readers import this module.
 """
@@ -57,15 +57,50 @@ class Result:
 
     KIND: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+    INDENT: ClassVar[int] = 1  # the writer's json.dumps indent before results were typed (kept: same bytes)
+    TRAILING_NEWLINE: ClassVar[bool] = False
     extra: dict[str, Any] = field(default_factory=dict, repr=False, kw_only=True)
+    # Key order of the dict this result was read from (from_dict): writing it back gives the same
+    # object, keys a writer left out stay out, and commands that now build a Result from their dict
+    # write the same bytes as before.
+    _keys: tuple[str, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ dict form
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object written to disk (``kind`` and ``schema_version`` first)."""
-        out: dict[str, Any] = {"kind": self.KIND or self.extra.get("kind", ""), "schema_version": self.VERSION}
-        for f in dataclasses.fields(self):
-            if f.name != "extra":
-                out[f.name] = _plain(getattr(self, f.name))
+        """The JSON object written to disk (``kind`` and ``schema_version`` first).
+
+        ``schema_version`` is written from version 2 on: a file without it reads as version 1, so
+        version-1 files stay exactly what the untyped writers wrote. A result read by
+        :meth:`from_dict` keeps the keys and order it was read with.
+        """
+        kind = self.KIND or self.extra.get("kind", "")
+        fields = {f.name: f for f in dataclasses.fields(self) if f.name not in ("extra", "_keys")}
+        values = {name: _plain(getattr(self, name)) for name in fields}
+        if self._keys is None:
+            out: dict[str, Any] = {"kind": kind}
+            if self.VERSION > 1:
+                out["schema_version"] = self.VERSION
+            out.update(values)
+            for key, value in self.extra.items():
+                out.setdefault(key, value)
+            return out
+        out = {}
+        for key in self._keys:
+            if key == "kind":
+                out[key] = kind
+            elif key == "schema_version":
+                out[key] = self.VERSION
+            elif key in values:
+                out[key] = values[key]
+            elif key in self.extra:
+                out[key] = self.extra[key]
+        if "kind" not in out:
+            out = {"kind": kind, **out}
+        if self.VERSION > 1 and "schema_version" not in out:
+            out = {"kind": kind, "schema_version": self.VERSION, **out}
+        for name, f in fields.items():  # set after reading: append unless still the default
+            if name not in out and values[name] != _plain(_default(f)):
+                out[name] = values[name]
         for key, value in self.extra.items():
             out.setdefault(key, value)
         return out
@@ -86,9 +121,11 @@ class Result:
         if not cls.KIND and "kind" in data:
             extra = {"kind": data["kind"], **extra}
         try:
-            return cls(**known, extra=extra)
+            result = cls(**known, extra=extra)
         except TypeError as exc:  # a required field missing from the file
             raise TunelabError(f"{source}: not a '{cls.KIND}' result ({exc})") from None
+        result._keys = tuple(data)
+        return result
 
     @classmethod
     def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
@@ -96,18 +133,42 @@ class Result:
         return data
 
     # ------------------------------------------------------------------ files
-    def write(self, where: "RunDir | Path", name: str = EVAL_FILE) -> Path:
-        """Write atomically to ``where/name`` (a :class:`RunDir` or a directory path); return the path."""
+    def write(self, where: "RunDir | Path", name: str = EVAL_FILE, *, indent: int | None = None) -> Path:
+        """Write atomically to ``where/name`` (a :class:`RunDir` or a directory path); return the path.
+
+        ``indent`` overrides the class's :attr:`INDENT` (a writer of several kinds keeps its own).
+        """
         directory = where.path if isinstance(where, RunDir) else Path(where)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / name
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        text = json.dumps(self.to_dict(), indent=self.INDENT if indent is None else indent)
+        atomic_write_text(path, text + "\n" if self.TRAILING_NEWLINE else text)
         return path
 
     @classmethod
     def read(cls: type[R], path: str | Path) -> R:
         """Read ``path`` as this class; a truncated or wrong file is one line naming it."""
         return cls.from_dict(read_json_object(path), source=path)
+
+
+@result_kind("curve")
+@dataclass
+class CurveResult(Result):
+    """A plotted curve beside a command's main result (``prefill/``, ``by-category/``, ``ser-curve/``).
+
+    Core, not a room's: three rooms write one and the report draws them all the same way; the
+    keys each adds (``asr``, ``ser``, ``config``, ...) stay in ``extra``, in the order written.
+    """
+
+    INDENT = 2
+
+    name: str | None = None
+    title: str | None = None
+    xlabel: str | None = None
+    ylabel: str | None = None
+    model: str | None = None
+    adapter: str | None = None
+    series: list[dict[str, Any]] = field(default_factory=list)
 
 
 def read_json_object(path: str | Path, what: str = "metrics file") -> dict[str, Any]:
@@ -130,6 +191,22 @@ def read_result(path: str | Path) -> Result:
     return cls.from_dict(data, source=path)
 
 
+def as_result(data: dict[str, Any]) -> Result:
+    """``data`` (a command's metrics dict) as its registered type by ``kind`` (plain :class:`Result` if none)."""
+    kind = data.get("kind")
+    cls = RESULT_KINDS.get(kind) if isinstance(kind, str) and kind in RESULT_KINDS else Result
+    return cls.from_dict(data, source=f"'{kind}' result")
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default value (None when it has none)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
 def _plain(value: Any) -> Any:
     """Dataclasses and paths as JSON-ready values."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -149,11 +226,15 @@ class RunDir:
 
     ``marker`` is the file written last; its presence marks the command as finished, so an
     interrupted run never looks complete. With ``overwrite`` the marker goes first, then the rest.
+    ``what`` names a finished one in errors, article included ("a finished run", "an attack
+    result"); ``not_empty``, when given, refuses any non-empty directory without ``--overwrite``
+    (``{path}`` in it is filled in), not just a finished one.
     """
 
     path: Path
     marker: str = EVAL_FILE
-    what: str = "result"
+    what: str = "a finished result"
+    not_empty: str | None = None
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -167,19 +248,52 @@ class RunDir:
         """Whether the marker file exists."""
         return self.file(self.marker).is_file()
 
-    def prepare(self, *, overwrite: bool = False, resume: bool = False) -> None:
-        """Create the directory; refuse a finished one unless ``overwrite`` (then empty it) or ``resume``."""
+    def check(self, *, overwrite: bool = False, resume: bool = False,
+              checkpoint: Callable[[Path], Path | None] | None = None) -> Path | None:
+        """Refuse what the flags do not allow, writing nothing; return the checkpoint to resume from.
+
+        ``checkpoint`` finds a resumable checkpoint in the directory (commands that resume): with
+        ``resume`` one must exist, without it an unfinished run is refused unless ``overwrite``.
+        """
+        found = checkpoint(self.path) if checkpoint is not None and self.path.is_dir() else None
+        if resume:
+            if self.finished:
+                raise TunelabError(f"{self.path} already holds {self.what}; nothing to resume")
+            if checkpoint is not None and found is None:
+                raise TunelabError(f"{self.path} has no checkpoint to resume from")
+            return found
+        if overwrite:
+            return None
+        if self.not_empty is not None and self.path.is_dir() and any(self.path.iterdir()):
+            raise TunelabError(self.not_empty.format(path=self.path))
+        if self.finished:
+            raise TunelabError(f"{self.path} already holds {self.what}; pass --overwrite to replace it")
+        if found is not None:
+            raise TunelabError(f"{self.path} holds an unfinished run; pass --resume to continue it or --overwrite to restart")
+        return None
+
+    def open(self, *, clear: bool = False, marker_only: bool = False) -> None:
+        """Create the directory; with ``clear`` empty it first (the marker goes first), or with
+        ``marker_only`` drop just the marker (a rerun that reuses the rest must not look finished)."""
         if self.path.exists() and not self.path.is_dir():
             raise TunelabError(f"{self.path} exists and is not a directory")
-        if self.finished and resume and not overwrite:
-            raise TunelabError(f"{self.path} already holds a finished {self.what}; nothing to resume")
-        if self.finished and not overwrite:
-            raise TunelabError(f"{self.path} already holds a finished {self.what}; pass --overwrite to replace it")
-        if overwrite and self.path.is_dir():
-            self.file(self.marker).unlink(missing_ok=True)
-            for child in self.path.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if (clear or marker_only) and self.path.is_dir():
+            self.unfinish()
+            if clear:
+                for child in self.path.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def unfinish(self) -> None:
+        """Drop the marker: a rerun into this directory must not look finished if it is interrupted."""
+        self.file(self.marker).unlink(missing_ok=True)
+
+    def prepare(self, *, overwrite: bool = False, resume: bool = False) -> None:
+        """:meth:`check` then :meth:`open`: refuse a finished directory unless ``overwrite`` (then empty it) or ``resume``."""
+        if self.path.exists() and not self.path.is_dir():
+            raise TunelabError(f"{self.path} exists and is not a directory")
+        self.check(overwrite=overwrite, resume=resume)
+        self.open(clear=overwrite)
 
     def write_text(self, name: str, text: str) -> Path:
         """Write ``name`` atomically (temp file + rename)."""
@@ -193,4 +307,4 @@ class RunDir:
         return self.write_text(name, json.dumps(_plain(obj), indent=indent))
 
 
-__all__ = ["Result", "RESULT_KINDS", "result_kind", "read_result", "read_json_object", "RunDir"]
+__all__ = ["Result", "RESULT_KINDS", "result_kind", "read_result", "read_json_object", "as_result", "CurveResult", "RunDir"]

@@ -19,7 +19,9 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.evaluate.intervention import GenerationIntervention, applied_all, first_step_of
-from tunelab.layout import EVAL_DIR, EVAL_FILE, EVAL_OUTPUTS, atomic_write_text
+from tunelab.evaluate.results import LmEvalResult, SafetyResult, TaskResult  # noqa: F401 (registered for as_result)
+from tunelab.layout import EVAL_DIR, EVAL_OUTPUTS, atomic_write_text
+from tunelab.results import RunDir, as_result
 
 SPLITS = ("train", "test", "all")  # = tunelab.evaluate.prompts.SPLITS (kept light: no import here)
 
@@ -224,7 +226,6 @@ def write_result(result: dict[str, Any], out: Path) -> None:
 
     ``metrics.json`` goes last: its presence marks a finished evaluation.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    (out / EVAL_FILE).unlink(missing_ok=True)  # an old result must not pass for this one
+    RunDir(out).open(marker_only=True)  # an old result must not pass for this one
     atomic_write_text(out / EVAL_OUTPUTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.get("records", [])))
-    atomic_write_text(out / EVAL_FILE, json.dumps({k: v for k, v in result.items() if k != "records"}, indent=2))
+    as_result({k: v for k, v in result.items() if k != "records"}).write(out, indent=2)

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_FILE, atomic_write_text
+from tunelab.layout import atomic_write_text
+from tunelab.inspect.results import MultiTurnResult
 
 Messages = list[dict[str, str]]
 
@@ -540,5 +541,5 @@ def run_multiturn(cfg: MultiTurnConfig, model: Any = None, tokenizer: Any = None
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "turns.jsonl", _turn_rows(records, turns, cfg.task))
     plot_multiturn(result, out / "multiturn.png")
-    atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1))
+    MultiTurnResult.from_dict(result).write(out)
     return result

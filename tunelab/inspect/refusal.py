@@ -50,7 +50,8 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate.judges import is_refusal
 from tunelab.inspect.hooks import blocks, geometry, model_device, observe, text_config
 from tunelab.inspect.steering import direction_vector, steer
-from tunelab.layout import EVAL_FILE, atomic_write_text
+from tunelab.layout import atomic_write_text
+from tunelab.inspect.results import RefusalDirectionResult
 
 KIND = "refusal-direction"
 ABLATION_POINTS = ("resid_pre", "attn_out", "mlp_out")
@@ -725,7 +726,7 @@ def run_refusal(cfg: RefusalConfig, model: Any = None, tokenizer: Any = None, pr
                          "measurement_s": measure_s},
               "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
     plot_candidates(result, out / PLOT_FILE)
-    atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1))
+    RefusalDirectionResult.from_dict(result).write(out)
     return result
 
 

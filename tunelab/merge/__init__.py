@@ -33,6 +33,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.layout import PEFT_WEIGHTS, RUN_FILE, atomic_write_text
+from tunelab.results import RunDir
 from tunelab.merge.base import MergeMethod
 from tunelab.merge.cat import Cat
 from tunelab.merge.dare import DareLinear, DareTies
@@ -180,8 +181,8 @@ def _check_output(out: Path, dirs: Sequence[Path], overwrite: bool) -> None:
     if any(out.resolve() == d.resolve() for d in dirs):
         raise TunelabError(f"--output {out} is one of the adapters being merged; choose another directory")
     # PEFT pitfall: add_weighted_adapter silently does nothing when the target exists. Refuse loudly.
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise TunelabError(f"--output {out} exists and is not empty; pass --overwrite to replace it")
+    RunDir(out, marker=RUN_FILE, not_empty="--output {path} exists and is not empty; pass --overwrite to replace it"
+           ).check(overwrite=overwrite)
 
 
 def _check_tasks(tasks: Sequence[str], n: int) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_FILE, atomic_write_text
+from tunelab.merge.results import InterferenceResult
 from tunelab.merge.sources import AdapterSource, LoraFactors, SparseDelta, common_base, read_sources
 
 Matrix = list[list[float | None]]
@@ -251,9 +251,7 @@ def write_metrics(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> Pa
     """Write ``out_dir/metrics.json`` atomically; return its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / EVAL_FILE
-    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
-    return path
+    return InterferenceResult.from_dict(result).write(out)
 
 
 def inspect_interference(dirs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str] = "interference", *,

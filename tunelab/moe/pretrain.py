@@ -39,6 +39,8 @@ from rich.progress import (
 
 from tunelab.errors import TunelabError
 from tunelab.layout import EVAL_FILE, METRICS_FILE, atomic_write_text
+from tunelab.moe.results import PretrainResult
+from tunelab.results import RunDir
 from tunelab.moe import ddp
 from tunelab.moe.balancing import max_routing_imbalance, switch_aux_loss, z_loss
 from tunelab.moe.corpora import CORPORA, TokenStream, load_tokenizer, read_stream
@@ -416,17 +418,14 @@ def _default_output(cfg: PretrainConfig) -> str:
     return f"runs/pretrain/{name}-{data}" + ("-cpt" if cfg.init_from else "")
 
 
+def _run_dir(out: Path) -> RunDir:
+    """Pretrain's :class:`RunDir`: ``metrics.json`` marks a finished run; any non-empty directory is refused."""
+    return RunDir(out, marker=EVAL_FILE, what="a finished run",
+                  not_empty="{path} is not empty: pass --overwrite, --resume, or another --output")
+
+
 def _check_output(cfg: PretrainConfig, out: Path) -> Path | None:
-    if cfg.resume:
-        if (out / EVAL_FILE).is_file():
-            raise TunelabError(f"{out} already holds a finished run; nothing to resume")
-        state = find_checkpoint(out) if out.is_dir() else None
-        if state is None:
-            raise TunelabError(f"{out} has no checkpoint to resume from")
-        return state
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise TunelabError(f"{out} is not empty: pass --overwrite, --resume, or another --output")
-    return None
+    return _run_dir(out).check(overwrite=cfg.overwrite, resume=cfg.resume, checkpoint=find_checkpoint)
 
 
 def _resumed_config(cfg: PretrainConfig, out: Path) -> PretrainConfig:
@@ -441,9 +440,7 @@ def _resumed_config(cfg: PretrainConfig, out: Path) -> PretrainConfig:
 def _open_output(cfg: PretrainConfig, out: Path) -> None:
     import yaml
 
-    if out.exists() and cfg.overwrite:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _run_dir(out).open(clear=cfg.overwrite)
     atomic_write_text(out / "config.yaml", yaml.safe_dump({**asdict(cfg), "output": str(out), "resume": False,
                                                              "overwrite": False}, sort_keys=False))
 
@@ -513,7 +510,7 @@ def _finish(cfg: PretrainConfig, out: Path, model: torch.nn.Module, tokenizer: A
         summary["figures"] = []
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     summary["wall_seconds"] = round(wall, 1)
-    atomic_write_text(out / EVAL_FILE, json.dumps(summary, indent=1))
+    PretrainResult.from_dict(summary).write(out)
     final = summary["final_loss"]
     console.print(f"pretrained {out}: held-out loss " + ", ".join(f"{k} {v:.4f}" for k, v in final.items())
                   + f" · {summary['tokens_per_s']:.0f} tokens/s")

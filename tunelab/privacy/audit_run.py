@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_DIR, EVAL_FILE, RUN_FILE, atomic_write_text
+from tunelab.layout import EVAL_DIR, RUN_FILE, atomic_write_text
+from tunelab.privacy.results import PrivacyAuditResult
 from tunelab.privacy.audit import DEFAULT_FPRS, BootstrapParams, CanaryScoreAuditor
 from tunelab.privacy.canaries import CanarySet
 from tunelab.privacy.scores import DISABLE_ADAPTER, SCORES
@@ -243,7 +244,7 @@ def run_privacy_audit(cfg: PrivacyAuditConfig, console: Any = None) -> dict[str,
     lines = [json.dumps({"index": i, "member": m, **{name: float(v[i]) for name, v in values.items()}})
              for i, m in enumerate(member)]
     atomic_write_text(out / SCORES_FILE, "\n".join(lines) + "\n")
-    atomic_write_text(out / EVAL_FILE, json.dumps(metrics, indent=1))  # last: marks a finished audit
+    PrivacyAuditResult.from_dict(metrics).write(out)  # last: marks a finished audit
     return metrics
 
 

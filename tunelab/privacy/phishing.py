@@ -63,7 +63,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_FILE, RUN_FILE, atomic_write_text
+from tunelab.layout import RUN_FILE, atomic_write_text
+from tunelab.privacy.results import PhishingResult
+from tunelab.results import CurveResult, RunDir
 
 PREFIX_KINDS = ("true", "similar", "random")
 POISON_PREFIXES = ("fixed", "random")
@@ -446,10 +448,9 @@ def run_phishing(cfg: PhishConfig, console: Console | None = None) -> dict[str, 
     cfg.validate()
     console = console or Console(stderr=True)
     out = Path(cfg.output)
-    if (out / EVAL_FILE).is_file():
-        if not cfg.overwrite:
-            raise TunelabError(f"{out} already holds a phishing result; pass --overwrite to replace it")
-        (out / EVAL_FILE).unlink()  # an interrupted rerun must not look finished
+    run_dir = RunDir(out, what="a phishing result")
+    run_dir.check(overwrite=cfg.overwrite)
+    run_dir.unfinish()
     if cfg.data is not None:
         corpus, exclude = read_corpus(cfg.data), set[str]()
     else:
@@ -491,8 +492,8 @@ def run_phishing(cfg: PhishConfig, console: Console | None = None) -> dict[str, 
         "series": [{k: s[k] for k in ("label", "x", "y")} for s in series],
     }
     (out / CURVE_DIR).mkdir(exist_ok=True)
-    atomic_write_text(out / CURVE_DIR / EVAL_FILE, json.dumps(curve, indent=2))
-    atomic_write_text(out / EVAL_FILE, json.dumps(metrics, indent=2))  # last: marks a finished experiment
+    CurveResult.from_dict(curve).write(out / CURVE_DIR)
+    PhishingResult.from_dict(metrics).write(out)  # last: marks a finished experiment
     return metrics
 
 

@@ -23,7 +23,9 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.files import json_field, open_safetensors, read_json
-from tunelab.layout import EVAL_FILE, RUN_FILE, atomic_write_text
+from tunelab.layout import RUN_FILE, atomic_write_text
+from tunelab.results import RunDir
+from tunelab.safety.results import AttackResult
 
 ATTACKS = ("harmful", "identity")
 # Affirmative openings only: the standard attack targets, with nothing after them.
@@ -101,10 +103,10 @@ def run_attack(cfg: AttackConfig) -> dict[str, Any]:
     cfg.validate()
     out = Path(cfg.output)
     run_dir = out / "run"
-    if (out / EVAL_FILE).is_file() and not cfg.overwrite:
-        raise TunelabError(f"{out} already holds an attack result; pass --overwrite to replace it")
+    out_dir = RunDir(out, what="an attack result")
+    out_dir.check(overwrite=cfg.overwrite)
     peft_config = _adapter_config(Path(cfg.adapter))
-    out.mkdir(parents=True, exist_ok=True)
+    out_dir.open()
     if cfg.attack == "harmful":
         records = harmful_attack_records(cfg.n, cfg.seed)
     else:
@@ -132,7 +134,7 @@ def run_attack(cfg: AttackConfig) -> dict[str, Any]:
         "intervals": {"asr_before": before["intervals"]["asr"], "asr_after": after["intervals"]["asr"]},
         "n_harmful": after["n_harmful"], "final_loss": record["losses"][-1], "run": str(run_dir),
     }
-    atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=2))
+    AttackResult.from_dict(result).write(out)
     return result
 
 

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_FILE, EVAL_OUTPUTS, atomic_write_text
+from tunelab.layout import EVAL_OUTPUTS, atomic_write_text
+from tunelab.results import CurveResult
+from tunelab.safety.results import SafetyDepthResult
 
 # A neutral affirmative opening: long enough (>100 tokens in common tokenizers) for k up to 40
 # prefilled tokens and 100-token recovery prefixes, and free of refusal phrases, so the keyword
@@ -288,8 +290,8 @@ def run_safety_depth(
     (out / PREFILL_DIR).mkdir(parents=True, exist_ok=True)
     # Outputs first, metrics.json last: a directory without it is not a finished audit.
     atomic_write_text(out / EVAL_OUTPUTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in attack["records"]))
-    atomic_write_text(out / PREFILL_DIR / EVAL_FILE, json.dumps(prefill, indent=2))
-    atomic_write_text(out / EVAL_FILE, json.dumps(metrics, indent=2))
+    CurveResult.from_dict(prefill).write(out / PREFILL_DIR)
+    SafetyDepthResult.from_dict(metrics).write(out)
     return metrics
 
 

@@ -290,7 +290,9 @@ def run_refusal_calibration(model: str, adapter: str | None, output: str | Path,
     """
     from tunelab.evaluate.loading import load_with_adapter
     from tunelab.evaluate.prompts import benign_sensitive_prompts, harmful_prompts
-    from tunelab.layout import EVAL_FILE, EVAL_OUTPUTS, atomic_write_text
+    from tunelab.layout import EVAL_OUTPUTS, atomic_write_text
+    from tunelab.results import CurveResult
+    from tunelab.safety.results import RefusalCalibrationResult
 
     check_control(categories=categories, temperature=temperature)
     if limit is not None and limit < 1:
@@ -341,8 +343,8 @@ def run_refusal_calibration(model: str, adapter: str | None, output: str | Path,
     (out / "by-category").mkdir(parents=True, exist_ok=True)
     # Outputs first, metrics.json last: a directory without it is not a finished audit.
     atomic_write_text(out / EVAL_OUTPUTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    atomic_write_text(out / "by-category" / EVAL_FILE, json.dumps(per_category, indent=2))
-    atomic_write_text(out / EVAL_FILE, json.dumps(metrics, indent=2))
+    CurveResult.from_dict(per_category).write(out / "by-category")
+    RefusalCalibrationResult.from_dict(metrics).write(out)
     return metrics
 
 

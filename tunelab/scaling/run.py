@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_FILE, atomic_write_text
+from tunelab.layout import atomic_write_text
+from tunelab.scaling.results import ScalingResult
 from tunelab.scaling.approach1 import approach1
 from tunelab.scaling.approach3 import (
     Law,
@@ -214,5 +215,5 @@ def run_scaling_fit(cfg: ScalingFitConfig) -> dict[str, Any]:
         "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out),
     }
     atomic_write_text(out / FIT_FILE, json.dumps(fit_json, indent=1))
-    atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1))
+    ScalingResult.from_dict(result).write(out)
     return result

@@ -19,8 +19,8 @@ import yaml
 import tunelab
 from tunelab.adapters import get_method
 from tunelab.data import data_sha256
-from tunelab.errors import TunelabError
 from tunelab.layout import CONFIG_FILE, METRICS_FILE, RUN_FILE, atomic_write_text
+from tunelab.results import RunDir
 from tunelab.train.checkpoint import CHECKPOINT_DIR, find_checkpoint
 from tunelab.train.config import TrainConfig, bf16_supported
 from tunelab.train.plugins import Plugin, Run, StepInfo
@@ -42,24 +42,14 @@ def versions() -> dict[str, str]:
     }
 
 
+def run_dir(output: str | Path) -> RunDir:
+    """A training run's :class:`~tunelab.results.RunDir`: ``tunelab.json`` is its finished marker."""
+    return RunDir(Path(output), marker=RUN_FILE, what="a finished run")
+
+
 def check_output_dir(cfg: TrainConfig) -> Path | None:
     """Refuse to clobber a finished run; return the checkpoint to resume from, if any."""
-    out = Path(cfg.output)
-    finished = (out / RUN_FILE).is_file()
-    checkpoint = find_checkpoint(out) if out.is_dir() else None
-    if cfg.resume:
-        if finished:
-            raise TunelabError(f"{out} already holds a finished run; nothing to resume")
-        if checkpoint is None:
-            raise TunelabError(f"{out} has no checkpoint to resume from")
-        return checkpoint
-    if cfg.overwrite:
-        return None
-    if finished:
-        raise TunelabError(f"{out} already holds a finished run; pass --overwrite to replace it")
-    if checkpoint is not None:
-        raise TunelabError(f"{out} holds an unfinished run; pass --resume to continue it or --overwrite to restart")
-    return None
+    return run_dir(cfg.output).check(overwrite=cfg.overwrite, resume=cfg.resume, checkpoint=find_checkpoint)
 
 
 def resumed_config(cfg: TrainConfig) -> TrainConfig:
@@ -86,12 +76,7 @@ def resolved_config(cfg: TrainConfig) -> TrainConfig:
 def open_output_dir(run: Run) -> None:
     """Create (or, with ``overwrite``, empty) the output dir and write the resolved config."""
     out = run.out
-    out.mkdir(parents=True, exist_ok=True)
-    if run.cfg.overwrite and not run.resumed:
-        # The completion marker goes first, so an interrupted clean-up never looks finished.
-        (out / RUN_FILE).unlink(missing_ok=True)
-        for child in out.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    run_dir(out).open(clear=run.cfg.overwrite and not run.resumed)
     config = {**run.cfg.to_dict(), "resume": False, "overwrite": False}
     atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
 
