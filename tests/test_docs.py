@@ -119,16 +119,32 @@ def check_tunelab_args(root: Any, args: list[str]) -> list[str]:
         if sub is None:
             return [f"{' '.join(path)}: no command {name!r} (has: {', '.join(sorted(command.commands))})"]
         command, path = sub, [*path, name]
-    flags = {"--help"}
+    takes_value: dict[str, bool] = {"--help": False}  # flag -> whether the next token is its value
+    arguments = 0  # positional arguments the command takes (-1: any number)
     for param in command.params:
         if getattr(param, "param_type_name", "") == "option":
-            flags.update(param.opts, param.secondary_opts)
-    problems = []
-    for token in rest:
+            for flag in (*param.opts, *param.secondary_opts):
+                takes_value[flag] = not (param.is_flag or getattr(param, "count", False))
+        elif getattr(param, "param_type_name", "") == "argument":
+            arguments = -1 if param.nargs == -1 or arguments == -1 else arguments + param.nargs
+    problems, positionals, i = [], 0, 0
+    while i < len(rest):
+        token = rest[i]
+        i += 1
+        if token in PLACEHOLDER:
+            continue  # `tunelab train ... --flag`: anything may stand there
         if token.startswith("-") and not NUMBER.match(token) and token not in ("-", "--"):
-            flag = token.split("=", 1)[0]
-            if flag not in flags:
+            flag, eq, _ = token.partition("=")
+            if flag not in takes_value:
                 problems.append(f"{' '.join(path)}: no flag {flag}")
+                if not eq and i < len(rest) and not rest[i].startswith("-"):
+                    i += 1  # most likely its value: not counted as a positional argument
+            elif takes_value[flag] and not eq:
+                i += 1  # its value
+            continue
+        positionals += 1
+    if arguments != -1 and positionals > arguments:
+        problems.append(f"{' '.join(path)}: {positionals} positional arguments, takes {arguments}")
     return problems
 
 
@@ -190,6 +206,8 @@ def test_checker_catches_made_up_flags_and_commands(cli_root: Any) -> None:
         "tunelab train ... --init-from DIR [--reference <run>]",
         ".venv/bin/tunelab inspect steer train --pairs p.jsonl --output=runs/v",
         "python experiments/multitask.py --not-tunelab",
+        "tunelab unpack runs/a runs/b --output runs/c",
+        "tunelab merge runs/a runs/b runs/c --analyze --output runs/m",
         "```",
         "```",
         "tunelab LoRA   326  2.14x   (benchmark output: not a command)",
@@ -203,6 +221,7 @@ def test_checker_catches_made_up_flags_and_commands(cli_root: Any) -> None:
         problems[2],
         "tunelab eval: no flag --no-such-eval-flag",
         "tunelab train: no flag --made-up-continued-flag",
+        "tunelab unpack: 2 positional arguments, takes 1",
     ], problems
     assert problems[1].startswith("tunelab: no command 'no-such-command'")
     assert problems[2].startswith("tunelab inspect steer: no command 'nope'")
