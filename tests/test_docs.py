@@ -28,6 +28,47 @@ def test_relative_links_resolve(doc: Path) -> None:
     assert not broken, f"{doc.name}: broken links {broken}"
 
 
+def anchors(text: str) -> set[str]:
+    """The heading anchors GitHub makes for a markdown text (headings inside code blocks are not)."""
+    found: set[str] = set()
+    seen: dict[str, int] = {}
+    in_code = False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+            continue
+        heading = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if in_code or not heading:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", heading.group(1).lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        found.add(slug if n == 0 else f"{slug}-{n}")
+    return found
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_anchors_resolve(doc: Path) -> None:
+    """`page.md#section` and `#section` land on a heading that exists (GitHub's anchor rules)."""
+    broken = []
+    for target in LINK.findall(doc.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target) or "#" not in target:
+            continue
+        page, anchor = target.split("#", 1)
+        path = doc.parent / page if page else doc
+        if path.suffix == ".md" and path.exists() and anchor not in anchors(path.read_text(encoding="utf-8")):
+            broken.append(target)
+    assert not broken, f"{doc.name}: links to missing headings {broken}"
+
+
+def test_anchor_rules() -> None:
+    """The slug rules match GitHub's on the kinds of heading the docs use."""
+    text = "## Merging, continual learning, the safety adapter\n### Experiment: x (`experiments/multitask.py`)\n" \
+           "```bash\n# a comment, not a heading\n```\n## Demo\n## Demo\n"
+    assert anchors(text) == {"merging-continual-learning-the-safety-adapter",
+                             "experiment-x-experimentsmultitaskpy", "demo", "demo-1"}
+
+
 # --- every `tunelab …` line in a code block names a real command and only its real flags ---------
 #
 # Checked against the typer app itself (the click command tree), never by running the commands.
