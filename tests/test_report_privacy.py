@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from tests.test_report import assert_self_contained, fake_run, section_ids, visible, write_json
+from tunelab.privacy.report import privacy_section
 from tunelab.report import render_report
 from tunelab.report.collect import collect
 from tunelab.report.plots import Palette
-from tunelab.report.sections import SECTIONS, privacy_section
+from tunelab.report.sections import SECTIONS
 
 SECRET = "zq-SECRET-canary-7731"  # written to a canaries file beside the audit; must never reach the page
 

@@ -41,7 +41,10 @@ class Layer:
 LAYERS: tuple[Layer, ...] = (
     Layer("core", ("tunelab", "tunelab.errors", "tunelab.files", "tunelab.configs", "tunelab.options",
                    "tunelab.registry", "tunelab.layout", "tunelab.models", "tunelab.data", "tunelab.tasks", "tunelab.control_tokens",
-                   "tunelab.results", "tunelab.layers")),
+                   "tunelab.results", "tunelab.layers",
+                   # the kit a room writes its report section with (registry, formats, tables, data, figures)
+                   "tunelab.report.registry", "tunelab.report.render", "tunelab.report.html", "tunelab.report.collect",
+                   "tunelab.report.plots")),
     Layer("adapters", ("tunelab.adapters",)),
     # batched generation and the protocol through which higher rooms act on it (refusal control, steering)
     Layer("generation", ("tunelab.evaluate.generation", "tunelab.evaluate.intervention")),

@@ -15,8 +15,9 @@ from tunelab.errors import TunelabError
 from tunelab.layout import atomic_write_text
 from tunelab.report.collect import ReportData, collect
 from tunelab.report.html import esc, page, swatch
-from tunelab.report.plots import Palette
-from tunelab.report.sections import SECTIONS, Section
+from tunelab.report.registry import Section
+from tunelab.report.render import Palette
+from tunelab.report.sections import SECTIONS
 
 DEFAULT_TITLE = "tunelab report"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from typing import Any, Iterable, Sequence
 
-from tunelab.report.plots import Markup
+from tunelab.report.render import Markup
 
 CSS = """
 :root { --fg:#1d2330; --muted:#667085; --line:#e4e7ec; --bg:#ffffff; --soft:#f6f7f9; --accent:#2f6fdf; }

@@ -6,11 +6,8 @@ no global backend switch and no figure registry to leak into a caller's own plot
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import math
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import matplotlib
@@ -18,11 +15,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
+# defined where rooms can import them without matplotlib; still importable from here
+from tunelab.report.render import BASE_COLOR, COLORS, Markup, Palette, png_img  # noqa: F401
+
 DPI = 144  # drawn at 1.5x the displayed size, so text stays crisp on high-DPI screens
 SCREEN_DPI = 96
-BASE_COLOR = "#9a9a9a"
-# tab10 without its grey (kept for base models)
-COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
 STYLE = {
     "font.size": 9.5,
     "axes.titlesize": 10.5,
@@ -39,27 +36,6 @@ STYLE = {
 }
 
 
-class Markup(str):
-    """A string of HTML that must not be escaped again."""
-
-
-@dataclass
-class Palette:
-    """One colour per subject (run, base model, ...), the same in every figure."""
-
-    assigned: dict[str, str] = field(default_factory=dict)
-
-    def __call__(self, name: str) -> str:
-        """The colour for ``name``; base models are grey, others cycle through tab10."""
-        if name not in self.assigned:
-            if name.startswith("base"):
-                self.assigned[name] = BASE_COLOR
-            else:
-                used = sum(1 for n in self.assigned if not n.startswith("base"))
-                self.assigned[name] = COLORS[used % len(COLORS)]
-        return self.assigned[name]
-
-
 def new_figure(width: float, height: float) -> Figure:
     """A Figure of ``width`` x ``height`` inches (displayed at 96 px per inch); call it, and
     draw on it, inside ``_styled`` so the report's rc style applies."""
@@ -73,13 +49,6 @@ def to_img(fig: Figure, alt: str) -> Markup:
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})  # no version stamp: stable output
     width = round(fig.get_figwidth() * SCREEN_DPI)
     return png_img(buf.getvalue(), alt, width)
-
-
-def png_img(data: bytes, alt: str, width: int | None = None) -> Markup:
-    """An ``<img>`` tag embedding PNG bytes."""
-    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    size = f' width="{width}"' if width else ""
-    return Markup(f'<img class="plot" src="{uri}" alt="{html.escape(alt)}"{size}>')
 
 
 def _styled(draw: Callable[[], Figure]) -> Figure:
