@@ -129,6 +129,35 @@ def check_field(f: dataclasses.Field, value: Any) -> None:
         raise TunelabError(f"{name} must be < {lt:g}, got {value:g}")
 
 
+# --------------------------------------------------------------------------- parse functions
+def parse_int_ranges(text: str | None, flag: str = "--layers") -> list[int] | None:
+    """``"10,12,14"`` or ``"10-14"`` → layer indices; None stays None; one-line error otherwise."""
+    if text is None or not text.strip():
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part[1:]:
+                a, b = part.split("-", 1) if not part.startswith("-") else (part, "")
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                out += list(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise TunelabError(f"{flag} must be comma-separated layer numbers or ranges like 10-14, got '{text}'") from None
+    return list(dict.fromkeys(out))
+
+
+def int_ranges(flag: str) -> Callable[[str], list[int] | None]:
+    """A ``parse`` for layer lists such as ``10-14`` or ``3,6,9`` given as ``flag``."""
+    return lambda text: parse_int_ranges(text, flag)
+
+
 def check_fields(cfg: Any) -> None:
     """Every one-field rule of a config dataclass (and of its nested section dataclasses)."""
     for f in dataclasses.fields(cfg):
@@ -139,4 +168,4 @@ def check_fields(cfg: Any) -> None:
             check_field(f, value)
 
 
-__all__ = ["option", "meta", "choice_names", "flag_name", "check_field", "check_fields"]
+__all__ = ["option", "meta", "choice_names", "flag_name", "check_field", "check_fields", "int_ranges", "parse_int_ranges"]
