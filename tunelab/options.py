@@ -23,6 +23,8 @@ Metadata keys (all optional; read with :func:`meta`):
   ``10-14``); it raises ``TunelabError`` with the project's one-line message. YAML values are
   typed already and are not parsed;
 * ``unparse`` — the inverse, ``value -> str``, for the flag's shown default (lists: ``a,b`` by default);
+* ``flag_type`` — the flag's type when it is not the field's (``Path`` for a ``str`` field that
+  a saved config keeps as text); a ``str`` field gets the flag's value as text;
 * ``hidden`` — the flag is left out of ``--help``; ``metavar`` — the placeholder help shows;
 * ``plugin`` — the option is implemented by a training plug-in (see ``tunelab.train``).
 
@@ -39,7 +41,8 @@ from typing import Any, Callable, Sequence
 
 from tunelab.errors import TunelabError
 
-_KEYS = ("help", "choices", "min", "max", "gt", "lt", "flag", "show_default", "parse", "unparse", "hidden", "metavar",
+_KEYS = ("help", "choices", "min", "max", "gt", "lt", "flag", "show_default", "parse", "unparse", "flag_type", "hidden",
+         "metavar",
          "plugin")
 
 
@@ -57,13 +60,15 @@ def option(
     show_default: str | None = None,
     parse: Callable[[str], Any] | None = None,
     unparse: Callable[[Any], str] | None = None,
+    flag_type: type | None = None,
     hidden: bool = False,
     metavar: str | None = None,
     plugin: bool = False,
 ) -> Any:
     """A dataclass field carrying its option's help, choices and bounds in its metadata."""
     metadata = {k: v for k, v in dict(help=help, choices=choices, min=min, max=max, gt=gt, lt=lt, flag=flag,
-                                      show_default=show_default, parse=parse, unparse=unparse, hidden=hidden or None,
+                                      show_default=show_default, parse=parse, unparse=unparse, flag_type=flag_type,
+                                      hidden=hidden or None,
                                       metavar=metavar, plugin=plugin or None).items() if v is not None and v != ""}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
@@ -153,6 +158,24 @@ def parse_int_ranges(text: str | None, flag: str = "--layers") -> list[int] | No
     return list(dict.fromkeys(out))
 
 
+def comma_list(text: str | None, flag: str) -> list[str] | None:
+    """``"q_proj, v_proj"`` → ``["q_proj", "v_proj"]``; an empty name is an error here, not a PEFT one later."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise TunelabError(f"{flag} has an empty name in '{text}'; give comma-separated names such as q_proj,v_proj")
+    return names
+
+
+def float_item(text: str, flag: str) -> float:
+    """``"0.1"`` → ``0.1``; one-line error naming ``flag`` otherwise."""
+    try:
+        return float(text)
+    except ValueError:
+        raise TunelabError(f"{flag}: '{text}' is not a number") from None
+
+
 def int_ranges(flag: str) -> Callable[[str], list[int] | None]:
     """A ``parse`` for layer lists such as ``10-14`` or ``3,6,9`` given as ``flag``."""
     return lambda text: parse_int_ranges(text, flag)
@@ -168,4 +191,5 @@ def check_fields(cfg: Any) -> None:
             check_field(f, value)
 
 
-__all__ = ["option", "meta", "choice_names", "flag_name", "check_field", "check_fields", "int_ranges", "parse_int_ranges"]
+__all__ = ["option", "meta", "choice_names", "flag_name", "check_field", "check_fields", "int_ranges", "parse_int_ranges",
+           "comma_list", "float_item"]
