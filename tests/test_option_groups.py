@@ -76,3 +76,12 @@ def test_generate_parses_layer_ranges_and_categories() -> None:
     assert str(bad.exception) == "--steer-layers must be comma-separated layer numbers or ranges like 10-14, got '4-2'"
     bad = CliRunner().invoke(local, ["generate", "hi", "--refusal-categories", "nope"])
     assert str(bad.exception).startswith("unknown refusal category nope; choose from: cyber")
+
+
+def test_a_bound_can_give_its_reason() -> None:
+    from tunelab.inspect.multiturn_config import MultiTurnConfig
+
+    with pytest.raises(TunelabError, match=r"^--turns must be >= 2 \(a first answer and at least one follow-up\), got 1$"):
+        MultiTurnConfig(turns=1).validate()
+    with pytest.raises(TunelabError, match=r"^--bootstrap must be >= 0 \(0: no confidence intervals\), got -1$"):
+        MultiTurnConfig(bootstrap=-1).validate()

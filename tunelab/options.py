@@ -13,7 +13,8 @@ Metadata keys (all optional; read with :func:`meta`):
 
 * ``help`` — the flag's help text (the ``[default: ...]`` is added by the CLI builder);
 * ``choices`` — a tuple of names, or a :class:`~tunelab.registry.Registry` (its ``names()``);
-* ``min``/``max`` (inclusive) and ``gt``/``lt`` (exclusive) — numeric bounds;
+* ``min``/``max`` (inclusive) and ``gt``/``lt`` (exclusive) — numeric bounds; ``why`` — a reason the
+  error gives after the bound (``--turns must be >= 2 (a first answer and ...), got 1``);
 * ``flag`` — the flag's name when it is not the field's (``"--disjoint"``), a bool pair
   (``"--sample/--greedy"``: its first name is the one errors and flat keys use), or ``"-"`` for a
   positional argument;
@@ -41,7 +42,7 @@ from typing import Any, Callable, Sequence
 
 from tunelab.errors import TunelabError
 
-_KEYS = ("help", "choices", "min", "max", "gt", "lt", "flag", "show_default", "parse", "unparse", "flag_type", "hidden",
+_KEYS = ("help", "choices", "min", "max", "gt", "lt", "flag", "show_default", "why", "parse", "unparse", "flag_type", "hidden",
          "metavar",
          "plugin")
 
@@ -56,6 +57,7 @@ def option(
     max: float | None = None,
     gt: float | None = None,
     lt: float | None = None,
+    why: str | None = None,
     flag: str | None = None,
     show_default: str | None = None,
     parse: Callable[[str], Any] | None = None,
@@ -66,7 +68,7 @@ def option(
     plugin: bool = False,
 ) -> Any:
     """A dataclass field carrying its option's help, choices and bounds in its metadata."""
-    metadata = {k: v for k, v in dict(help=help, choices=choices, min=min, max=max, gt=gt, lt=lt, flag=flag,
+    metadata = {k: v for k, v in dict(help=help, choices=choices, min=min, max=max, gt=gt, lt=lt, why=why, flag=flag,
                                       show_default=show_default, parse=parse, unparse=unparse, flag_type=flag_type,
                                       hidden=hidden or None,
                                       metavar=metavar, plugin=plugin or None).items() if v is not None and v != ""}
@@ -116,22 +118,23 @@ def check_field(f: dataclasses.Field, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     lo, hi, gt, lt = (meta(f, k) for k in ("min", "max", "gt", "lt"))
+    why = f" ({meta(f, 'why')})" if meta(f, "why") else ""
     if (lo is not None or gt is not None) and (hi is not None or lt is not None):  # a range
         bad = (lo is not None and value < lo) or (gt is not None and value <= gt) or \
               (hi is not None and value > hi) or (lt is not None and value >= lt)
         if bad:
             left = f"[{lo:g}" if lo is not None else f"({gt:g}"
             right = f"{hi:g}]" if hi is not None else f"{lt:g})"
-            raise TunelabError(f"{name} must be in {left}, {right}, got {value:g}")
+            raise TunelabError(f"{name} must be in {left}, {right}{why}, got {value:g}")
         return
     if lo is not None and value < lo:
-        raise TunelabError(f"{name} must be >= {lo:g}, got {value:g}")
+        raise TunelabError(f"{name} must be >= {lo:g}{why}, got {value:g}")
     if gt is not None and not value > gt:
-        raise TunelabError(f"{name} must be > {gt:g}, got {value:g}")
+        raise TunelabError(f"{name} must be > {gt:g}{why}, got {value:g}")
     if hi is not None and value > hi:
-        raise TunelabError(f"{name} must be <= {hi:g}, got {value:g}")
+        raise TunelabError(f"{name} must be <= {hi:g}{why}, got {value:g}")
     if lt is not None and not value < lt:
-        raise TunelabError(f"{name} must be < {lt:g}, got {value:g}")
+        raise TunelabError(f"{name} must be < {lt:g}{why}, got {value:g}")
 
 
 # --------------------------------------------------------------------------- parse functions

@@ -27,7 +27,8 @@ class MultiTurnConfig:
     scorer: str | None = option(None, help="for a task file: choice, numeric, exact or contains")  # task files only
     limit: int = option(100, min=1, help="questions", show_default="100")
     seed: int = option(0, help="question sample and bootstrap seed", show_default="0")
-    turns: int = option(9, help="turns, the first answer included", show_default="9")
+    turns: int = option(9, min=2, why="a first answer and at least one follow-up", help="turns, the first answer included",
+                        show_default="9")
     follow_up: str = option("Think again.", help="what the user says after each answer", show_default="'Think again.'")
     reword: bool = option(False, flag="--reword/--no-reword", help="the follow-up also restates the question",
                           show_default="--no-reword")
@@ -35,18 +36,15 @@ class MultiTurnConfig:
                                       show_default="every 3rd layer and the last")  # None: every 3rd plus the last
     batch_size: int = option(16, min=1, help="sequences per forward", show_default="16")
     max_new_tokens: int = option(32, min=1, help="text-scored tasks: answer length", show_default="32")
-    bootstrap: int = option(1000, help="bootstrap resamples for the CIs; 0: none", show_default="1000")
+    bootstrap: int = option(1000, min=0, why="0: no confidence intervals", help="bootstrap resamples for the CIs; 0: none",
+                            show_default="1000")
     bf16: bool = option(False, flag="--bf16/--no-bf16", help="bf16 autocast")
     output: str | None = option(None, help="results dir",
                                 show_default="ADAPTER/inspect/multiturn-TASK or runs/inspect/multiturn-MODEL-TASK")
 
     def validate(self) -> None:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
-        if self.turns < 2:
-            raise TunelabError(f"--turns must be >= 2 (a first answer and at least one follow-up), got {self.turns}")
-        check_fields(self)  # --limit, --batch-size, --max-new-tokens >= 1
-        if self.bootstrap < 0:
-            raise TunelabError(f"--bootstrap must be >= 0 (0: no confidence intervals), got {self.bootstrap}")
+        check_fields(self)  # --turns >= 2, --limit, --batch-size, --max-new-tokens >= 1, --bootstrap >= 0
         if not self.follow_up.strip():
             raise TunelabError("--follow-up must not be empty (e.g. 'Think again.')")
         if self.layers is not None:
