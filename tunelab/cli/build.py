@@ -216,7 +216,6 @@ def config_command(
     names = [p.name for p in params]
     if len(set(names)) != len(names):
         raise ValueError(f"'{name}': two fields make the same flag: {names}")
-    # typer wants parameters without defaults first only for positional ones; keyword-only is free
     by_param = {p.name: p for p in fields}
 
     def command(**values: Any) -> Any:
