@@ -47,54 +47,8 @@ MIN_CLASS = 5  # fewest answer changes (and non-changes) a probe is fitted on
 NO_TRANSITIONS = "no transitions between correct and wrong: the chain has no unique stationary accuracy"
 
 
-@dataclass
-class MultiTurnConfig:
-    """Everything ``tunelab audit multi-turn`` needs; ``validate`` runs before any model is loaded.
-
-    There is no plain-text mode: a conversation needs the chat template.
-    """
-
-    model: str = "smollm2-135m"
-    adapter: str | None = None
-    task: str = "arc-easy"  # a benchmark, a multiple-choice or text-scored task, or a task file with --scorer
-    scorer: str | None = None  # task files only
-    limit: int = 100
-    seed: int = 0
-    turns: int = 9
-    follow_up: str = "Think again."
-    reword: bool = False
-    layers: list[int] | None = None  # probe layers; None: every 3rd layer plus the last
-    batch_size: int = 16
-    max_new_tokens: int = 32  # text-scored tasks
-    bootstrap: int = 1000
-    bf16: bool = False
-    output: str | None = None
-
-    def validate(self) -> None:
-        """Raise TunelabError for anything wrong that can be seen without loading a model."""
-        if self.turns < 2:
-            raise TunelabError(f"--turns must be >= 2 (a first answer and at least one follow-up), got {self.turns}")
-        for name in ("limit", "batch_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.bootstrap < 0:
-            raise TunelabError(f"--bootstrap must be >= 0 (0: no confidence intervals), got {self.bootstrap}")
-        if not self.follow_up.strip():
-            raise TunelabError("--follow-up must not be empty (e.g. 'Think again.')")
-        if self.layers is not None:
-            if not self.layers:
-                raise TunelabError("--layers needs at least one layer index")
-            if any(layer < 0 for layer in self.layers):
-                raise TunelabError(f"--layers must be >= 0, got {','.join(map(str, self.layers))}")
-        if self.adapter is not None and not Path(self.adapter).is_dir():
-            raise TunelabError(f"adapter directory not found: {self.adapter}")
-
-    def output_dir(self) -> Path:
-        """``--output``, else next to the adapter, else under ``runs/inspect``."""
-        from tunelab.inspect.run import _default_output
-
-        task = Path(self.task).stem if Path(self.task).suffix else self.task  # a task file: its name only
-        return Path(self.output) if self.output else _default_output("multiturn", self.model, self.adapter, task)
+# the config lives in a light module (the CLI builds its flags from it at import)
+from tunelab.inspect.multiturn_config import MultiTurnConfig  # noqa: E402,F401 (re-exported)
 
 
 def probe_layers(layers: list[int] | None, n_layers: int) -> list[int]:
