@@ -31,9 +31,13 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Names → targets. ``kind`` names the thing in errors ("unknown {kind} 'x'")."""
 
-    def __init__(self, kind: str, *, normalize: Callable[[str], str] | None = None) -> None:
+    def __init__(self, kind: str, *, normalize: Callable[[str], str] | None = None,
+                 listing: str = "choose one of: ") -> None:
         self.kind = kind
         self._normalize = normalize or (lambda name: name)
+        # what precedes the names in the unknown-name error (kept per registry so that messages
+        # users already know stay as they were: "known methods: ...", "choose one of ...")
+        self._listing = listing
         self._targets: dict[str, T | str] = {}
         self._aliases: dict[str, str] = {}
 
@@ -86,7 +90,7 @@ class Registry(Generic[T]):
         """``unknown {kind} 'name' (did you mean 'x'?); choose one of: a, b, c``."""
         close = difflib.get_close_matches(self._normalize(name), [*self._targets, *self._aliases], n=1)
         hint = f" (did you mean '{self._aliases.get(close[0], close[0])}'?)" if close else ""
-        return f"unknown {self.kind} '{name}'{hint}; choose one of: {', '.join(self._targets)}"
+        return f"unknown {self.kind} '{name}'{hint}; {self._listing}{', '.join(self._targets)}"
 
     def help(self) -> str:
         """``a, b or c`` for a help text."""

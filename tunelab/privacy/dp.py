@@ -29,6 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from tunelab.adapters import ADAPTER_METHODS, join_names, methods_with
 from tunelab.errors import TunelabError
 from tunelab.privacy.accounting import Ledger, calibrate_noise, spent_epsilon
 from tunelab.privacy.train_config import DPConfig
@@ -115,9 +116,9 @@ class PrivateTraining:
     @staticmethod
     def outside_guarantee(cfg: Any) -> list[str]:
         """What shapes this run outside the DP steps (the ledger lists it); LoTA is refused outright."""
-        if cfg.method == "lota":
-            raise TunelabError(f"--method lota picks its mask with a non-private AdamW pass over --data; not supported "
-                               f"with --optimizer {cfg.optimizer} (use lora, lori-d, lori-s or full)")
+        if ADAPTER_METHODS.get(cfg.method).calibrates_on_data:
+            raise TunelabError(f"--method {cfg.method} picks its mask with a non-private AdamW pass over --data; not supported "
+                               f"with --optimizer {cfg.optimizer} (use {join_names(methods_with('calibrates_on_data', False))})")
         notes = []
         for flag, value in (("--mask-from", cfg.mask_from), ("--init-from", cfg.init_from)):
             if value:

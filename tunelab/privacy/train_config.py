@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from tunelab.adapters import ADAPTER_METHODS, join_names, methods_with
 from tunelab.errors import TunelabError
 from tunelab.options import option
 from tunelab.privacy.canaries import FAMILIES, PREFIX_STYLES
@@ -123,11 +124,11 @@ class CanaryConfig:
             if self.new_token_rows != "trained":
                 raise TunelabError("--canary-new-token-rows only applies to --canary-family new-token")
             return None
-        if method not in ("lora", "lori-d", "full"):
+        if not ADAPTER_METHODS.get(method).trains_new_token_rows:
             # lori-s packs only B and lota saves a task vector: neither carries new embedding rows.
-            raise TunelabError(f"new-token canaries work with --method lora, lori-d or full, not {method}")
+            raise TunelabError(f"new-token canaries work with --method {join_names(methods_with('trains_new_token_rows'))}, not {method}")
         if self.new_token_rows == "frozen":
-            if method == "full":
+            if ADAPTER_METHODS.get(method).full_model:
                 raise TunelabError("--canary-new-token-rows frozen needs an adapter method: full fine-tuning trains every row")
             return ("new-token canaries with frozen embeddings: the new tokens' rows stay at their initial value "
                     "(the mean row), so members and non-members look alike to the model and the audit will be near "
