@@ -74,8 +74,7 @@ class HeadsConfig:
             if not 0 <= f <= 1:
                 raise TunelabError(f"--fractions: {f:g} is outside [0, 1] (a fraction of the heads)")
         for s in self.scores or []:
-            if s not in SCORES:
-                raise TunelabError(f"unknown head score '{s}'; known scores: {', '.join(SCORES)}")
+            SCORES.canonical(s)  # unknown → one line naming the known scores
         if self.attn_implementation not in ATTENTION_KERNELS:
             raise TunelabError(f"--attn-implementation must be one of {', '.join(ATTENTION_KERNELS)}, got '{self.attn_implementation}'")
         if self.adapter is not None and not Path(self.adapter).is_dir():
