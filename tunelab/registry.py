@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 from typing import Any, Callable, Generic, Iterator, TypeVar, overload
 
 from tunelab.errors import TunelabError
 
 T = TypeVar("T")
+
+_LAZY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # "package.module:attr" (other strings are plain targets)
 
 
 class Registry(Generic[T]):
@@ -80,7 +83,7 @@ class Registry(Generic[T]):
         """The target registered under ``name``, imported now if it was registered lazily."""
         key = self.canonical(name)
         target = self._targets[key]
-        if isinstance(target, str) and ":" in target:
+        if isinstance(target, str) and _LAZY.match(target):
             module, attr = target.split(":", 1)
             target = getattr(importlib.import_module(module), attr)
             self._targets[key] = target
@@ -96,6 +99,10 @@ class Registry(Generic[T]):
         """``a, b or c`` for a help text."""
         names = list(self._targets)
         return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+    def __getitem__(self, name: str) -> T:
+        """``registry[name]`` is :meth:`get` (an unknown name is a one-line ``TunelabError``)."""
+        return self.get(name)
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
@@ -113,6 +120,11 @@ class Registry(Generic[T]):
         """(name, target) pairs in registration order, lazy targets imported."""
         for name in list(self._targets):
             yield name, self.get(name)
+
+    def values(self) -> Iterator[T]:
+        """The targets in registration order, lazy ones imported."""
+        for _, target in self.items():
+            yield target
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {list(self._targets)})"

