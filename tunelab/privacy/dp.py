@@ -78,6 +78,7 @@ class PrivateTraining:
     sampling (tests only: a known seed voids the guarantee)."""
 
     per_example = True
+    private = True
 
     def __init__(self, secret_seed: int | None = None) -> None:
         self.secret_seed = secrets.randbits(63) if secret_seed is None else secret_seed

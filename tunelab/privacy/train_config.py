@@ -19,8 +19,8 @@ from tunelab.adapters import ADAPTER_METHODS, join_names, methods_with
 from tunelab.errors import TunelabError
 from tunelab.options import option
 from tunelab.privacy.canaries import FAMILIES, PREFIX_STYLES
+from tunelab.train.config import rule_names_with
 
-PRIVATE_OPTIMIZERS = ("dp-zo", "dp-sgd")
 NOISES = ("gaussian", "laplace")
 ACCOUNTANTS = ("pld", "rdp")
 DEFAULT_DELTA = 1e-5
@@ -50,10 +50,11 @@ class DPConfig:
 
     def validate(self, run: Any) -> None:
         """Raise ``TunelabError`` for DP options that cannot work with ``run`` (the training config)."""
-        if run.optimizer not in PRIVATE_OPTIMIZERS:
+        if not run.private:
             for f in dataclasses.fields(self):
                 if getattr(self, f.name) != f.default:
-                    raise TunelabError(f"--{f.name.replace('_', '-')} only applies to --optimizer dp-zo or dp-sgd")
+                    raise TunelabError(f"--{f.name.replace('_', '-')} only applies to --optimizer "
+                                       f"{join_names(rule_names_with(run, 'private'))}")
             return
         opt = f"--optimizer {run.optimizer}"
         if self.noise not in NOISES:
@@ -136,4 +137,4 @@ class CanaryConfig:
         return None
 
 
-__all__ = ["ACCOUNTANTS", "CanaryConfig", "DEFAULT_DELTA", "DPConfig", "NOISES", "PRIVATE_OPTIMIZERS", "TOKEN_ROWS"]
+__all__ = ["ACCOUNTANTS", "CanaryConfig", "DEFAULT_DELTA", "DPConfig", "NOISES", "TOKEN_ROWS"]

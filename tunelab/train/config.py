@@ -23,6 +23,20 @@ from tunelab.train.objectives import OBJECTIVES, BetaSchedule
 SCHEDULERS = ("constant", "linear", "cosine")
 
 
+def rule_class(cfg: Any) -> Any:
+    """The update-rule class ``cfg.optimizer`` names, from the registry the config's ``optimizer``
+    field takes its choices from (``tunelab.finetune.RULES``: the one list of rules, which this
+    layer may not import); ``None`` for a config without one (the loop's own)."""
+    rules = meta(next(f for f in dataclasses.fields(cfg) if f.name == "optimizer"), "choices")
+    return rules.get(cfg.optimizer) if rules is not None and hasattr(rules, "get") else None
+
+
+def rule_names_with(cfg: Any, capability: str) -> tuple[str, ...]:
+    """The optimizer names of ``cfg``'s rule registry whose ``capability`` is true, in registry order."""
+    rules = meta(next(f for f in dataclasses.fields(cfg) if f.name == "optimizer"), "choices")
+    return tuple(name for name, cls in rules.items() if getattr(cls, capability)) if rules is not None else ()
+
+
 def bf16_supported() -> bool:
     """bf16 autocast pays off: a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX."""
     if torch.cuda.is_available():
@@ -123,9 +137,13 @@ class TrainConfig:
         check_field(next(f for f in dataclasses.fields(self) if f.name == "optimizer"), self.optimizer)
         if self.zo_eps is not None and not self.zo_eps > 0:
             raise TunelabError(f"--zo-eps must be > 0, got {self.zo_eps}")
-        if self.zo_eps is not None and self.optimizer not in ("zo", "dp-zo"):
-            raise TunelabError(f"--zo-eps only applies to --optimizer zo or dp-zo, not {self.optimizer}")
-        if self.optimizer != "adamw" and (self.fsdp or self.objective != "sft"):
+        rule = rule_class(self)
+        if rule is None:  # the loop's own config: no registry, so nothing to ask of the rule
+            return
+        if self.zo_eps is not None and not rule.zeroth_order:
+            raise TunelabError(f"--zo-eps only applies to --optimizer {join_names(rule_names_with(self, 'zeroth_order'))}, "
+                               f"not {self.optimizer}")
+        if not rule.supports_fsdp_and_objectives and (self.fsdp or self.objective != "sft"):
             what = "--fsdp" if self.fsdp else f"--objective {self.objective}"
             raise TunelabError(f"--optimizer {self.optimizer} does not support {what}")
 

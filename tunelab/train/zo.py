@@ -38,6 +38,7 @@ class ZO(UpdateRule):
     """MeZO-style SPSA on the trainable weights; see the module docstring."""
 
     name = "zo"
+    zeroth_order = True
 
     def default_lr(self, cfg: TrainConfig) -> float | None:
         return ZO_LR_FULL if ADAPTER_METHODS.get(cfg.method).full_model else ZO_LR_ADAPTER
