@@ -90,7 +90,7 @@ class AdapterMethod(abc.ABC):
     #: the output is a whole model (every weight trained), not an adapter on a base model
     full_model: bool = False
     #: the output is a sparse task vector added to the base weights (``storage.TASK_VECTOR_FILE``)
-    task_vector: bool = False
+    saves_task_vector: bool = False
     #: trains and saves embedding rows of added tokens (refusal tokens, new-token canaries);
     #: a method that packs only B or saves a task vector carries no new rows
     trains_new_token_rows: bool = True

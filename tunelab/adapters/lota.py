@@ -64,7 +64,7 @@ class LoTA(AdapterMethod):
     name = "lota"
     default_lr = 1e-4
     is_peft = False
-    task_vector = True
+    saves_task_vector = True
     trains_new_token_rows = False
     supports_disjoint = True
     frozen_entries = "always"

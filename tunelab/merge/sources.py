@@ -114,7 +114,7 @@ def read_source(path: str | Path) -> AdapterSource:
     method = str(run.get("method") or "peft")
     recorded = method_class(method)  # None for "peft" (a plain adapter dir), "merge" and foreign records
     has_peft = (path / PEFT_CONFIG).is_file() or (path / COMPACT_FILE).is_file()
-    if (recorded is not None and recorded.task_vector) or ((path / storage.TASK_VECTOR_FILE).is_file() and not has_peft):
+    if (recorded is not None and recorded.saves_task_vector) or ((path / storage.TASK_VECTOR_FILE).is_file() and not has_peft):
         return _read_task_vector(path, run)
     if (recorded is not None and recorded.full_model) or ((path / "config.json").is_file() and not has_peft):
         raise TunelabError(f"{path}: a full fine-tuned model, not an adapter; merging full models is not supported")
