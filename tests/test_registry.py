@@ -185,7 +185,8 @@ def test_each_room_registry_is_a_registry_with_the_expected_names(room: str) -> 
 
 
 def test_adapter_capabilities_replace_the_name_tests() -> None:
-    from tunelab.adapters import ADAPTER_METHODS, join_names, methods_with
+    from tunelab.adapters import ADAPTER_METHODS, methods_with
+    from tunelab.registry import join_names
 
     assert methods_with("trains_new_token_rows") == ("lora", "lori-d", "full")
     assert methods_with("needs_mask_from") == ("lori-s",) and ADAPTER_METHODS.get("lori-s").mask_source == "lori-d"

@@ -22,13 +22,19 @@ from __future__ import annotations
 import difflib
 import importlib
 import re
-from typing import Any, Callable, Generic, Iterator, TypeVar, overload
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar, overload
 
 from tunelab.errors import TunelabError
 
 T = TypeVar("T")
 
 _LAZY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # "package.module:attr" (other strings are plain targets)
+
+
+def join_names(names: Iterable[str], word: str = "or") -> str:
+    """``a, b or c`` (``word="and"``: ``a, b and c``), for help texts and messages that list names."""
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" {word} " + names[-1]
 
 
 class Registry(Generic[T]):
@@ -97,8 +103,7 @@ class Registry(Generic[T]):
 
     def help(self) -> str:
         """``a, b or c`` for a help text."""
-        names = list(self._targets)
-        return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        return join_names(self._targets)
 
     def __getitem__(self, name: str) -> T:
         """``registry[name]`` is :meth:`get` (an unknown name is a one-line ``TunelabError``)."""
@@ -130,4 +135,4 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, {list(self._targets)})"
 
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "join_names"]

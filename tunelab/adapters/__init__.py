@@ -37,11 +37,5 @@ def methods_with(capability: str, value: Any = True) -> tuple[str, ...]:
     return tuple(name for name, cls in ADAPTER_METHODS.items() if getattr(cls, capability) == value)
 
 
-def join_names(names: tuple[str, ...] | list[str], word: str = "or") -> str:
-    """``a, b or c`` (``word`` = "and": ``a, b and c``) for a message naming methods."""
-    names = list(names)
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" {word} " + names[-1]
-
-
-__all__ = ["ADAPTER_METHODS", "get_method", "method_class", "methods_with", "join_names",
+__all__ = ["ADAPTER_METHODS", "get_method", "method_class", "methods_with",
            "AdapterMethod", "AdapterSettings", "PreparedModel", "DEFAULT_TARGET_MODULES"]

@@ -40,7 +40,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.errors import TunelabError
-from tunelab.registry import Registry
 from tunelab.inspect.hooks import Block, Geometry, blocks, geometry, model_device
 from tunelab.inspect.pruned_modules import (
     _ACTIVE,
@@ -55,6 +54,7 @@ from tunelab.inspect.pruned_modules import (
     pruned,
     valid_positions,
 )
+from tunelab.registry import Registry
 
 DEFAULT_SKIP = 3
 MOMENTUM = 0.99

@@ -36,9 +36,9 @@ import torch
 from torch import nn
 
 from tunelab.errors import TunelabError
-from tunelab.registry import Registry
 from tunelab.inspect.hooks import PATCHABLE, blocks, geometry, model_device, patch, record
 from tunelab.inspect.hooks import parse_layers  # noqa: F401  (re-exported for the CLI commands)
+from tunelab.registry import Registry
 
 # --method name → ``(pos, neg, seed) -> direction`` (unnormalised, either sign); the functions are
 # defined under "the vector" below, each with its one-line description as its docstring

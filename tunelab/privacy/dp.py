@@ -29,10 +29,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from tunelab.adapters import ADAPTER_METHODS, join_names, methods_with
+from tunelab.adapters import ADAPTER_METHODS, methods_with
 from tunelab.errors import TunelabError
 from tunelab.privacy.accounting import Ledger, calibrate_noise, spent_epsilon
 from tunelab.privacy.train_config import DPConfig
+from tunelab.registry import join_names
 from tunelab.train.plugins import Run
 from tunelab.train.update_rules import require_one_process
 

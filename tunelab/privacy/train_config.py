@@ -15,10 +15,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.adapters import ADAPTER_METHODS, join_names, methods_with
+from tunelab.adapters import ADAPTER_METHODS, methods_with
 from tunelab.errors import TunelabError
 from tunelab.options import option
 from tunelab.privacy.canaries import FAMILIES, PREFIX_STYLES
+from tunelab.registry import join_names
 from tunelab.train.config import rule_names_with
 
 NOISES = ("gaussian", "laplace")

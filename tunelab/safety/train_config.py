@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.adapters import ADAPTER_METHODS, methods_with
 from tunelab.control_tokens import MODES
-from tunelab.adapters import ADAPTER_METHODS, join_names, methods_with
 from tunelab.errors import TunelabError
 from tunelab.options import option
+from tunelab.registry import join_names
 from tunelab.train.objectives import BetaSchedule
 
 _BETA = BetaSchedule()  # the paper's schedule: the section's defaults

@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
-from tunelab.adapters import ADAPTER_METHODS, DEFAULT_TARGET_MODULES, AdapterSettings, join_names, methods_with
+from tunelab.adapters import ADAPTER_METHODS, DEFAULT_TARGET_MODULES, AdapterSettings, methods_with
 from tunelab.configs import from_sources
 from tunelab.errors import TunelabError
 from tunelab.options import check_field, meta, option
+from tunelab.registry import join_names
 from tunelab.train.objectives import OBJECTIVES, BetaSchedule
 
 SCHEDULERS = ("constant", "linear", "cosine")
