@@ -211,3 +211,11 @@ def test_unknown_method_error_gains_only_the_hint() -> None:
 
     with pytest.raises(TunelabError, match=r"^unknown method 'lorra' \(did you mean 'lora'\?\); choose one of: lora, lori-d, lori-s, lota, full$"):
         get_method("lorra")
+
+
+def test_router_and_merge_capabilities() -> None:
+    from tunelab.merge import MERGE_METHODS
+    from tunelab.moe.routers import ROUTERS
+
+    assert [n for n, kind in ROUTERS.items() if kind.balances_itself] == ["sinkhorn"]
+    assert [n for n, m in MERGE_METHODS.items() if m.same_ranks] == ["linear"]

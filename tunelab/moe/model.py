@@ -131,7 +131,7 @@ def make_block(config: MixtralConfig) -> MoeBlock:
     """The block ``config.tunelab_moe`` names (plain top-k when absent: a stock Mixtral config)."""
     s = _routing(config)
     # a name this version does not know loads as plain top-k routing, as a stock Mixtral config does
-    return ROUTERS.get(s["router"] if s["router"] in ROUTERS else "topk")(config, s)
+    return ROUTERS.get(s["router"] if s["router"] in ROUTERS else "topk").block(config, s)
 
 
 def install_blocks(model: torch.nn.Module) -> None:
