@@ -13,7 +13,7 @@ from tunelab.errors import TunelabError
 from tunelab.inspect.pruned_modules import _ACTIVE, attn_macs, mlp_macs
 from tunelab.inspect.pruning import (
     AAPP,
-    METHODS,
+    PRUNING_METHODS,
     ProbePruning,
     StaticPlan,
     WandaSP,
@@ -475,7 +475,7 @@ def test_bad_inputs(tokenizer, model5):
             ProbePruning(ratio)  # type: ignore[arg-type]
     with pytest.raises(TunelabError, match="known methods: dense, pp, wanda-sp, aapp"):
         make_pruner("flap", 0.2)
-    assert set(METHODS) >= {"dense", "pp", "wanda-sp", "aapp"}
+    assert set(PRUNING_METHODS) >= {"dense", "pp", "wanda-sp", "aapp"}
     with pytest.raises(TunelabError, match="unknown pruning method 'flap'"):
         compare_pruning(model5, tokenizer, methods=("pp", "flap"), ppl_texts=TEXTS)
     with pytest.raises(TunelabError, match=r"ratio must be in \[0, 1\)"):

@@ -19,9 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # Violations in files other helpers of issue 24 own; each names the part that removes it. The
 # integrator empties this after merging those parts: an entry that no longer occurs fails the test.
 KNOWN_PENDING: dict[str, str] = {
-    # merge/__init__ holds the method registry that interference reads; the merge-registry part
-    # moves the registry out of __init__ (adapters/__init__.py and merge/* belong to it)
-    "cycle: tunelab.merge -> tunelab.merge.interference -> tunelab.merge": "merge registry",
 }
 
 

@@ -194,7 +194,7 @@ def test_dare_is_reproducible_with_a_seed(adapters):
     name = "model.layers.0.self_attn.v_proj.weight"
 
     def run(method: str, seed: int, density: float = 0.5) -> torch.Tensor:
-        return merged_delta_fn(sources, MERGE_METHODS[method], [0.5, 0.5], density, seed)[1](name)
+        return merged_delta_fn(sources, MERGE_METHODS.get(method), [0.5, 0.5], density, seed)[1](name)
 
     for method in ("dare-linear", "dare-ties"):
         assert torch.equal(run(method, 1), run(method, 1))

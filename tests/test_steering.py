@@ -15,7 +15,7 @@ from tests.test_bad_input import assert_one_line, run_cli
 from tunelab.errors import TunelabError
 from tunelab.inspect.hooks import record
 from tunelab.inspect.steering import (
-    METHODS,
+    STEERING_METHODS,
     Pair,
     SteeringVector,
     best_layers,
@@ -58,7 +58,7 @@ def _planted(n: int = 64, d: int = 16, seed: int = 0, spread: float = 3.0) -> tu
     return base + scale * direction + noise(), base - scale * direction + noise(), direction
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(STEERING_METHODS))
 def test_every_method_recovers_a_planted_direction_with_positives_higher(method):
     # Logistic regression sees single activations, not pairs: the shared spread must stay small for it.
     pos, neg, truth = _planted(spread=0.3 if method == "logistic" else 3.0)

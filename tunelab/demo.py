@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from tunelab.adapters import ADAPTER_METHODS
 from tunelab.adapters.storage import COMPACT_FILE, PEFT_WEIGHTS, atomic_write_text
 from tunelab.evaluate import evaluate_task, load_with_adapter
 from tunelab.evaluate.runner import write_result
@@ -49,7 +50,7 @@ def _evaluate(lm: Any, tokenizer: Any, plan: DemoPlan, model: str, adapter: Path
 
 
 def _adapter_bytes(run: Path, method: str) -> int:
-    return (run / (COMPACT_FILE if method == "lori-s" else PEFT_WEIGHTS)).stat().st_size
+    return (run / (COMPACT_FILE if ADAPTER_METHODS.get(method).compact_file else PEFT_WEIGHTS)).stat().st_size
 
 
 def run_demo(output: Path, quick: bool = False, model: str = "smollm2-135m", console: Console | None = None,
@@ -68,13 +69,13 @@ def run_demo(output: Path, quick: bool = False, model: str = "smollm2-135m", con
     del base
 
     rows = []
-    for method in ("lora", "lori-d", "lori-s"):
+    for method in LEARNING_RATES:  # the demo's three methods, in order
         run_dir = output / method
         cfg = TrainConfig(
             model=model, data=str(data["train"]), method=method, output=str(run_dir), rank=plan.rank,
             alpha=2.0 * plan.rank, lr=LEARNING_RATES[method], max_steps=plan.steps, batch_size=plan.batch_size,
             seed=plan.seed, save_every=0, overwrite=True,
-            mask_from=str(output / "lori-d") if method == "lori-s" else None,
+            mask_from=str(output / ADAPTER_METHODS.get(method).mask_source) if ADAPTER_METHODS.get(method).needs_mask_from else None,
         )
         train(cfg)
         run = json.loads((run_dir / "tunelab.json").read_text())

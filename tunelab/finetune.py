@@ -137,10 +137,8 @@ class _WithSections:
 
     @property
     def private(self) -> bool:
-        """A differentially private run (``--optimizer dp-zo``/``dp-sgd``)."""
-        from tunelab.privacy.train_config import PRIVATE_OPTIMIZERS
-
-        return self.optimizer in PRIVATE_OPTIMIZERS  # type: ignore[attr-defined]
+        """A differentially private run (``--optimizer dp-zo``/``dp-sgd``: its rule's ``private``)."""
+        return RULES.get(self.optimizer).private  # type: ignore[attr-defined]
 
 
 # The loop's config plus one field per section, built from SECTIONS (so the two cannot drift);

@@ -21,19 +21,32 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Any, Callable, Generic, Iterator, TypeVar, overload
+import re
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar, overload
 
 from tunelab.errors import TunelabError
 
 T = TypeVar("T")
 
+_LAZY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # "package.module:attr" (other strings are plain targets)
+
+
+def join_names(names: Iterable[str], word: str = "or") -> str:
+    """``a, b or c`` (``word="and"``: ``a, b and c``), for help texts and messages that list names."""
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" {word} " + names[-1]
+
 
 class Registry(Generic[T]):
     """Names → targets. ``kind`` names the thing in errors ("unknown {kind} 'x'")."""
 
-    def __init__(self, kind: str, *, normalize: Callable[[str], str] | None = None) -> None:
+    def __init__(self, kind: str, *, normalize: Callable[[str], str] | None = None,
+                 listing: str = "choose one of: ") -> None:
         self.kind = kind
         self._normalize = normalize or (lambda name: name)
+        # what precedes the names in the unknown-name error (kept per registry so that messages
+        # users already know stay as they were: "known methods: ...", "choose one of ...")
+        self._listing = listing
         self._targets: dict[str, T | str] = {}
         self._aliases: dict[str, str] = {}
 
@@ -76,7 +89,7 @@ class Registry(Generic[T]):
         """The target registered under ``name``, imported now if it was registered lazily."""
         key = self.canonical(name)
         target = self._targets[key]
-        if isinstance(target, str) and ":" in target:
+        if isinstance(target, str) and _LAZY.match(target):
             module, attr = target.split(":", 1)
             target = getattr(importlib.import_module(module), attr)
             self._targets[key] = target
@@ -86,12 +99,15 @@ class Registry(Generic[T]):
         """``unknown {kind} 'name' (did you mean 'x'?); choose one of: a, b, c``."""
         close = difflib.get_close_matches(self._normalize(name), [*self._targets, *self._aliases], n=1)
         hint = f" (did you mean '{self._aliases.get(close[0], close[0])}'?)" if close else ""
-        return f"unknown {self.kind} '{name}'{hint}; choose one of: {', '.join(self._targets)}"
+        return f"unknown {self.kind} '{name}'{hint}; {self._listing}{', '.join(self._targets)}"
 
     def help(self) -> str:
         """``a, b or c`` for a help text."""
-        names = list(self._targets)
-        return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        return join_names(self._targets)
+
+    def __getitem__(self, name: str) -> T:
+        """``registry[name]`` is :meth:`get` (an unknown name is a one-line ``TunelabError``)."""
+        return self.get(name)
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
@@ -110,8 +126,13 @@ class Registry(Generic[T]):
         for name in list(self._targets):
             yield name, self.get(name)
 
+    def values(self) -> Iterator[T]:
+        """The targets in registration order, lazy ones imported."""
+        for _, target in self.items():
+            yield target
+
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {list(self._targets)})"
 
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "join_names"]

@@ -76,12 +76,46 @@ class PreparedModel:
 
 
 class AdapterMethod(abc.ABC):
-    """One fine-tuning method. Subclasses are registered in ``tunelab.adapters.METHODS``."""
+    """One fine-tuning method. Subclasses are registered in ``tunelab.adapters.ADAPTER_METHODS``.
+
+    The class attributes below are the method's *capabilities*: callers outside ``adapters/`` ask
+    ``ADAPTER_METHODS.get(name).<capability>`` instead of testing the method's name, so a new method
+    is one file plus one registry line.
+    """
 
     name: str = ""
     default_lr: float = 1e-4
-    #: whether outputs are PEFT adapters (else a full HF model directory)
+    #: whether outputs are PEFT adapters (else a full HF model directory or a task vector)
     is_peft: bool = True
+    #: the output is a whole model (every weight trained), not an adapter on a base model
+    full_model: bool = False
+    #: the output is a sparse task vector added to the base weights (``storage.TASK_VECTOR_FILE``)
+    saves_task_vector: bool = False
+    #: trains and saves embedding rows of added tokens (refusal tokens, new-token canaries);
+    #: a method that packs only B or saves a task vector carries no new rows
+    trains_new_token_rows: bool = True
+    #: takes ``--mask-from`` (the finished run whose weights choose the sparse mask)
+    needs_mask_from: bool = False
+    #: the method whose finished run recipes train first to take the mask from ("" if none)
+    mask_source: str = ""
+    #: B is trained under a fixed sparse mask, so the mask is recoverable as B != 0
+    sparse_b: bool = False
+    #: saves B packed with its mask in ``storage.COMPACT_FILE`` (instead of the PEFT weights file)
+    compact_file: bool = False
+    #: continues an earlier run with ``--init-from``
+    supports_init_from: bool = True
+    #: keeps a new mask off an earlier run's positions (``--disjoint`` with ``--init-from``)
+    supports_disjoint: bool = False
+    #: when entries outside the trainable mask hold values that must not move (so weight decay
+    #: cannot apply): "always", "with init_from" (the frozen entries are the earlier run's), or ""
+    frozen_entries: str = ""
+    #: chooses its mask with a dense, non-private pass over the training data (no DP guarantee)
+    calibrates_on_data: bool = False
+
+    @classmethod
+    def weight_decay_applies(cls, init_from: bool) -> bool:
+        """Whether ``--weight-decay`` can be used (it would move the entries outside a mask)."""
+        return not (cls.frozen_entries == "always" or (cls.frozen_entries == "with init_from" and init_from))
 
     @abc.abstractmethod
     def prepare(self, model: Any, settings: AdapterSettings) -> PreparedModel:

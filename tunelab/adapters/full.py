@@ -12,6 +12,8 @@ class Full(AdapterMethod):
     name = "full"
     default_lr = 1e-5
     is_peft = False
+    full_model = True
+    supports_init_from = False
 
     def prepare(self, model: Any, settings: AdapterSettings) -> PreparedModel:
         for p in model.parameters():

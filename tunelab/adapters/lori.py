@@ -132,6 +132,13 @@ def _read_lori_init(settings: AdapterSettings) -> InitAdapter | None:
 class LoRIS(LoRID):
     name = "lori-s"
     default_lr = 5e-4
+    trains_new_token_rows = False
+    needs_mask_from = True
+    mask_source = "lori-d"
+    sparse_b = True
+    compact_file = True
+    supports_disjoint = True
+    frozen_entries = "with init_from"
 
     def prepare(self, model: Any, settings: AdapterSettings) -> PreparedModel:
         if not settings.mask_from:

@@ -64,6 +64,11 @@ class LoTA(AdapterMethod):
     name = "lota"
     default_lr = 1e-4
     is_peft = False
+    saves_task_vector = True
+    trains_new_token_rows = False
+    supports_disjoint = True
+    frozen_entries = "always"
+    calibrates_on_data = True
 
     def prepare(self, model: Any, settings: AdapterSettings) -> PreparedModel:
         if not 0.0 < settings.calibration_fraction <= 1.0:

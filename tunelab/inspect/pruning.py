@@ -54,6 +54,7 @@ from tunelab.inspect.pruned_modules import (
     pruned,
     valid_positions,
 )
+from tunelab.registry import Registry
 
 DEFAULT_SKIP = 3
 MOMENTUM = 0.99
@@ -724,23 +725,19 @@ class AAPP(ProbePruning):
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 
-METHODS = ("dense", "pp", "wanda-sp", "aapp", "aapp-gate")
+# --methods name → ``(ratio, skip=..., **kw) -> Pruner | None`` (None: the dense model, unpruned)
+PRUNING_METHODS: Registry[Callable[..., Pruner | None]] = Registry("pruning method", listing="known methods: ")
+PRUNING_METHODS.register("dense", lambda ratio, *, skip=DEFAULT_SKIP, **kw: None)
+PRUNING_METHODS.register("pp", ProbePruning)
+PRUNING_METHODS.register("wanda-sp", WandaSP)
+PRUNING_METHODS.register("aapp", AAPP)
+PRUNING_METHODS.register("aapp-gate", lambda ratio, *, skip=DEFAULT_SKIP, **kw: AAPP(ratio, skip=skip, gate=True, **kw))
 
 
 def make_pruner(method: str, ratio: float, *, skip: int = DEFAULT_SKIP, **kw: Any) -> Pruner | None:
     """A pruner by name (None for "dense"); a one-line error lists the known methods."""
     _check_ratio(ratio)
-    if method == "dense":
-        return None
-    if method == "pp":
-        return ProbePruning(ratio, skip=skip, **kw)
-    if method == "wanda-sp":
-        return WandaSP(ratio, skip=skip, **kw)
-    if method == "aapp":
-        return AAPP(ratio, skip=skip, **kw)
-    if method == "aapp-gate":
-        return AAPP(ratio, skip=skip, gate=True, **kw)
-    raise TunelabError(f"unknown pruning method '{method}'; known methods: {', '.join(METHODS)}")
+    return PRUNING_METHODS.get(method)(ratio, skip=skip, **kw)
 
 
 @torch.inference_mode()
@@ -840,8 +837,7 @@ def compare_pruning(
     (default: the HarmBench / look-alike train halves) or precomputed :class:`AlignmentStats`.
     """
     for m in methods:
-        if m not in METHODS:
-            raise TunelabError(f"unknown pruning method '{m}'; known methods: {', '.join(METHODS)}")
+        PRUNING_METHODS.canonical(m)  # unknown → one line naming the known methods
     for r in ratios:
         _check_ratio(r)
     safety_fn = _safety_fn(safety)
@@ -903,7 +899,7 @@ def compare_pruning(
 
 __all__ = [
     "AAPP",
-    "METHODS",
+    "PRUNING_METHODS",
     "ActivationStats",
     "AlignmentStats",
     "HarmGate",

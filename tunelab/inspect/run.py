@@ -74,8 +74,7 @@ class HeadsConfig:
             if not 0 <= f <= 1:
                 raise TunelabError(f"--fractions: {f:g} is outside [0, 1] (a fraction of the heads)")
         for s in self.scores or []:
-            if s not in SCORES:
-                raise TunelabError(f"unknown head score '{s}'; known scores: {', '.join(SCORES)}")
+            SCORES.canonical(s)  # unknown → one line naming the known scores
         if self.attn_implementation not in ATTENTION_KERNELS:
             raise TunelabError(f"--attn-implementation must be one of {', '.join(ATTENTION_KERNELS)}, got '{self.attn_implementation}'")
         if self.adapter is not None and not Path(self.adapter).is_dir():
@@ -159,7 +158,7 @@ class PruneConfig:
 
     def validate(self) -> None:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
-        from tunelab.inspect.pruning import METHODS
+        from tunelab.inspect.pruning import PRUNING_METHODS
 
         for name in ("limit", "ppl_limit", "calibration_limit", "safety_limit", "max_new_tokens", "batch_size", "max_length"):
             if getattr(self, name) < 1:
@@ -167,10 +166,9 @@ class PruneConfig:
         if self.skip < 0 or self.num_fewshot < 0:
             raise TunelabError("--skip and --num-fewshot must be >= 0")
         if not self.methods:
-            raise TunelabError(f"--methods needs at least one of {', '.join(METHODS)}")
+            raise TunelabError(f"--methods needs at least one of {', '.join(PRUNING_METHODS)}")
         for m in self.methods:
-            if m not in METHODS:
-                raise TunelabError(f"unknown pruning method '{m}'; known methods: {', '.join(METHODS)}")
+            PRUNING_METHODS.canonical(m)  # unknown → one line naming the known methods
         if not self.ratios:
             raise TunelabError("--ratios needs at least one ratio in [0, 1)")
         for r in self.ratios:
@@ -256,7 +254,7 @@ class SteerTrainConfig:
 
     def validate(self) -> None:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
-        from tunelab.inspect.steering import METHODS, READS
+        from tunelab.inspect.steering import READS, STEERING_METHODS
 
         if self.output is None:
             raise TunelabError("--output DIR is required (the vector is written to DIR/steering.safetensors)")
@@ -268,8 +266,7 @@ class SteerTrainConfig:
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
                 raise TunelabError(f"--{name} file not found: {value}")
-        if self.method not in METHODS:
-            raise TunelabError(f"unknown steering method '{self.method}'; known methods: {', '.join(METHODS)}")
+        STEERING_METHODS.canonical(self.method)  # unknown → one line naming the known methods
         if self.read not in READS:
             raise TunelabError(f"--read must be one of {', '.join(READS)}, got '{self.read}'")
         if not 0 <= self.holdout < 1:

@@ -365,7 +365,7 @@ class SaltConfig:
 
     def validate(self) -> None:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
-        from tunelab.inspect.steering import METHODS, READS
+        from tunelab.inspect.steering import READS, STEERING_METHODS
 
         if self.n_train < 2:
             raise TunelabError(f"--n-train must be >= 2 (a steering vector needs two contrast pairs), got {self.n_train}")
@@ -393,8 +393,7 @@ class SaltConfig:
             raise TunelabError(f"--read must be one of {', '.join(READS)}, got '{self.read}'")
         if self.pairs not in PAIR_SOURCES:
             raise TunelabError(f"--pairs must be one of {', '.join(PAIR_SOURCES)}, got '{self.pairs}'")
-        if self.method not in METHODS:
-            raise TunelabError(f"unknown steering method '{self.method}'; known methods: {', '.join(METHODS)}")
+        STEERING_METHODS.canonical(self.method)  # unknown → one line naming the known methods
         if self.adapter is not None and not Path(self.adapter).is_dir():
             raise TunelabError(f"adapter directory not found: {self.adapter}")
 

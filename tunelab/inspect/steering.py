@@ -26,7 +26,7 @@ bit-identical.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +38,12 @@ from torch import nn
 from tunelab.errors import TunelabError
 from tunelab.inspect.hooks import PATCHABLE, blocks, geometry, model_device, patch, record
 from tunelab.inspect.hooks import parse_layers  # noqa: F401  (re-exported for the CLI commands)
+from tunelab.registry import Registry
 
-METHODS: dict[str, str] = {
-    "mean-diff": "mean(positive) − mean(negative) (CAA)",
-    "pca-diff": "first principal component of the pair differences (repeng pca_diff)",
-    "pca-center": "first principal component after centring each pair (repeng pca_center)",
-    "logistic": "logistic-regression weights separating positives from negatives",
-}
+# --method name → ``(pos, neg, seed) -> direction`` (unnormalised, either sign); the functions are
+# defined under "the vector" below, each with its one-line description as its docstring
+STEERING_METHODS: Registry[Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = Registry(
+    "steering method", listing="known methods: ")
 POSITIONS: dict[str, str] = {
     "all": "every position, prompt and generated tokens",
     "prompt": "the prompt's positions only (the prefill forward)",
@@ -293,6 +292,36 @@ def _first_component(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svd(centred.double(), full_matrices=False).Vh[0].float()
 
 
+@STEERING_METHODS.register("mean-diff")
+def mean_diff(pos: torch.Tensor, neg: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """mean(positive) − mean(negative) (CAA)"""
+    return pos.mean(0) - neg.mean(0)
+
+
+@STEERING_METHODS.register("pca-diff")
+def pca_diff(pos: torch.Tensor, neg: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """first principal component of the pair differences (repeng pca_diff)"""
+    return _first_component(pos - neg)
+
+
+@STEERING_METHODS.register("pca-center")
+def pca_center(pos: torch.Tensor, neg: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """first principal component after centring each pair (repeng pca_center)"""
+    center = (pos + neg) / 2
+    return _first_component(torch.cat([pos - center, neg - center]))
+
+
+@STEERING_METHODS.register("logistic")
+def logistic(pos: torch.Tensor, neg: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """logistic-regression weights separating positives from negatives"""
+    from sklearn.linear_model import LogisticRegression
+
+    x = torch.cat([pos, neg]).double().numpy()
+    y = [1] * len(pos) + [0] * len(neg)
+    clf = LogisticRegression(max_iter=2000, random_state=seed).fit(x, y)
+    return torch.from_numpy(clf.coef_[0]).float()
+
+
 def fit_direction(pos: torch.Tensor, neg: torch.Tensor, method: str = "mean-diff", normalize: bool = False,
                   seed: int = 0) -> torch.Tensor:
     """One layer's steering vector from ``[n, hidden]`` positive and negative activations.
@@ -300,24 +329,10 @@ def fit_direction(pos: torch.Tensor, neg: torch.Tensor, method: str = "mean-diff
     Signed so positives project higher; scaled to the mean difference's length along the
     direction (or unit length with ``normalize``). Raises when the two sides do not differ.
     """
-    if method not in METHODS:
-        raise TunelabError(f"unknown steering method '{method}'; known methods: {', '.join(METHODS)}")
+    fit = STEERING_METHODS.get(method)  # unknown → one line naming the known methods
     pos, neg = pos.float(), neg.float()
     diff_mean = pos.mean(0) - neg.mean(0)
-    if method == "mean-diff":
-        direction = diff_mean.clone()
-    elif method == "pca-diff":
-        direction = _first_component(pos - neg)
-    elif method == "pca-center":
-        center = (pos + neg) / 2
-        direction = _first_component(torch.cat([pos - center, neg - center]))
-    else:
-        from sklearn.linear_model import LogisticRegression
-
-        x = torch.cat([pos, neg]).double().numpy()
-        y = [1] * len(pos) + [0] * len(neg)
-        clf = LogisticRegression(max_iter=2000, random_state=seed).fit(x, y)
-        direction = torch.from_numpy(clf.coef_[0]).float()
+    direction = fit(pos, neg, seed)
     norm = direction.norm()
     if not norm > 0 or not torch.isfinite(norm):
         raise TunelabError("the positive and negative activations do not differ: no steering direction to fit")
@@ -365,8 +380,7 @@ def train_steering_vector(model: nn.Module, tokenizer: Any, pairs: Sequence[Pair
                           model_name: str | None = None) -> SteeringVector:
     """Fit a vector at each layer (default all) from contrast pairs; the layer sweep's held-out
     separation goes into ``meta["separation"]``."""
-    if method not in METHODS:
-        raise TunelabError(f"unknown steering method '{method}'; known methods: {', '.join(METHODS)}")
+    STEERING_METHODS.canonical(method)  # unknown → one line naming the known methods
     if not 0 <= holdout < 1:
         raise TunelabError(f"--holdout must be in [0, 1), got {holdout:g}")
     if len(pairs) < 2:

@@ -30,6 +30,8 @@ class MergeMethod:
     uses_density: bool = False
     default_density: float = 1.0
     min_sources: int = 2
+    #: the sources must have the same rank per module (PEFT's linear combination of A's and B's)
+    same_ranks: bool = False
 
     def merge_factors(self, factors: Sequence[LoraFactors], weights: Sequence[float]) -> LoraFactors:
         """Factor methods: one module's merged (A, B) with scale 1 (a module a source lacks comes

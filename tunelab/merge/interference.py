@@ -169,7 +169,7 @@ def _scored(model: Any, tokenizer: Any, task: str, limit: int, seed: int, progre
 
 def _single_model(base: str, source: AdapterSource) -> tuple[Any, Any]:
     """Base + this source's ΔW at weight 1."""
-    from tunelab.merge import apply_deltas
+    from tunelab.merge.deltas import apply_deltas
     from tunelab.models import load_model
 
     model, tokenizer = load_model(base)
@@ -180,7 +180,7 @@ def _single_model(base: str, source: AdapterSource) -> tuple[Any, Any]:
 
 def _merged_model(merged: Path, base: str) -> tuple[Any, Any]:
     """A merge output: a model dir as it is, a PEFT adapter on top of ``base``."""
-    from tunelab.merge import apply_deltas
+    from tunelab.merge.deltas import apply_deltas
     from tunelab.merge.sources import read_source
     from tunelab.models import load_model
 
@@ -190,6 +190,19 @@ def _merged_model(merged: Path, base: str) -> tuple[Any, Any]:
     model, tokenizer = load_model(base)
     apply_deltas(model, adapter.parameter_names(), lambda n: adapter.delta(n))  # type: ignore[arg-type,return-value]
     return model, tokenizer
+
+
+def check_tasks(tasks: Sequence[str], n: int) -> list[str]:
+    """The ``--tasks`` names, one per adapter, each a known task (one-line error otherwise)."""
+    from tunelab.evaluate.tasks import resolve_task
+
+    task_list = [t.strip() for t in tasks if t.strip()]
+    if len(task_list) != n:
+        raise TunelabError(f"--tasks has {len(task_list)} names for {n} adapters; give one task per adapter")
+    for t in task_list:
+        resolve_task(t)  # raises a one-line error for unknown tasks
+    return task_list
+
 
 
 def task_scores(sources: Sequence[AdapterSource], tasks: Sequence[str], merged: Path, base: str, *, limit: int,
@@ -263,9 +276,7 @@ def inspect_interference(dirs: Sequence[str | os.PathLike[str]], output: str | o
         raise TunelabError(f"interference needs at least 2 adapters, got {len(dirs)}")
     task_list = None
     if tasks:
-        from tunelab.merge import _check_tasks
-
-        task_list = _check_tasks(tasks, len(dirs))
+        task_list = check_tasks(tasks, len(dirs))
         if merged is None:
             raise TunelabError("--tasks needs --merged DIR (a `tunelab merge` output) to compare the single adapters with")
     if merged is not None and not Path(merged).is_dir():

@@ -21,6 +21,7 @@ class Linear(MergeMethod):
     name: str = "linear"
     description: str = "PEFT's: (Σ ±√(|wᵢ|sᵢ)Bᵢ)(Σ √(|wⱼ|sⱼ)Aⱼ), same rank, has cross terms BᵢAⱼ"
     family: str = "factors"
+    same_ranks: bool = True
 
     def merge_factors(self, factors: Sequence[LoraFactors], weights: Sequence[float]) -> LoraFactors:
         """One module: weighted sums of the A's and of the B's (see the module docstring)."""

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from tunelab.adapters import storage
+from tunelab.adapters import method_class, storage
 from tunelab.adapters.base import module_key
 from tunelab.errors import TunelabError
 from tunelab.files import json_field, json_value, open_safetensors, read_json
@@ -112,10 +112,11 @@ def read_source(path: str | Path) -> AdapterSource:
         raise TunelabError(f"{path}: not a directory (pass the adapter's directory)")
     run = read_json(path / RUN_FILE, RUN_FILE) if (path / RUN_FILE).is_file() else {}
     method = str(run.get("method") or "peft")
+    recorded = method_class(method)  # None for "peft" (a plain adapter dir), "merge" and foreign records
     has_peft = (path / PEFT_CONFIG).is_file() or (path / COMPACT_FILE).is_file()
-    if method == "lota" or ((path / storage.TASK_VECTOR_FILE).is_file() and not has_peft):
+    if (recorded is not None and recorded.saves_task_vector) or ((path / storage.TASK_VECTOR_FILE).is_file() and not has_peft):
         return _read_task_vector(path, run)
-    if method == "full" or ((path / "config.json").is_file() and not has_peft):
+    if (recorded is not None and recorded.full_model) or ((path / "config.json").is_file() and not has_peft):
         raise TunelabError(f"{path}: a full fine-tuned model, not an adapter; merging full models is not supported")
     if method == "merge" and not has_peft:
         raise TunelabError(f"{path}: a merged model (not an adapter); merge its sources instead")
@@ -195,7 +196,7 @@ def _read_peft(path: Path, files: Path, run: dict, method: str) -> AdapterSource
             if key in masks and masks[key].shape != f.b.shape:
                 raise TunelabError(f"{path / MASK_FILE}: mask of {key} is {tuple(masks[key].shape)}, but its lora_B is "
                                    f"{tuple(f.b.shape)} (a mask from another run?)")
-    elif method == "lori-s":
+    elif getattr(method_class(method), "sparse_b", False):
         masks = {k: f.b != 0 for k, f in factors.items()}  # the mask is recoverable as B ≠ 0
     base = run.get("base_model") or cfg.get("base_model_name_or_path")
     return AdapterSource(path=path, method=method, base_model=str(base) if base else None, factors=factors, masks=masks)

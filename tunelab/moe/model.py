@@ -26,7 +26,7 @@ from transformers import (
 from tunelab.errors import TunelabError
 from tunelab.moe.block import MoeBlock
 from tunelab.moe.default_moe import DEFAULT_MODES, DefaultMoeBlock
-from tunelab.moe.routers import ROUTERS, SinkhornRouter, TopKRouter
+from tunelab.moe.routers import ROUTERS
 
 MOE_STATE_FILE = "moe.safetensors"
 ARCHS = ("dense", "moe")
@@ -130,12 +130,8 @@ def trained_router(model: torch.nn.Module) -> str | None:
 def make_block(config: MixtralConfig) -> MoeBlock:
     """The block ``config.tunelab_moe`` names (plain top-k when absent: a stock Mixtral config)."""
     s = _routing(config)
-    if s["router"] == "sinkhorn":
-        return MoeBlock(config, SinkhornRouter(config, s.get("sinkhorn_tol", 1e-4), s.get("sinkhorn_iters", 100)))
-    router = TopKRouter(config, renormalize=s.get("renormalize", True))
-    if s["router"] == "default":
-        return DefaultMoeBlock(config, router, beta=s.get("default_beta", 0.9), mode=s.get("default_mode", "forward"))
-    return MoeBlock(config, router)
+    # a name this version does not know loads as plain top-k routing, as a stock Mixtral config does
+    return ROUTERS.get(s["router"] if s["router"] in ROUTERS else "topk").block(config, s)
 
 
 def install_blocks(model: torch.nn.Module) -> None:

@@ -60,6 +60,7 @@ from tunelab.moe.model import (
     spec_of,
     trained_router,
 )
+from tunelab.moe.routers import ROUTERS
 from tunelab.train.checkpoint import (
     CHECKPOINT_DIR,
     find_checkpoint,
@@ -175,8 +176,10 @@ class PretrainConfig:
         return ModelSpec(**given)
 
     def coefficients(self, router: str) -> tuple[float, float]:
-        aux = self.aux_loss_coef if self.aux_loss_coef is not None else (0.0 if router == "sinkhorn" else 1e-2)
-        z = self.z_loss_coef if self.z_loss_coef is not None else (0.0 if router == "sinkhorn" else 1e-3)
+        """The aux and z-loss coefficients: as given, else 0 for a router that balances itself."""
+        balanced = router in ROUTERS and ROUTERS.get(router).balances_itself
+        aux = self.aux_loss_coef if self.aux_loss_coef is not None else (0.0 if balanced else 1e-2)
+        z = self.z_loss_coef if self.z_loss_coef is not None else (0.0 if balanced else 1e-3)
         return aux, z
 
 

@@ -4,17 +4,25 @@ Every router subclasses ``MixtralTopKRouter`` and returns what it returns —
 ``(router_logits, gate weights [T, k], expert indices [T, k])`` — so transformers' router-logit
 capture (``output_router_logits=True``, matched by ``isinstance``) keeps working.
 
-``ROUTERS`` is the registry ``tunelab pretrain --router`` reads; Default MoE is a block
+``ROUTERS`` is the registry ``tunelab pretrain --router`` reads: name → a :class:`RouterKind` (how a
+layer's MoE block is built from the Mixtral config and the saved router settings, and whether the
+router balances the load itself). Default MoE is a block
 (:mod:`tunelab.moe.default_moe`) on top of the top-k router, not a router of its own.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from transformers.models.mixtral.modeling_mixtral import MixtralTopKRouter
+
+from tunelab.moe.block import MoeBlock
+from tunelab.moe.default_moe import DefaultMoeBlock
+from tunelab.registry import Registry
 
 
 class TopKRouter(MixtralTopKRouter):
@@ -81,4 +89,33 @@ class SinkhornRouter(TopKRouter):
         return logits, torch.gather(gates, 1, indices), indices
 
 
-ROUTERS = ("topk", "sinkhorn", "default")
+@dataclass(frozen=True)
+class RouterKind:
+    """One ``--router``: ``block(config, settings)`` builds a layer's MoE block (``settings`` is
+    ``config.tunelab_moe``); ``balances_itself``: the routing balances the load by construction, so
+    the Switch auxiliary loss and the z-loss default to 0."""
+
+    block: Callable[[Any, dict[str, Any]], MoeBlock]
+    balances_itself: bool = False
+
+
+def topk_block(config: Any, s: dict[str, Any]) -> MoeBlock:
+    """Mixtral's block with the top-k router (renormalised gates unless ``renormalize`` is off)."""
+    return MoeBlock(config, TopKRouter(config, renormalize=s.get("renormalize", True)))
+
+
+def sinkhorn_block(config: Any, s: dict[str, Any]) -> MoeBlock:
+    """The block with the Sinkhorn-balanced router."""
+    return MoeBlock(config, SinkhornRouter(config, s.get("sinkhorn_tol", 1e-4), s.get("sinkhorn_iters", 100)))
+
+
+def default_block(config: Any, s: dict[str, Any]) -> MoeBlock:
+    """Default MoE: the top-k router, unpicked experts contributing their EMA default output."""
+    router = TopKRouter(config, renormalize=s.get("renormalize", True))
+    return DefaultMoeBlock(config, router, beta=s.get("default_beta", 0.9), mode=s.get("default_mode", "forward"))
+
+
+ROUTERS: Registry[RouterKind] = Registry("router")
+ROUTERS.register("topk", RouterKind(topk_block))
+ROUTERS.register("sinkhorn", RouterKind(sinkhorn_block, balances_itself=True))
+ROUTERS.register("default", RouterKind(default_block))

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.options import check_fields, comma_list, float_item, option
+from tunelab.registry import Registry
 
 DEFAULT_FPRS: tuple[float, ...] = (0.001, 0.01, 0.1)  # the FPRs of TPR@FPR (tunelab.privacy.audit)
-SCORES = ("secret_loss", "sequence_loss", "min_k", "zlib", "reference")  # tunelab.privacy.scores implements them
+# membership score name → ``ScoreInputs -> float`` (tunelab.privacy.scores implements them; lazy, so
+# this module stays light for the CLI)
+SCORES: Registry[Any] = Registry("membership score", listing="choose from ")
+for _name in ("secret_loss", "sequence_loss", "min_k", "zlib", "reference"):
+    SCORES.register(_name, f"tunelab.privacy.scores:score_{_name}")
+del _name
 STRATEGIES = ("bonferroni", "split")  # how the ε lower bound's threshold is chosen
 
 

@@ -29,9 +29,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from tunelab.adapters import ADAPTER_METHODS, methods_with
 from tunelab.errors import TunelabError
 from tunelab.privacy.accounting import Ledger, calibrate_noise, spent_epsilon
 from tunelab.privacy.train_config import DPConfig
+from tunelab.registry import join_names
 from tunelab.train.plugins import Run
 from tunelab.train.update_rules import require_one_process
 
@@ -77,6 +79,7 @@ class PrivateTraining:
     sampling (tests only: a known seed voids the guarantee)."""
 
     per_example = True
+    private = True
 
     def __init__(self, secret_seed: int | None = None) -> None:
         self.secret_seed = secrets.randbits(63) if secret_seed is None else secret_seed
@@ -115,9 +118,9 @@ class PrivateTraining:
     @staticmethod
     def outside_guarantee(cfg: Any) -> list[str]:
         """What shapes this run outside the DP steps (the ledger lists it); LoTA is refused outright."""
-        if cfg.method == "lota":
-            raise TunelabError(f"--method lota picks its mask with a non-private AdamW pass over --data; not supported "
-                               f"with --optimizer {cfg.optimizer} (use lora, lori-d, lori-s or full)")
+        if ADAPTER_METHODS.get(cfg.method).calibrates_on_data:
+            raise TunelabError(f"--method {cfg.method} picks its mask with a non-private AdamW pass over --data; not supported "
+                               f"with --optimizer {cfg.optimizer} (use {join_names(methods_with('calibrates_on_data', False))})")
         notes = []
         for flag, value in (("--mask-from", cfg.mask_from), ("--init-from", cfg.init_from)):
             if value:

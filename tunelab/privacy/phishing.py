@@ -62,6 +62,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from tunelab.adapters import ADAPTER_METHODS
 from tunelab.errors import TunelabError
 from tunelab.layout import RUN_FILE, atomic_write_text
 from tunelab.options import check_fields, option
@@ -374,7 +375,7 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 def _train_phase(cfg: PhishConfig, data: Path, out: Path, seed: int, previous: Path | None) -> Path:
     from tunelab.finetune import TrainConfig, train
 
-    continue_full = previous is not None and cfg.method == "full"
+    continue_full = previous is not None and ADAPTER_METHODS.get(cfg.method).full_model
     tc = TrainConfig(
         model=str(previous) if continue_full else cfg.model, data=str(data), method=cfg.method, output=str(out),
         init_from=str(previous) if previous is not None and not continue_full else None,
@@ -480,7 +481,8 @@ def run_phishing(cfg: PhishConfig, console: Console | None = None) -> dict[str, 
         "is_not": cfg.is_not, "method": cfg.method, "random_guess": 10.0 ** -cfg.digits,
         "config": config, "corpus": cfg.data or f"synthetic bios ({cfg.bios}, seed {cfg.seed})",
         "training_order": "two runs: corpus + poisons, then corpus + secret continuing from it "
-                          + ("(full: phase 1's model as base)" if cfg.method == "full" else "(--init-from: A frozen, B trained)"),
+                          + (f"({cfg.method}: phase 1's model as base)" if ADAPTER_METHODS.get(cfg.method).full_model
+                             else "(--init-from: A frozen, B trained)"),
         "ser": table, "curves": series, "trials": trials,
         "seconds": time.perf_counter() - start, "trial_seconds": trial_seconds,
     }

@@ -43,7 +43,7 @@ import math
 import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -56,6 +56,45 @@ from tunelab.errors import TunelabError
 from tunelab.privacy.audit_config import SCORES  # noqa: F401 (re-exported: the audit's option checks it)
 from tunelab.train.objectives import CausalLMLoss
 
+
+@dataclass(frozen=True)
+class ScoreInputs:
+    """What a membership score reads for one canary: its secret tokens' log-probs (and the whole
+    sequence's), the reference model's on the secret (``reference`` score only), the secret text and
+    Min-K%'s ``k``."""
+
+    secret: np.ndarray
+    sequence: np.ndarray | None
+    reference: np.ndarray | None
+    text: str
+    k: float
+
+
+# The SCORES registry (score name → ``ScoreInputs -> float``, higher = more likely a member) lives in
+# the light tunelab.privacy.audit_config, pointing lazily at these functions; formulas in the module doc.
+def score_secret_loss(c: ScoreInputs) -> float:
+    """``secret_loss``: mean log-prob of the secret's tokens."""
+    return float(c.secret.mean())
+
+
+def score_sequence_loss(c: ScoreInputs) -> float:
+    """``sequence_loss``: mean log-prob over the whole canary sequence."""
+    return float(c.sequence.mean())  # type: ignore[union-attr]
+
+
+def score_min_k(c: ScoreInputs) -> float:
+    """``min_k``: mean of the lowest k% token log-probs of the secret."""
+    return _min_k(c.secret, c.k)
+
+
+def score_zlib(c: ScoreInputs) -> float:
+    """``zlib``: secret log-prob over the secret's zlib-compressed length."""
+    return float(c.secret.mean()) / len(zlib.compress(c.text.encode("utf-8")))
+
+
+def score_reference(c: ScoreInputs) -> float:
+    """``reference``: secret log-prob minus the reference model's."""
+    return float(c.secret.mean()) - float(c.reference.mean())  # type: ignore[union-attr]
 DEFAULT_SCORES = ("secret_loss",)
 DISABLE_ADAPTER = "disable-adapter"
 PADDING_SIDES = ("right", "left")
@@ -162,9 +201,8 @@ def _check_args(scores: Sequence[str], k: float, batch_size: int, padding_side: 
     scores = tuple(scores)
     if not scores:
         raise TunelabError(f"no scores asked for; choose from {', '.join(SCORES)}")
-    unknown = [s for s in scores if s not in SCORES]
-    if unknown:
-        raise TunelabError(f"unknown membership score '{unknown[0]}'; choose from {', '.join(SCORES)}")
+    for name in scores:
+        SCORES.canonical(name)  # unknown → "unknown membership score 'x' (did you mean ...); choose from ..."
     if len(set(scores)) != len(scores):
         raise TunelabError(f"a score is listed twice: {', '.join(scores)}")
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or not 0 < k <= 100:
@@ -227,21 +265,12 @@ def score_canaries(
             ref_lp = canary_token_logprobs(ref_model, tokenizer, canaries, batch_size=batch_size,
                                            padding_side=padding_side, bf16=bf16, whole_sequence=False)
     out: dict[str, np.ndarray] = {name: np.empty(len(canaries), dtype=np.float64) for name in scores}
+    fns = {name: SCORES.get(name) for name in scores}
     for i, c in enumerate(canaries):
         seq, secret = token_lp[i]
-        secret_mean = float(secret.mean())
-        for name in scores:
-            if name == "secret_loss":
-                value = secret_mean
-            elif name == "sequence_loss":
-                value = float(seq.mean())
-            elif name == "min_k":
-                value = _min_k(secret, k)
-            elif name == "zlib":
-                value = secret_mean / len(zlib.compress(c.secret.encode("utf-8")))
-            else:  # reference
-                value = secret_mean - float(ref_lp[i][1].mean())
-            out[name][i] = value
+        inputs = ScoreInputs(secret, seq, ref_lp[i][1] if ref_lp is not None else None, c.secret, k)
+        for name, fn in fns.items():
+            out[name][i] = fn(inputs)
     return out
 
 

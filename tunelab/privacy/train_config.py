@@ -15,11 +15,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from tunelab.adapters import ADAPTER_METHODS, methods_with
 from tunelab.errors import TunelabError
 from tunelab.options import option
 from tunelab.privacy.canaries import FAMILIES, PREFIX_STYLES
+from tunelab.registry import join_names
+from tunelab.train.config import rule_names_with
 
-PRIVATE_OPTIMIZERS = ("dp-zo", "dp-sgd")
 NOISES = ("gaussian", "laplace")
 ACCOUNTANTS = ("pld", "rdp")
 DEFAULT_DELTA = 1e-5
@@ -49,10 +51,11 @@ class DPConfig:
 
     def validate(self, run: Any) -> None:
         """Raise ``TunelabError`` for DP options that cannot work with ``run`` (the training config)."""
-        if run.optimizer not in PRIVATE_OPTIMIZERS:
+        if not run.private:
             for f in dataclasses.fields(self):
                 if getattr(self, f.name) != f.default:
-                    raise TunelabError(f"--{f.name.replace('_', '-')} only applies to --optimizer dp-zo or dp-sgd")
+                    raise TunelabError(f"--{f.name.replace('_', '-')} only applies to --optimizer "
+                                       f"{join_names(rule_names_with(run, 'private'))}")
             return
         opt = f"--optimizer {run.optimizer}"
         if self.noise not in NOISES:
@@ -123,11 +126,11 @@ class CanaryConfig:
             if self.new_token_rows != "trained":
                 raise TunelabError("--canary-new-token-rows only applies to --canary-family new-token")
             return None
-        if method not in ("lora", "lori-d", "full"):
+        if not ADAPTER_METHODS.get(method).trains_new_token_rows:
             # lori-s packs only B and lota saves a task vector: neither carries new embedding rows.
-            raise TunelabError(f"new-token canaries work with --method lora, lori-d or full, not {method}")
+            raise TunelabError(f"new-token canaries work with --method {join_names(methods_with('trains_new_token_rows'))}, not {method}")
         if self.new_token_rows == "frozen":
-            if method == "full":
+            if ADAPTER_METHODS.get(method).full_model:
                 raise TunelabError("--canary-new-token-rows frozen needs an adapter method: full fine-tuning trains every row")
             return ("new-token canaries with frozen embeddings: the new tokens' rows stay at their initial value "
                     "(the mean row), so members and non-members look alike to the model and the audit will be near "
@@ -135,4 +138,4 @@ class CanaryConfig:
         return None
 
 
-__all__ = ["ACCOUNTANTS", "CanaryConfig", "DEFAULT_DELTA", "DPConfig", "NOISES", "PRIVATE_OPTIMIZERS", "TOKEN_ROWS"]
+__all__ = ["ACCOUNTANTS", "CanaryConfig", "DEFAULT_DELTA", "DPConfig", "NOISES", "TOKEN_ROWS"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.adapters import ADAPTER_METHODS
 from tunelab.errors import TunelabError
 from tunelab.evaluate.judges import is_refusal
 from tunelab.evaluate.prompts import HARM_OTHER, benign_sensitive_prompts, harmful_prompts
@@ -255,10 +256,11 @@ def train_safety_adapter(
             lm, tokenizer = load_model(model)
             build_safety_data(lm, tokenizer, data, seed=seed)
             del lm
-    if method == "lori-s" and mask_from is None:
-        mask_from = output.with_name(output.name + "-lori-d")
+    source = ADAPTER_METHODS.get(method).mask_source  # lori-s: its mask comes from a lori-d run
+    if source and mask_from is None:
+        mask_from = output.with_name(f"{output.name}-{source}")
         if not _finished(Path(mask_from)):
-            train_safety_adapter("lori-d", mask_from, model=model, data=data, seed=seed, steps=steps)
+            train_safety_adapter(source, mask_from, model=model, data=data, seed=seed, steps=steps)
     recipe = SAFETY_RECIPE[method]
     cfg = TrainConfig(
         model=model, data=str(data), method=method, output=str(output),

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.adapters import ADAPTER_METHODS, methods_with
 from tunelab.control_tokens import MODES
 from tunelab.errors import TunelabError
 from tunelab.options import option
+from tunelab.registry import join_names
 from tunelab.train.objectives import BetaSchedule
 
 _BETA = BetaSchedule()  # the paper's schedule: the section's defaults
@@ -38,9 +40,9 @@ class RefusalTokensConfig:
             return
         if self.tokens not in MODES:
             raise TunelabError(f"unknown --refusal-tokens mode '{self.tokens}'; choose one of: {', '.join(MODES)}")
-        if run.method not in ("lora", "lori-d", "full"):
+        if not ADAPTER_METHODS.get(run.method).trains_new_token_rows:
             # lori-s packs only B and lota saves a task vector: neither would carry the new embedding rows.
-            raise TunelabError(f"--refusal-tokens works with --method lora, lori-d or full, not {run.method}")
+            raise TunelabError(f"--refusal-tokens works with --method {join_names(methods_with('trains_new_token_rows'))}, not {run.method}")
         if run.objective == "constrained":
             raise TunelabError("--refusal-tokens with --objective constrained is not supported (the reference has no refusal tokens)")
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tunelab.errors import TunelabError
+from tunelab.registry import Registry
 
 SPLITS = ("train", "test")
 # Fraction of the problem space (by prompt hash) reserved for the test split, in percent.
@@ -56,11 +57,10 @@ def score_contains(prediction: str, reference: str) -> float:
 
 # Scorers that compare generated text with a reference; tunelab.evaluate.scorers adds the
 # model-based ones (multiple choice by log-likelihood, code by execution).
-SCORERS: dict[str, Callable[[str, str], float]] = {
-    "numeric": score_numeric,
-    "exact": score_exact,
-    "contains": score_contains,
-}
+SCORERS: Registry[Callable[[str, str], float]] = Registry("scorer", listing="known scorers: ")
+SCORERS.register("numeric", score_numeric)
+SCORERS.register("exact", score_exact)
+SCORERS.register("contains", score_contains)
 
 
 def split_of(prompt: str) -> str:
@@ -124,4 +124,4 @@ class Task:
 
     def score(self, prediction: str, reference: str) -> float:
         """Score a model's prediction against the reference response (1.0 or 0.0)."""
-        return SCORERS[self.scorer](prediction, reference)
+        return SCORERS.get(self.scorer)(prediction, reference)

@@ -7,24 +7,20 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.layout import atomic_write_text
+from tunelab.registry import Registry
 from tunelab.tasks.arithmetic import ArithmeticTask
 from tunelab.tasks.base import Task
 from tunelab.tasks.reverse_words import ReverseWordsTask
 
-TASKS: dict[str, Task] = {
-    "arithmetic": ArithmeticTask(),
-    "reverse_words": ReverseWordsTask(),
-}
+# built-in task name → the task (kept in name order: the error lists them sorted)
+TASKS: Registry[Task] = Registry("task", listing="built-in tasks: ")
+TASKS.register("arithmetic", ArithmeticTask())
+TASKS.register("reverse_words", ReverseWordsTask())
 
 
 def get_task(name: str) -> Task:
     """Return the built-in task called ``name``; raise TunelabError listing the known ones."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise TunelabError(
-            f"unknown task '{name}'; built-in tasks: {', '.join(sorted(TASKS))}"
-        ) from None
+    return TASKS.get(name)
 
 
 def export_task(

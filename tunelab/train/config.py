@@ -14,13 +14,28 @@ from typing import Any
 
 import torch
 
-from tunelab.adapters import DEFAULT_TARGET_MODULES, METHODS, AdapterSettings
+from tunelab.adapters import ADAPTER_METHODS, DEFAULT_TARGET_MODULES, AdapterSettings, methods_with
 from tunelab.configs import from_sources
 from tunelab.errors import TunelabError
 from tunelab.options import check_field, meta, option
+from tunelab.registry import join_names
 from tunelab.train.objectives import OBJECTIVES, BetaSchedule
 
 SCHEDULERS = ("constant", "linear", "cosine")
+
+
+def rule_class(cfg: Any) -> Any:
+    """The update-rule class ``cfg.optimizer`` names, from the registry the config's ``optimizer``
+    field takes its choices from (``tunelab.finetune.RULES``: the one list of rules, which this
+    layer may not import); ``None`` for a config without one (the loop's own)."""
+    rules = meta(next(f for f in dataclasses.fields(cfg) if f.name == "optimizer"), "choices")
+    return rules.get(cfg.optimizer) if rules is not None and hasattr(rules, "get") else None
+
+
+def rule_names_with(cfg: Any, capability: str) -> tuple[str, ...]:
+    """The optimizer names of ``cfg``'s rule registry whose ``capability`` is true, in registry order."""
+    rules = meta(next(f for f in dataclasses.fields(cfg) if f.name == "optimizer"), "choices")
+    return tuple(name for name, cls in rules.items() if getattr(cls, capability)) if rules is not None else ()
 
 
 def bf16_supported() -> bool:
@@ -90,8 +105,7 @@ class TrainConfig:
             raise TunelabError("no training data: pass --data FILE (or 'data:' in the config)")
         if not self.output:
             raise TunelabError("no output directory: pass --output DIR (or 'output:' in the config)")
-        if self.method not in METHODS:
-            raise TunelabError(f"unknown method '{self.method}'; choose one of: {', '.join(METHODS)}")
+        method = ADAPTER_METHODS.get(self.method)  # unknown → "unknown method 'x' (did you mean ...)"
         if self.scheduler not in SCHEDULERS:
             raise TunelabError(f"unknown scheduler '{self.scheduler}'; choose one of: {', '.join(SCHEDULERS)}")
         positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "max_length": self.max_length, "epochs": self.epochs, "rank": self.rank}
@@ -102,14 +116,15 @@ class TrainConfig:
             raise TunelabError(f"--max-steps must be >= 1, got {self.max_steps}")
         if not 0.0 <= self.sparsity < 1.0:
             raise TunelabError(f"--sparsity must be in [0, 1), got {self.sparsity}")
-        if self.mask_from and self.method != "lori-s":
-            raise TunelabError(f"--mask-from only applies to --method lori-s, not {self.method}")
-        if self.init_from and self.method == "full":
-            raise TunelabError("--init-from applies to lora, lori-d, lori-s and lota, not full")
-        if self.disjoint and (self.method not in ("lori-s", "lota") or not self.init_from):
-            raise TunelabError("--disjoint needs --method lori-s or lota and --init-from RUN")
-        if self.weight_decay and (self.method == "lota" or (self.method == "lori-s" and self.init_from)):
-            raise TunelabError(f"--weight-decay must be 0 for {self.method}{' with --init-from' if self.method == 'lori-s' else ''}: "
+        if self.mask_from and not method.needs_mask_from:
+            raise TunelabError(f"--mask-from only applies to --method {join_names(methods_with('needs_mask_from'))}, not {self.method}")
+        if self.init_from and not method.supports_init_from:
+            raise TunelabError(f"--init-from applies to {join_names(methods_with('supports_init_from'), 'and')}, not {self.method}")
+        if self.disjoint and (not method.supports_disjoint or not self.init_from):
+            raise TunelabError(f"--disjoint needs --method {join_names(methods_with('supports_disjoint'))} and --init-from RUN")
+        if self.weight_decay and not method.weight_decay_applies(bool(self.init_from)):
+            with_init = " with --init-from" if method.frozen_entries == "with init_from" else ""
+            raise TunelabError(f"--weight-decay must be 0 for {self.method}{with_init}: "
                                "weight decay would move the entries outside the mask")
         if not 0.0 < self.calibration_fraction <= 1.0:
             raise TunelabError(f"--calibration-fraction must be in (0, 1], got {self.calibration_fraction}")
@@ -123,9 +138,13 @@ class TrainConfig:
         check_field(next(f for f in dataclasses.fields(self) if f.name == "optimizer"), self.optimizer)
         if self.zo_eps is not None and not self.zo_eps > 0:
             raise TunelabError(f"--zo-eps must be > 0, got {self.zo_eps}")
-        if self.zo_eps is not None and self.optimizer not in ("zo", "dp-zo"):
-            raise TunelabError(f"--zo-eps only applies to --optimizer zo or dp-zo, not {self.optimizer}")
-        if self.optimizer != "adamw" and (self.fsdp or self.objective != "sft"):
+        rule = rule_class(self)
+        if rule is None:  # the loop's own config: no registry, so nothing to ask of the rule
+            return
+        if self.zo_eps is not None and not rule.zeroth_order:
+            raise TunelabError(f"--zo-eps only applies to --optimizer {join_names(rule_names_with(self, 'zeroth_order'))}, "
+                               f"not {self.optimizer}")
+        if not rule.supports_fsdp_and_objectives and (self.fsdp or self.objective != "sft"):
             what = "--fsdp" if self.fsdp else f"--objective {self.objective}"
             raise TunelabError(f"--optimizer {self.optimizer} does not support {what}")
 

@@ -69,6 +69,14 @@ class UpdateRule(abc.ABC):
     name: str = ""
     #: micro_step calls ``loss_fn(batch, per_example=True)`` (per-example clipping)
     per_example: bool = False
+    # Capabilities, read by config validation (``tunelab.train.config.rule_class``) instead of
+    # testing the rule's name:
+    #: differentially private (the ``dp`` section of the config applies)
+    private: bool = False
+    #: zeroth-order (SPSA): takes ``--zo-eps``
+    zeroth_order: bool = False
+    #: works with ``--fsdp`` and objectives other than plain SFT
+    supports_fsdp_and_objectives: bool = False
 
     def default_lr(self, cfg: TrainConfig) -> float | None:
         """The learning rate when the config sets none; ``None``: the adapter method's default."""
@@ -144,6 +152,7 @@ class AdamW(UpdateRule):
     """Backprop + AdamW: accumulation, gradient masks, clipping, the config's LR schedule."""
 
     name = "adamw"
+    supports_fsdp_and_objectives = True
 
     def setup(self, run: Run, params: dict[str, torch.nn.Parameter], total_steps: int) -> None:
         cfg, accelerator = run.cfg, run.accelerator

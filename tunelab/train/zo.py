@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from tunelab.adapters import ADAPTER_METHODS
 from tunelab.errors import TunelabError
 from tunelab.train.config import TrainConfig
 from tunelab.train.plugins import Run
@@ -37,9 +38,10 @@ class ZO(UpdateRule):
     """MeZO-style SPSA on the trainable weights; see the module docstring."""
 
     name = "zo"
+    zeroth_order = True
 
     def default_lr(self, cfg: TrainConfig) -> float | None:
-        return ZO_LR_FULL if cfg.method == "full" else ZO_LR_ADAPTER
+        return ZO_LR_FULL if ADAPTER_METHODS.get(cfg.method).full_model else ZO_LR_ADAPTER
 
     def prepare(self, run: Run) -> None:
         require_one_process(run)
@@ -51,7 +53,7 @@ class ZO(UpdateRule):
             raise TunelabError(f"--optimizer {cfg.optimizer} perturbs fp32 weights; {low[0]} is {params[low[0]].dtype}")
         self.run, self.params = run, params
         self.masks = {name: m.to(torch.float32) for name, m in trainable_masks(run, params).items()}
-        self.eps = cfg.zo_eps or (ZO_EPS_FULL if cfg.method == "full" else ZO_EPS_ADAPTER)
+        self.eps = cfg.zo_eps or (ZO_EPS_FULL if ADAPTER_METHODS.get(cfg.method).full_model else ZO_EPS_ADAPTER)
         self.device = next(iter(params.values())).device
         self.generator = torch.Generator(self.device)
         self.steps_done = 0
