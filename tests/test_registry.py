@@ -219,3 +219,24 @@ def test_router_and_merge_capabilities() -> None:
 
     assert [n for n, kind in ROUTERS.items() if kind.balances_itself] == ["sinkhorn"]
     assert [n for n, m in MERGE_METHODS.items() if m.same_ranks] == ["linear"]
+
+
+def test_lazy_exports_import_on_first_use_and_refuse_unknown_names() -> None:
+    """A lazy front door lists its names, imports a module only when one of its names is read, and
+    raises AttributeError (not ImportError) for a name it does not export."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from tunelab.registry import lazy_exports\n"
+        "getattr_, all_ = lazy_exports('pkg', {'json': ('dumps',), 'tunelab.scaling.flops': ('flops_per_token',)})\n"
+        "print(all_, 'tunelab.scaling.flops' in sys.modules)\n"
+        "print(getattr_('dumps')({}), 'tunelab.scaling.flops' in sys.modules)\n"
+        "try:\n"
+        "    getattr_('nope')\n"
+        "except AttributeError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["['dumps', 'flops_per_token'] False", "{} False", "module 'pkg' has no attribute 'nope'"]

@@ -135,4 +135,23 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, {list(self._targets)})"
 
 
-__all__ = ["Registry", "join_names"]
+def lazy_exports(package: str, exports: Mapping[str, tuple[str, ...]]) -> tuple[Callable[[str], Any], list[str]]:
+    """A package front door that imports what it re-exports on first use (PEP 562).
+
+    ``exports`` maps a module to the names it lends the package; returns ``(__getattr__, __all__)``
+    for the package's ``__init__.py``, so importing a light module of a room (its config, its
+    report section) does not load the room's heavy modules (torch) through the front door::
+
+        __getattr__, __all__ = lazy_exports(__name__, {"tunelab.merge.run": ("merge_adapters",)})
+    """
+    where = {name: module for module, names in exports.items() for name in names}
+
+    def __getattr__(name: str) -> Any:
+        if name not in where:
+            raise AttributeError(f"module '{package}' has no attribute '{name}'")
+        return getattr(importlib.import_module(where[name]), name)
+
+    return __getattr__, sorted(where)
+
+
+__all__ = ["Registry", "lazy_exports", "join_names"]

@@ -14,14 +14,26 @@ Methods (:data:`MERGE_METHODS` in :mod:`tunelab.merge.registry`, one file each; 
 source needs ``to_model`` there. Every merge needs at least two sources, except task arithmetic,
 which takes one (to rescale or negate a single task vector). The output is built in a temp dir
 and renamed into place; its ``tunelab.json`` (``method: "merge"``) is written last.
+
+This file only re-exports, lazily (:func:`tunelab.registry.lazy_exports`): importing a light module of
+the room does not load its heavy ones.
 """
 
 from __future__ import annotations
 
-from tunelab.merge.base import MergeMethod
-from tunelab.merge.deltas import apply_deltas, merged_delta_fn, merged_factors
-from tunelab.merge.registry import MERGE_METHODS, get_merge_method
-from tunelab.merge.run import INTERFERENCE_DIR, merge_adapters, parse_weights, shared_projections
+from typing import TYPE_CHECKING
 
-__all__ = ["MERGE_METHODS", "MergeMethod", "get_merge_method", "merge_adapters", "merged_delta_fn", "merged_factors",
-           "apply_deltas", "parse_weights", "shared_projections", "INTERFERENCE_DIR"]
+from tunelab.registry import lazy_exports
+
+if TYPE_CHECKING:
+    from tunelab.merge.base import MergeMethod
+    from tunelab.merge.deltas import apply_deltas, merged_delta_fn, merged_factors
+    from tunelab.merge.registry import MERGE_METHODS, get_merge_method
+    from tunelab.merge.run import INTERFERENCE_DIR, merge_adapters, parse_weights, shared_projections
+
+__getattr__, __all__ = lazy_exports(__name__, {
+    "tunelab.merge.base": ("MergeMethod",),
+    "tunelab.merge.deltas": ("apply_deltas", "merged_delta_fn", "merged_factors"),
+    "tunelab.merge.registry": ("MERGE_METHODS", "get_merge_method"),
+    "tunelab.merge.run": ("INTERFERENCE_DIR", "merge_adapters", "parse_weights", "shared_projections"),
+})
