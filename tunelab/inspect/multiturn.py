@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.options import check_fields, option
 from tunelab.layout import atomic_write_text
 from tunelab.inspect.results import MultiTurnResult
 
@@ -54,29 +55,32 @@ class MultiTurnConfig:
     There is no plain-text mode: a conversation needs the chat template.
     """
 
-    model: str = "smollm2-135m"
-    adapter: str | None = None
-    task: str = "arc-easy"  # a benchmark, a multiple-choice or text-scored task, or a task file with --scorer
-    scorer: str | None = None  # task files only
-    limit: int = 100
-    seed: int = 0
-    turns: int = 9
-    follow_up: str = "Think again."
-    reword: bool = False
-    layers: list[int] | None = None  # probe layers; None: every 3rd layer plus the last
-    batch_size: int = 16
-    max_new_tokens: int = 32  # text-scored tasks
-    bootstrap: int = 1000
-    bf16: bool = False
-    output: str | None = None
+    model: str = option("smollm2-135m", show_default="smollm2-135m", help="alias, local dir or hub id")
+    adapter: str | None = option(None, help="PEFT adapter or tunelab run dir (merged before hooking)")
+    # a benchmark, a multiple-choice or text-scored task, or a task file with --scorer
+    task: str = option("arc-easy", show_default="arc-easy",
+                       help="a benchmark, arithmetic, reverse_words, or a task file with --scorer")
+    scorer: str | None = option(None, help="for a task file: choice, numeric, exact or contains")  # task files only
+    limit: int = option(100, min=1, show_default="100", help="questions")
+    seed: int = option(0, show_default="0", help="question sample and bootstrap seed")
+    turns: int = option(9, show_default="9", help="turns, the first answer included")  # >= 2 (validate, with its reason)
+    follow_up: str = option("Think again.", show_default="'Think again.'", help="what the user says after each answer")
+    reword: bool = option(False, flag="--reword/--no-reword", show_default="--no-reword",
+                          help="the follow-up also restates the question")
+    # None: every 3rd layer plus the last
+    layers: list[int] | None = option(None, show_default="every 3rd layer and the last", help="probe layers, e.g. 3,6,9")
+    batch_size: int = option(16, min=1, show_default="16", help="sequences per forward")
+    max_new_tokens: int = option(32, min=1, show_default="32", help="text-scored tasks: answer length")
+    bootstrap: int = option(1000, show_default="1000", help="bootstrap resamples for the CIs; 0: none")  # >= 0 (validate)
+    bf16: bool = option(False, flag="--bf16/--no-bf16", help="bf16 autocast")
+    output: str | None = option(None, show_default="ADAPTER/inspect/multiturn-TASK or runs/inspect/multiturn-MODEL-TASK",
+                                help="results dir")
 
     def validate(self) -> None:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
         if self.turns < 2:
             raise TunelabError(f"--turns must be >= 2 (a first answer and at least one follow-up), got {self.turns}")
-        for name in ("limit", "batch_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_fields(self)  # one-field bounds from the fields' metadata
         if self.bootstrap < 0:
             raise TunelabError(f"--bootstrap must be >= 0 (0: no confidence intervals), got {self.bootstrap}")
         if not self.follow_up.strip():

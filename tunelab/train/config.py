@@ -34,50 +34,54 @@ def bf16_supported() -> bool:
 class TrainConfig:
     """One training run. Field names are the YAML keys and (with dashes) the CLI flags."""
 
-    model: str = "smollm2-135m"
-    data: str = ""
-    method: str = "lora"
-    output: str = ""
+    model: str = option("smollm2-135m", help="alias (smollm2-135m, tiny-random), local dir or hub id")
+    data: str = option("", help="JSONL/CSV/Parquet file or saved HF dataset dir")
+    method: str = option("lora", choices=METHODS, help="lora, lori-d, lori-s, lota or full")
+    output: str = option("", help="run directory")
     # adapter
-    rank: int = 32
-    alpha: float = 64.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
-    mask_from: str | None = None
-    sparsity: float = 0.9
-    mask_granularity: str = "global"
+    rank: int = option(32, min=1)
+    alpha: float = option(64.0)
+    dropout: float = option(0.0)
+    target_modules: list[str] = option(default_factory=lambda: list(DEFAULT_TARGET_MODULES), help="comma-separated module names")
+    mask_from: str | None = option(None, help="lori-s: the lori-d run to take the mask from")
+    sparsity: float = option(0.9, min=0, lt=1, help="lori-s: fraction of B held at zero")
+    mask_granularity: str = option("global", help="lori-s/lota: global, layer or matrix top-k")
     # continual learning / LoTA
-    init_from: str | None = None  # continue from an earlier run (A frozen, B trained; lota: its weights)
-    disjoint: bool = False  # lori-s/lota with init_from: the new mask avoids the earlier run's positions
-    calibration_fraction: float = 0.1  # lota: share of the data for the dense calibration pass
+    init_from: str | None = option(None, help="continue from an earlier run (A frozen, B trained; lota: its weights)")
+    disjoint: bool = option(False, flag="--disjoint",
+                            help="lori-s/lota with --init-from: keep the new mask off the earlier run's positions")
+    calibration_fraction: float = option(0.1, gt=0, max=1, show_default="0.1",
+                                         help="lota: share of the data for the dense calibration pass")
     # objective: "sft", or "constrained" (token-wise constrained SFT against a reference adapter; its
     # reference and β are the constrained section of tunelab.finetune.TrainConfig). A plug-in option:
     # fit() refuses a config that sets one that no given plug-in claims.
-    objective: str = option("sft", plugin=True, choices=OBJECTIVES,
-                            help="sft, or constrained (token-wise constrained SFT against a reference adapter)")
+    objective: str = option("sft", plugin=True, choices=OBJECTIVES, show_default="sft",
+                            help="sft or constrained (token-wise constrained SFT)")
     # optimisation
-    lr: float | None = None  # None: the method's default
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 512
-    scheduler: str = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    bf16: bool | None = None  # None: on where the hardware supports it
-    seed: int | None = None  # None: a fresh random seed, recorded in the run
-    fsdp: bool = False  # shard with PyTorch FSDP2 (under torchrun / accelerate launch)
+    lr: float | None = option(None, gt=0, help="default: the method's (lora 2e-4, lori-d 5e-5, lori-s 5e-4)")
+    epochs: int = option(1, min=1)
+    max_steps: int | None = option(None, min=1, help="overrides --epochs")
+    batch_size: int = option(8, min=1)
+    grad_accum: int = option(1, min=1, help="gradient accumulation steps")
+    max_length: int = option(512, min=1, help="truncate examples to this many tokens")
+    scheduler: str = option("constant", choices=SCHEDULERS, help="constant, linear or cosine")
+    warmup_steps: int = option(0)
+    weight_decay: float = option(0.0)
+    grad_clip: float = option(1.0, help="max grad norm; 0 disables")
+    bf16: bool | None = option(None, flag="--bf16/--no-bf16", help="bf16 autocast (default: on if the hardware has it)")
+    seed: int | None = option(None, help="default: fresh random seed (recorded)")
+    fsdp: bool = option(False, flag="--fsdp",
+                        help="shard with PyTorch FSDP2 (launch with torchrun --nproc_per_node N -m tunelab.cli train ...)")
     # update rule: adamw (backprop), zo (MeZO's zeroth-order SPSA), dp-zo or dp-sgd (differentially private)
-    optimizer: str = "adamw"
-    zo_eps: float | None = None  # zo/dp-zo perturbation φ; None: 1e-3 for full, 1e-2 for adapters
+    optimizer: str = option("adamw", show_default="adamw",
+                            help="adamw, zo (MeZO zeroth-order), dp-zo or dp-sgd (differentially private)")
+    zo_eps: float | None = option(None, gt=0, show_default="1e-3 full, 1e-2 adapters", help="zo/dp-zo perturbation φ")
     # bookkeeping
-    save_every: int = 50
-    log_every: int = 1
-    overwrite: bool = False
-    resume: bool = False
-    trust_remote_code: bool = False
+    save_every: int = option(50, help="checkpoint every N steps; 0 disables")
+    log_every: int = option(1, help="steps per logged loss")  # no flag: YAML only
+    overwrite: bool = option(False, flag="--overwrite", help="replace a finished run in --output")
+    resume: bool = option(False, flag="--resume", help="continue the run in --output from its last checkpoint")
+    trust_remote_code: bool = option(False, flag="--trust-remote-code")
 
     @classmethod
     def from_sources(cls, yaml_path: str | Path | None = None, **overrides: Any) -> "TrainConfig":
@@ -90,18 +94,7 @@ class TrainConfig:
             raise TunelabError("no training data: pass --data FILE (or 'data:' in the config)")
         if not self.output:
             raise TunelabError("no output directory: pass --output DIR (or 'output:' in the config)")
-        if self.method not in METHODS:
-            raise TunelabError(f"unknown method '{self.method}'; choose one of: {', '.join(METHODS)}")
-        if self.scheduler not in SCHEDULERS:
-            raise TunelabError(f"unknown scheduler '{self.scheduler}'; choose one of: {', '.join(SCHEDULERS)}")
-        positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "max_length": self.max_length, "epochs": self.epochs, "rank": self.rank}
-        for name, value in positive.items():
-            if value < 1:
-                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise TunelabError(f"--max-steps must be >= 1, got {self.max_steps}")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise TunelabError(f"--sparsity must be in [0, 1), got {self.sparsity}")
+        self._check_own_fields()  # one-field rules (bounds, choices) from the fields' metadata
         if self.mask_from and self.method != "lori-s":
             raise TunelabError(f"--mask-from only applies to --method lori-s, not {self.method}")
         if self.init_from and self.method == "full":
@@ -111,18 +104,18 @@ class TrainConfig:
         if self.weight_decay and (self.method == "lota" or (self.method == "lori-s" and self.init_from)):
             raise TunelabError(f"--weight-decay must be 0 for {self.method}{' with --init-from' if self.method == 'lori-s' else ''}: "
                                "weight decay would move the entries outside the mask")
-        if not 0.0 < self.calibration_fraction <= 1.0:
-            raise TunelabError(f"--calibration-fraction must be in (0, 1], got {self.calibration_fraction}")
-        if self.lr is not None and self.lr <= 0:
-            raise TunelabError(f"--lr must be > 0, got {self.lr}")
-        self._validate_objective()
         self._validate_optimizer()
 
+    def _check_own_fields(self) -> None:
+        """The loop's one-field rules; the sections' own are checked with the section (after its
+        "only applies with ..." rules), so not recursed into here."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not dataclasses.is_dataclass(value):
+                check_field(f, value)
+
     def _validate_optimizer(self) -> None:
-        # the names come from the optimizer field's choices: tunelab.finetune's update-rule registry
-        check_field(next(f for f in dataclasses.fields(self) if f.name == "optimizer"), self.optimizer)
-        if self.zo_eps is not None and not self.zo_eps > 0:
-            raise TunelabError(f"--zo-eps must be > 0, got {self.zo_eps}")
+        # optimizer's names (tunelab.finetune's update-rule registry) and --zo-eps > 0: the fields' metadata
         if self.zo_eps is not None and self.optimizer not in ("zo", "dp-zo"):
             raise TunelabError(f"--zo-eps only applies to --optimizer zo or dp-zo, not {self.optimizer}")
         if self.optimizer != "adamw" and (self.fsdp or self.objective != "sft"):
@@ -133,10 +126,6 @@ class TrainConfig:
         """Plug-in options (``option(plugin=True)``) this config sets to something other than off/default."""
         return [f.name for f in dataclasses.fields(self)
                 if meta(f, "plugin") and getattr(self, f.name) not in (f.default, 0)]
-
-    def _validate_objective(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise TunelabError(f"unknown objective '{self.objective}'; choose one of: {', '.join(OBJECTIVES)}")
 
     def beta_schedule(self) -> BetaSchedule:
         """The constrained objective's β by response position (here the defaults; a config with a
