@@ -293,12 +293,19 @@ def fold(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def nest(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """:func:`fold`, then each section mapping made an instance of its section class."""
+    """:func:`fold`, then each section mapping made an instance of its section class.
+
+    The mapping updates the section's default as ``cls`` declares it (a command may give a shared
+    section its own defaults with ``default_factory``), else the section class's defaults.
+    """
     sections = section_types(cls)
     out = fold(cls, values)
+    declared = {f.name: f for f in fields(cls)}
     for section, sub_cls in sections.items():
         if isinstance(out.get(section), dict):
-            out[section] = sub_cls(**out[section])
+            base = _default(declared[section])
+            out[section] = (dataclasses.replace(base, **out[section]) if is_dataclass(base)
+                            else sub_cls(**out[section]))
     return out
 
 
@@ -442,11 +449,12 @@ def read_option(path: str | Path, cls: type, name: str) -> Any:
     return _default(next(f for f in fields(cls) if f.name == name))
 
 
-def from_sources(cls: type[C], yaml_path: str | Path | None = None, **overrides: Any) -> C:
+def from_sources(cls: type[C], yaml_path: str | Path | None = None, *, validate: bool = True, **overrides: Any) -> C:
     """Build and validate ``cls``: defaults, then ``yaml_path``, then non-``None`` ``overrides``.
 
     Section options may come nested or flat from either source; a flag overrides one option
-    of a section the YAML file gives.
+    of a section the YAML file gives. ``validate=False`` leaves the checks to the caller (the CLI
+    builder applies the one-field rules first).
     """
     values: dict[str, Any] = {}
     if yaml_path:
@@ -455,10 +463,11 @@ def from_sources(cls: type[C], yaml_path: str | Path | None = None, **overrides:
         values = fold(cls, check_types(cls, from_file, sources))
     # Flags are usually typed by typer already; checking them too covers Python callers.
     flags = check_types(cls, {k: v for k, v in overrides.items() if v is not None})
-    values = merge(cls, values, fold(cls, flags))
+    values = nest(cls, merge(cls, values, fold(cls, flags)))
     try:
         cfg = cls(**values)
     except TypeError as exc:  # an override that is not a field of cls
         raise TunelabError(f"bad config: {exc}") from None
-    cfg.validate()  # type: ignore[attr-defined]
+    if validate:
+        cfg.validate()  # type: ignore[attr-defined]
     return cfg

@@ -14,8 +14,16 @@ Metadata keys (all optional; read with :func:`meta`):
 * ``help`` — the flag's help text (the ``[default: ...]`` is added by the CLI builder);
 * ``choices`` — a tuple of names, or a :class:`~tunelab.registry.Registry` (its ``names()``);
 * ``min``/``max`` (inclusive) and ``gt``/``lt`` (exclusive) — numeric bounds;
-* ``flag`` — the flag's name when it is not the field's (``"--disjoint"``); ``"-"`` for an argument;
+* ``flag`` — the flag's name when it is not the field's (``"--disjoint"``), a bool pair
+  (``"--sample/--greedy"``: its first name is the one errors and flat keys use), or ``"-"`` for a
+  positional argument;
 * ``show_default`` — the default as help shows it when it is not the value (``"32 with --init-from, else 0"``);
+  the CLI builder then types the flag ``Optional[X] = None`` ("not given": the config's default applies);
+* ``parse`` — a function ``str -> value`` for a flag given as text (comma lists, layer ranges
+  ``10-14``); it raises ``TunelabError`` with the project's one-line message. YAML values are
+  typed already and are not parsed;
+* ``unparse`` — the inverse, ``value -> str``, for the flag's shown default (lists: ``a,b`` by default);
+* ``hidden`` — the flag is left out of ``--help``; ``metavar`` — the placeholder help shows;
 * ``plugin`` — the option is implemented by a training plug-in (see ``tunelab.train``).
 
 :func:`check_fields` applies the one-field rules (bounds, choices) with the project's messages
@@ -31,7 +39,8 @@ from typing import Any, Callable, Sequence
 
 from tunelab.errors import TunelabError
 
-_KEYS = ("help", "choices", "min", "max", "gt", "lt", "flag", "show_default", "plugin")
+_KEYS = ("help", "choices", "min", "max", "gt", "lt", "flag", "show_default", "parse", "unparse", "hidden", "metavar",
+         "plugin")
 
 
 def option(
@@ -46,11 +55,16 @@ def option(
     lt: float | None = None,
     flag: str | None = None,
     show_default: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    unparse: Callable[[Any], str] | None = None,
+    hidden: bool = False,
+    metavar: str | None = None,
     plugin: bool = False,
 ) -> Any:
     """A dataclass field carrying its option's help, choices and bounds in its metadata."""
     metadata = {k: v for k, v in dict(help=help, choices=choices, min=min, max=max, gt=gt, lt=lt, flag=flag,
-                                      show_default=show_default, plugin=plugin or None).items() if v not in (None, "")}
+                                      show_default=show_default, parse=parse, unparse=unparse, hidden=hidden or None,
+                                      metavar=metavar, plugin=plugin or None).items() if v is not None and v != ""}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -72,8 +86,11 @@ def choice_names(choices: Any) -> tuple[str, ...]:
 
 
 def flag_name(f: dataclasses.Field) -> str:
-    """``--batch-size`` for field ``batch_size`` (or the field's own ``flag``)."""
-    return meta(f, "flag") or "--" + f.name.replace("_", "-")
+    """``--batch-size`` for field ``batch_size`` (or the field's own ``flag``; a bool pair's first name)."""
+    flag = meta(f, "flag")
+    if flag == "-":  # a positional argument: named as its field
+        return f.name.upper()
+    return flag.split("/", 1)[0] if flag else "--" + f.name.replace("_", "-")
 
 
 def check_field(f: dataclasses.Field, value: Any) -> None:
