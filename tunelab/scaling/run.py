@@ -45,10 +45,10 @@ class ScalingFitConfig:
     included; shape constants below), else are 6·N·D.
     """
 
-    table: str | None = option(None, flag="-", help="JSONL, JSON or CSV: one row per run or checkpoint")
-    loss_column: str | None = option(None, help="the column holding the loss")
+    table: str | None = option(None, flag="-", metavar="TABLE", help="JSONL, JSON or CSV: one row per run or checkpoint")
     params_column: str | None = option(None, help="the column holding N (parameters)")
     tokens_column: str | None = option(None, help="the column holding D (training tokens)")
+    loss_column: str | None = option(None, help="the column holding the loss")
     size_columns: list[str] | None = option(None, show_default="N and D",
                                             help="the general form: one term per column, e.g. width,depth,tokens")
     flops_column: str | None = option(None, show_default="counted from --width/--depth-column, else 6·N·D",
@@ -66,8 +66,8 @@ class ScalingFitConfig:
     bootstrap_starts: int = option(4, min=1, help="starts per bootstrap refit")  # no flag: YAML only
     max_starts: int | None = option(None, min=1, show_default="the whole grid",
                                     help="at most this many starts, drawn from the grid")
-    seed: int = option(0, show_default="0", help="bootstrap and start-sampling seed")
     workers: int | None = option(None, min=1, show_default="one per core, ≤ 8", help="processes for the starts and refits")
+    seed: int = option(0, show_default="0", help="bootstrap and start-sampling seed")
     output: str | None = option(None, show_default="runs/scaling/TABLE-NAME", help="results dir")
 
     def validate(self) -> None:
