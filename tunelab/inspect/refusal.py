@@ -520,14 +520,14 @@ class RefusalConfig:
     max_new_tokens: int = option(48, min=1, show_default="48", help="tokens per measured answer")
     # no flag (YAML only): greedy tokens per selection prompt to find the refusal tokens
     probe_tokens: int = option(16, min=1, help="greedy tokens per selection prompt to find the refusal tokens")
-    # override: single tokens, e.g. ["I", "Sorry"]
-    refusal_tokens: list[str] | None = option(None, show_default="derived from its answers",
-                                              help="comma-separated single tokens the model refuses with")
     # default: those below the depth filter (all on a tiny model)
     layers: list[int] | None = option(None, show_default="those below 80% depth", help="candidate layers, e.g. 4-12")
     # -k..-1; default: every post-instruction token
     positions: list[int] | None = option(None, show_default="all post-instruction tokens",
                                          help="candidate positions counted from the prompt's end, e.g. -1,-2")
+    # override: single tokens, e.g. ["I", "Sorry"]
+    refusal_tokens: list[str] | None = option(None, show_default="derived from its answers",
+                                              help="comma-separated single tokens the model refuses with")
     kl_threshold: float = option(KL_THRESHOLD, gt=0, show_default=f"{KL_THRESHOLD}", help="KL filter on harmless prompts")
     # no flags (YAML only)
     steering_threshold: float = option(STEERING_THRESHOLD, help="steering filter: least refusal score added at the layer")
@@ -535,9 +535,9 @@ class RefusalConfig:
     min_prompts: int = option(4, min=1, help="floor on the selection prompts kept by the refusal filter")
     measure: bool = option(True, flag="--measure/--no-measure", show_default="--measure",
                            help="safety and cross-entropy under each intervention")
+    export: str | None = option(None, help="write the orthogonalized model (HF directory) here")
     batch_size: int = option(16, min=1, show_default="16", help="sequences per forward")
     seed: int = option(0, show_default="0", help="benign prompt sample")
-    export: str | None = option(None, help="write the orthogonalized model (HF directory) here")
     output: str | None = option(None, show_default="ADAPTER/inspect/refusal-direction or runs/inspect/refusal-direction-MODEL",
                                 help="results dir")
 

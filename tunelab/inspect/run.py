@@ -144,7 +144,6 @@ class PruneConfig:
                                  help="fractions of heads and MLP channels pruned")
     task: str | None = option("arc-easy", show_default="arc-easy", help="benchmark for accuracy under pruning")  # None: skip
     limit: int = option(100, min=1, show_default="100", help="benchmark questions")
-    seed: int = option(0, show_default="0", help="question and prompt sample")
     num_fewshot: int = option(0, help="few-shot examples")  # no flag: YAML only
     plain: bool = option(False, flag="--plain/--chat", show_default="--chat", help="benchmark as plain text")
     # rows with a "text" field; default: SciQ support paragraphs (held-out half)
@@ -160,6 +159,7 @@ class PruneConfig:
     skip: int = option(3, show_default="3", help="first layers never pruned")
     protect: float = option(0.05, min=0, lt=1, show_default="0.05", help="AAPP: share of each block's units kept for alignment")
     batch_size: int = option(8, min=1, show_default="8")
+    seed: int = option(0, show_default="0", help="question and prompt sample")
     max_length: int = option(512, min=1, help="tokens per text")  # no flag: YAML only
     output: str | None = option(None, show_default="ADAPTER/inspect/prune-TASK or runs/inspect/prune-MODEL-TASK",
                                 help="results dir")
