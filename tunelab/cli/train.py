@@ -23,23 +23,40 @@ ORDER = ("model", "data", "method", "output", "mask_from", "sparsity", "mask_gra
 SWITCHES = ("disjoint", "fsdp", "resume", "overwrite", "trust_remote_code", "log_private_metrics")
 
 
+def _target_modules(text: str) -> list[str] | None:
+    return comma_list(text, "--target-modules")
+
+
 def _load() -> dict[str, Any]:
     from tunelab.finetune import TrainConfig, train
 
     return dict(config_cls=TrainConfig, run=train, show=_show, config="run.yaml; flags override it", order=ORDER,
                 skip=("log_every", "max_new_tokens"),  # YAML only (max_new_tokens: the safety check's)
-                overrides={"target_modules": {"parse": lambda text: comma_list(text, "--target-modules")}})
+                overrides={"target_modules": {"parse": _target_modules}})
 
 
-def _around(values: dict[str, Any], proceed: Callable[[dict[str, Any]], Any]) -> Any:
-    """``--resume --output DIR`` without ``--config`` reads DIR's saved config (flags still override it)."""
+def _around(values: dict[str, Any], proceed: Callable[[dict[str, Any]], Any]) -> Path:
+    """Build, check and run the config as ``TrainConfig.from_sources`` always has.
+
+    ``--resume --output DIR`` without ``--config`` reads DIR's saved config (flags still override
+    it). ``TrainConfig.validate()`` runs the loop's rules, then each section's, whose "only applies
+    with ..." rules come before the section's bounds; so the builder's blanket one-field pass
+    (``proceed``) is not used here.
+    """
+    from tunelab.cli.build import build_config
+    from tunelab.finetune import TrainConfig, train
     from tunelab.layout import CONFIG_FILE
 
     quiet_libraries()
-    output = values["output"]
-    if values["resume"] and output and values["config"] is None and (Path(output) / CONFIG_FILE).is_file():
-        values = {**values, "config": Path(output) / CONFIG_FILE}
-    return proceed(values)
+    given = {**values, "target_modules": _target_modules(values["target_modules"]) if values["target_modules"] is not None else None}
+    config, output = given.pop("config"), values["output"]
+    if values["resume"] and output and config is None and (Path(output) / CONFIG_FILE).is_file():
+        config = Path(output) / CONFIG_FILE
+    cfg = build_config(TrainConfig, given, config)
+    cfg.validate()
+    out = train(cfg)
+    _show(cfg, out)
+    return out
 
 
 def _show(cfg: Any, out: Path) -> None:
