@@ -2,34 +2,41 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
-
-import typer
+from typing import Any, Callable
 
 from tunelab.cli.app import inspect_app, steer_app
+from tunelab.cli.build import config_command
 from tunelab.cli.common import comma_list, console, print_interference, quiet_libraries
 from tunelab.cli.lazy import lazy_config_command
+from tunelab.options import option
 
 
-@inspect_app.command("interference")
-def inspect_interference(
-    adapters: Annotated[list[Path], typer.Argument(metavar="DIR...", help="adapter / LoTA run dirs")],
-    output: Annotated[Path, typer.Option(help="directory for metrics.json")] = Path("interference"),
-    model: Annotated[Optional[str], typer.Option(help="base model \\[default: the one the adapters record]")] = None,
-    merged: Annotated[Optional[Path], typer.Option(help="a `tunelab merge` output to compare with (needed by --tasks)")] = None,
-    tasks: Annotated[Optional[str], typer.Option(help="one task per adapter, comma-separated (`tunelab tasks list`)")] = None,
-    limit: Annotated[int, typer.Option(help="examples per task")] = 50,
-    seed: Annotated[int, typer.Option(help="task data seed")] = 0,
-) -> None:
-    """Cosine of ΔW, subspace overlap of A, mask overlap and (with --tasks) single vs merged scores."""
+@dataclass(kw_only=True)
+class InterferenceConfig:
+    """``tunelab inspect interference``: the adapters compared (and, with --tasks, scored)."""
+
+    adapters: list[Path] = option(flag="-", metavar="DIR...", help="adapter / LoTA run dirs")
+    output: Path = option(Path("interference"), help="directory for metrics.json")
+    model: str | None = option(None, show_default="the one the adapters record", help="base model")
+    merged: Path | None = option(None, help="a `tunelab merge` output to compare with (needed by --tasks)")
+    tasks: list[str] | None = option(None, parse=lambda text: _split(text),
+                                     help="one task per adapter, comma-separated (`tunelab tasks list`)")
+    limit: int = option(50, help="examples per task")
+    seed: int = option(0, help="task data seed")
+
+
+def _interference(cfg: InterferenceConfig) -> Path:
     from tunelab.merge.interference import inspect_interference as run_inspect
 
     quiet_libraries()
-    out = run_inspect(adapters, output, model=model, merged=merged, tasks=tasks.split(",") if tasks else None,
-                      limit=limit, seed=seed, progress=True)
-    print_interference(out)
+    return run_inspect(cfg.adapters, cfg.output, model=cfg.model, merged=cfg.merged, tasks=cfg.tasks, limit=cfg.limit,
+                       seed=cfg.seed, progress=True)
+
+
+config_command(inspect_app, "interference", InterferenceConfig, _interference, show=lambda cfg, out: print_interference(out),
+               help="Cosine of ΔW, subspace overlap of A, mask overlap and (with --tasks) single vs merged scores.")
 
 
 def _quiet(run: Callable[..., Any]) -> Callable[..., Any]:
