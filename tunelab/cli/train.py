@@ -48,7 +48,8 @@ def _around(values: dict[str, Any], proceed: Callable[[dict[str, Any]], Any]) ->
     from tunelab.layout import CONFIG_FILE
 
     quiet_libraries()
-    given = {**values, "target_modules": _target_modules(values["target_modules"]) if values["target_modules"] is not None else None}
+    modules = values["target_modules"]
+    given = {**values, "target_modules": None if modules is None else _target_modules(modules)}
     config, output = given.pop("config"), values["output"]
     if values["resume"] and output and config is None and (Path(output) / CONFIG_FILE).is_file():
         config = Path(output) / CONFIG_FILE
