@@ -111,8 +111,14 @@ class TrainConfig:
         "only applies with ..." rules), so not recursed into here."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if not dataclasses.is_dataclass(value):
+            if dataclasses.is_dataclass(value):
+                continue
+            try:
                 check_field(f, value)
+            except TunelabError as exc:  # these messages have always shown a float as Python does ("got 1.0")
+                if not isinstance(value, float) or ", got " not in str(exc):
+                    raise
+                raise TunelabError(f"{str(exc).rsplit(', got ', 1)[0]}, got {value}") from None
 
     def _validate_optimizer(self) -> None:
         # optimizer's names (tunelab.finetune's update-rule registry) and --zo-eps > 0: the fields' metadata
