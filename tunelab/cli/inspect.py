@@ -13,6 +13,20 @@ from tunelab.cli.lazy import lazy_config_command
 from tunelab.options import option
 
 
+def _quiet(run: Callable[..., Any]) -> Callable[..., Any]:
+    """``run`` with transformers' progress bars and warnings silenced first."""
+    def quiet_run(cfg: Any) -> Any:
+        quiet_libraries()
+        return run(cfg)
+
+    return quiet_run
+
+
+def _split(text: str) -> list[str] | None:
+    return text.split(",") if text else None
+
+
+# --------------------------------------------------------------------------- interference
 @dataclass(kw_only=True)
 class InterferenceConfig:
     """``tunelab inspect interference``: the adapters compared (and, with --tasks, scored)."""
@@ -21,7 +35,7 @@ class InterferenceConfig:
     output: Path = option(Path("interference"), help="directory for metrics.json")
     model: str | None = option(None, show_default="the one the adapters record", help="base model")
     merged: Path | None = option(None, help="a `tunelab merge` output to compare with (needed by --tasks)")
-    tasks: list[str] | None = option(None, parse=lambda text: _split(text),
+    tasks: list[str] | None = option(None, parse=_split,
                                      help="one task per adapter, comma-separated (`tunelab tasks list`)")
     limit: int = option(50, help="examples per task")
     seed: int = option(0, help="task data seed")
@@ -37,19 +51,6 @@ def _interference(cfg: InterferenceConfig) -> Path:
 
 config_command(inspect_app, "interference", InterferenceConfig, _interference, show=lambda cfg, out: print_interference(out),
                help="Cosine of ΔW, subspace overlap of A, mask overlap and (with --tasks) single vs merged scores.")
-
-
-def _quiet(run: Callable[..., Any]) -> Callable[..., Any]:
-    """``run`` with transformers' progress bars and warnings silenced first."""
-    def quiet_run(cfg: Any) -> Any:
-        quiet_libraries()
-        return run(cfg)
-
-    return quiet_run
-
-
-def _split(text: str) -> list[str] | None:
-    return text.split(",") if text else None
 
 
 # --------------------------------------------------------------------------- heads
