@@ -173,3 +173,23 @@ def test_overrides_and_order() -> None:
     assert (temperature.help, temperature.default) == ("T \\[default: 0.9]", None)
     with pytest.raises(ValueError, match="must list exactly"):
         _file_app(order=["model"])
+
+
+@dataclass
+class PathConfig:
+    output: str = option("runs/x", flag_type=__import__("pathlib").Path, help="results dir")
+    overwrite: bool = option(False, flag="--overwrite", help="replace")
+
+
+def test_flag_type_and_bare_bool_flag() -> None:
+    from pathlib import Path
+
+    app = typer.Typer()
+    seen: list = []
+    config_command(app, "p", PathConfig, seen.append, help="P.")
+    app.command("other")(lambda: None)
+    params = {p.name: p for p in typer.main.get_command(app).commands["p"].params}
+    assert params["output"].default == Path("runs/x")  # the flag is a Path ...
+    assert params["overwrite"].opts == ["--overwrite"] and params["overwrite"].secondary_opts == []
+    assert CliRunner().invoke(app, ["p", "--output", "o", "--overwrite"]).exit_code == 0
+    assert (seen[0].output, seen[0].overwrite) == ("o", True)  # ... the config keeps text

@@ -47,6 +47,20 @@ def refusal_category(category: str | None) -> str:
     return DEFAULT_CATEGORY
 
 
+def parse_categories(text: str | None) -> list[str] | None:
+    """``"cyber,weapons"`` → a checked list (None for none given)."""
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise TunelabError("--refusal-categories is empty; give a comma-separated list such as cyber,weapons")
+    unknown = [c for c in names if c not in REFUSAL_CATEGORIES]
+    if unknown:
+        raise TunelabError(f"unknown refusal categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+                           f"choose from: {', '.join(REFUSAL_CATEGORIES)}")
+    return names
+
+
 @dataclass(frozen=True)
 class RefusalTokens:
     """Which control tokens a model uses: ``refuse`` maps a category (``"refuse"`` in single mode) to its token."""
@@ -138,4 +152,4 @@ def is_refuse_token(token: str | None) -> bool:
 
 
 __all__ = ["DEFAULT_CATEGORY", "HARMFUL_SOURCE", "MODES", "REFUSAL_CATEGORIES", "REFUSE", "RESPOND", "RefusalTokens",
-           "category_token", "control_tokens", "is_refuse_token", "refusal_category"]
+           "category_token", "control_tokens", "is_refuse_token", "parse_categories", "refusal_category"]

@@ -13,7 +13,8 @@ Metadata keys (all optional; read with :func:`meta`):
 
 * ``help`` — the flag's help text (the ``[default: ...]`` is added by the CLI builder);
 * ``choices`` — a tuple of names, or a :class:`~tunelab.registry.Registry` (its ``names()``);
-* ``min``/``max`` (inclusive) and ``gt``/``lt`` (exclusive) — numeric bounds;
+* ``min``/``max`` (inclusive) and ``gt``/``lt`` (exclusive) — numeric bounds; ``why`` — a reason the
+  error gives after the bound (``--turns must be >= 2 (a first answer and ...), got 1``);
 * ``flag`` — the flag's name when it is not the field's (``"--disjoint"``), a bool pair
   (``"--sample/--greedy"``: its first name is the one errors and flat keys use), or ``"-"`` for a
   positional argument;
@@ -23,6 +24,8 @@ Metadata keys (all optional; read with :func:`meta`):
   ``10-14``); it raises ``TunelabError`` with the project's one-line message. YAML values are
   typed already and are not parsed;
 * ``unparse`` — the inverse, ``value -> str``, for the flag's shown default (lists: ``a,b`` by default);
+* ``flag_type`` — the flag's type when it is not the field's (``Path`` for a ``str`` field that
+  a saved config keeps as text); a ``str`` field gets the flag's value as text;
 * ``hidden`` — the flag is left out of ``--help``; ``metavar`` — the placeholder help shows;
 * ``plugin`` — the option is implemented by a training plug-in (see ``tunelab.train``).
 
@@ -39,7 +42,8 @@ from typing import Any, Callable, Sequence
 
 from tunelab.errors import TunelabError
 
-_KEYS = ("help", "choices", "min", "max", "gt", "lt", "flag", "show_default", "parse", "unparse", "hidden", "metavar",
+_KEYS = ("help", "choices", "min", "max", "gt", "lt", "flag", "show_default", "why", "parse", "unparse", "flag_type", "hidden",
+         "metavar",
          "plugin")
 
 
@@ -53,17 +57,20 @@ def option(
     max: float | None = None,
     gt: float | None = None,
     lt: float | None = None,
+    why: str | None = None,
     flag: str | None = None,
     show_default: str | None = None,
     parse: Callable[[str], Any] | None = None,
     unparse: Callable[[Any], str] | None = None,
+    flag_type: type | None = None,
     hidden: bool = False,
     metavar: str | None = None,
     plugin: bool = False,
 ) -> Any:
     """A dataclass field carrying its option's help, choices and bounds in its metadata."""
-    metadata = {k: v for k, v in dict(help=help, choices=choices, min=min, max=max, gt=gt, lt=lt, flag=flag,
-                                      show_default=show_default, parse=parse, unparse=unparse, hidden=hidden or None,
+    metadata = {k: v for k, v in dict(help=help, choices=choices, min=min, max=max, gt=gt, lt=lt, why=why, flag=flag,
+                                      show_default=show_default, parse=parse, unparse=unparse, flag_type=flag_type,
+                                      hidden=hidden or None,
                                       metavar=metavar, plugin=plugin or None).items() if v is not None and v != ""}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
@@ -111,22 +118,70 @@ def check_field(f: dataclasses.Field, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     lo, hi, gt, lt = (meta(f, k) for k in ("min", "max", "gt", "lt"))
+    why = f" ({meta(f, 'why')})" if meta(f, "why") else ""
     if (lo is not None or gt is not None) and (hi is not None or lt is not None):  # a range
         bad = (lo is not None and value < lo) or (gt is not None and value <= gt) or \
               (hi is not None and value > hi) or (lt is not None and value >= lt)
         if bad:
             left = f"[{lo:g}" if lo is not None else f"({gt:g}"
             right = f"{hi:g}]" if hi is not None else f"{lt:g})"
-            raise TunelabError(f"{name} must be in {left}, {right}, got {value:g}")
+            raise TunelabError(f"{name} must be in {left}, {right}{why}, got {value:g}")
         return
     if lo is not None and value < lo:
-        raise TunelabError(f"{name} must be >= {lo:g}, got {value:g}")
+        raise TunelabError(f"{name} must be >= {lo:g}{why}, got {value:g}")
     if gt is not None and not value > gt:
-        raise TunelabError(f"{name} must be > {gt:g}, got {value:g}")
+        raise TunelabError(f"{name} must be > {gt:g}{why}, got {value:g}")
     if hi is not None and value > hi:
-        raise TunelabError(f"{name} must be <= {hi:g}, got {value:g}")
+        raise TunelabError(f"{name} must be <= {hi:g}{why}, got {value:g}")
     if lt is not None and not value < lt:
-        raise TunelabError(f"{name} must be < {lt:g}, got {value:g}")
+        raise TunelabError(f"{name} must be < {lt:g}{why}, got {value:g}")
+
+
+# --------------------------------------------------------------------------- parse functions
+def parse_int_ranges(text: str | None, flag: str = "--layers") -> list[int] | None:
+    """``"10,12,14"`` or ``"10-14"`` → layer indices; None stays None; one-line error otherwise."""
+    if text is None or not text.strip():
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part[1:]:
+                a, b = part.split("-", 1) if not part.startswith("-") else (part, "")
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                out += list(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise TunelabError(f"{flag} must be comma-separated layer numbers or ranges like 10-14, got '{text}'") from None
+    return list(dict.fromkeys(out))
+
+
+def comma_list(text: str | None, flag: str) -> list[str] | None:
+    """``"q_proj, v_proj"`` → ``["q_proj", "v_proj"]``; an empty name is an error here, not a PEFT one later."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise TunelabError(f"{flag} has an empty name in '{text}'; give comma-separated names such as q_proj,v_proj")
+    return names
+
+
+def float_item(text: str, flag: str) -> float:
+    """``"0.1"`` → ``0.1``; one-line error naming ``flag`` otherwise."""
+    try:
+        return float(text)
+    except ValueError:
+        raise TunelabError(f"{flag}: '{text}' is not a number") from None
+
+
+def int_ranges(flag: str) -> Callable[[str], list[int] | None]:
+    """A ``parse`` for layer lists such as ``10-14`` or ``3,6,9`` given as ``flag``."""
+    return lambda text: parse_int_ranges(text, flag)
 
 
 def check_fields(cfg: Any) -> None:
@@ -139,4 +194,5 @@ def check_fields(cfg: Any) -> None:
             check_field(f, value)
 
 
-__all__ = ["option", "meta", "choice_names", "flag_name", "check_field", "check_fields"]
+__all__ = ["option", "meta", "choice_names", "flag_name", "check_field", "check_fields", "int_ranges", "parse_int_ranges",
+           "comma_list", "float_item"]

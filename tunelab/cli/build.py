@@ -23,6 +23,7 @@ How a field becomes a flag (metadata keys in :mod:`tunelab.options`):
   given, and ``show_default`` ends the help with ``[default: ...]``; otherwise the flag's default
   is the config's and typer shows it;
 * with ``parse`` the flag takes text (its default the config default written back by ``unparse``);
+* ``flag_type`` types the flag differently from the field (a ``Path`` flag for a ``str`` field);
 * ``hidden`` and ``metavar`` go to typer as they are.
 
 A command whose flags read differently from the shared declaration (a section used by several
@@ -154,6 +155,9 @@ def _parameter(p: _Param, not_given: bool) -> inspect.Parameter:
     hint, default = p.hint, p.default
     if "parse" in p.meta:
         hint, default = str, _unparse(p, default)
+    if "flag_type" in p.meta:  # e.g. a Path flag for a str field (the value goes back through the field's type)
+        hint = p.meta["flag_type"]
+        default = default if default in (None, inspect.Parameter.empty) else hint(default)
     if not_given or p.meta.get("show_default") is not None:  # "not given": the config's default applies
         hint, default = _optional(hint), None
     elif default is None:
@@ -212,7 +216,6 @@ def config_command(
     names = [p.name for p in params]
     if len(set(names)) != len(names):
         raise ValueError(f"'{name}': two fields make the same flag: {names}")
-    # typer wants parameters without defaults first only for positional ones; keyword-only is free
     by_param = {p.name: p for p in fields}
 
     def command(**values: Any) -> Any:
@@ -223,6 +226,8 @@ def config_command(
                 continue
             if value is not None and "parse" in p.meta:
                 value = p.meta["parse"](value)
+            elif value is not None and "flag_type" in p.meta and p.hint is str:
+                value = str(value)
             given[p.key] = value
         cfg = build_config(config_cls, given, values.get("config"))
         check_fields(cfg)  # one-field rules (bounds, choices) with the project's messages

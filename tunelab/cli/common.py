@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tunelab.errors import TunelabError
+from tunelab.options import comma_list, float_item  # noqa: F401 (re-exported: the parsers moved to the options module)
 
 
 console = Console()
@@ -26,23 +26,6 @@ def quiet_libraries() -> None:
     # PEFT still calls a transformers 5.x deprecated alias; the warning means nothing to a user.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     transformers.utils.logging.disable_progress_bar()
-
-
-def comma_list(text: str | None, flag: str) -> list[str] | None:
-    """``"q_proj, v_proj"`` → ``["q_proj", "v_proj"]``; an empty name is an error here, not a PEFT one later."""
-    if text is None:
-        return None
-    names = [name.strip() for name in text.split(",")]
-    if not all(names):
-        raise TunelabError(f"{flag} has an empty name in '{text}'; give comma-separated names such as q_proj,v_proj")
-    return names
-
-
-def float_item(text: str, flag: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise TunelabError(f"{flag}: '{text}' is not a number") from None
 
 
 def print_interference(out_dir: Path) -> None:

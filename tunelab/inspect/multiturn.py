@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.options import check_fields, option
 from tunelab.layout import atomic_write_text
 from tunelab.inspect.results import MultiTurnResult
 
@@ -48,57 +47,8 @@ MIN_CLASS = 5  # fewest answer changes (and non-changes) a probe is fitted on
 NO_TRANSITIONS = "no transitions between correct and wrong: the chain has no unique stationary accuracy"
 
 
-@dataclass
-class MultiTurnConfig:
-    """Everything ``tunelab audit multi-turn`` needs; ``validate`` runs before any model is loaded.
-
-    There is no plain-text mode: a conversation needs the chat template.
-    """
-
-    model: str = option("smollm2-135m", show_default="smollm2-135m", help="alias, local dir or hub id")
-    adapter: str | None = option(None, help="PEFT adapter or tunelab run dir (merged before hooking)")
-    # a benchmark, a multiple-choice or text-scored task, or a task file with --scorer
-    task: str = option("arc-easy", show_default="arc-easy",
-                       help="a benchmark, arithmetic, reverse_words, or a task file with --scorer")
-    scorer: str | None = option(None, help="for a task file: choice, numeric, exact or contains")  # task files only
-    limit: int = option(100, min=1, show_default="100", help="questions")
-    seed: int = option(0, show_default="0", help="question sample and bootstrap seed")
-    turns: int = option(9, show_default="9", help="turns, the first answer included")  # >= 2 (validate, with its reason)
-    follow_up: str = option("Think again.", show_default="'Think again.'", help="what the user says after each answer")
-    reword: bool = option(False, flag="--reword/--no-reword", show_default="--no-reword",
-                          help="the follow-up also restates the question")
-    # None: every 3rd layer plus the last
-    layers: list[int] | None = option(None, show_default="every 3rd layer and the last", help="probe layers, e.g. 3,6,9")
-    batch_size: int = option(16, min=1, show_default="16", help="sequences per forward")
-    max_new_tokens: int = option(32, min=1, show_default="32", help="text-scored tasks: answer length")
-    bootstrap: int = option(1000, show_default="1000", help="bootstrap resamples for the CIs; 0: none")  # >= 0 (validate)
-    bf16: bool = option(False, flag="--bf16/--no-bf16", help="bf16 autocast")
-    output: str | None = option(None, show_default="ADAPTER/inspect/multiturn-TASK or runs/inspect/multiturn-MODEL-TASK",
-                                help="results dir")
-
-    def validate(self) -> None:
-        """Raise TunelabError for anything wrong that can be seen without loading a model."""
-        if self.turns < 2:
-            raise TunelabError(f"--turns must be >= 2 (a first answer and at least one follow-up), got {self.turns}")
-        check_fields(self)  # one-field bounds from the fields' metadata
-        if self.bootstrap < 0:
-            raise TunelabError(f"--bootstrap must be >= 0 (0: no confidence intervals), got {self.bootstrap}")
-        if not self.follow_up.strip():
-            raise TunelabError("--follow-up must not be empty (e.g. 'Think again.')")
-        if self.layers is not None:
-            if not self.layers:
-                raise TunelabError("--layers needs at least one layer index")
-            if any(layer < 0 for layer in self.layers):
-                raise TunelabError(f"--layers must be >= 0, got {','.join(map(str, self.layers))}")
-        if self.adapter is not None and not Path(self.adapter).is_dir():
-            raise TunelabError(f"adapter directory not found: {self.adapter}")
-
-    def output_dir(self) -> Path:
-        """``--output``, else next to the adapter, else under ``runs/inspect``."""
-        from tunelab.inspect.run import _default_output
-
-        task = Path(self.task).stem if Path(self.task).suffix else self.task  # a task file: its name only
-        return Path(self.output) if self.output else _default_output("multiturn", self.model, self.adapter, task)
+# the config lives in a light module (the CLI builds its flags from it at import)
+from tunelab.inspect.multiturn_config import MultiTurnConfig  # noqa: E402,F401 (re-exported)
 
 
 def probe_layers(layers: list[int] | None, n_layers: int) -> list[int]:

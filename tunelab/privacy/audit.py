@@ -79,11 +79,11 @@ import scipy.stats
 from sklearn.metrics import auc, roc_auc_score, roc_curve
 
 from tunelab.errors import TunelabError
+from tunelab.privacy.audit_config import DEFAULT_FPRS  # noqa: F401 (re-exported: declared with the audit's options)
 
 ThresholdStrategy = Literal["bonferroni", "split"]
 BonferroniCandidates = Literal["hull", "all"]
 
-DEFAULT_FPRS: tuple[float, ...] = (0.001, 0.01, 0.1)
 _EPS_TOL = 1e-9  # bisection bracket width: far below the 1e-5 the golden values need
 
 

@@ -15,70 +15,23 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.layout import EVAL_DIR, RUN_FILE, atomic_write_text
 from tunelab.privacy.results import PrivacyAuditResult
-from tunelab.privacy.audit import DEFAULT_FPRS, BootstrapParams, CanaryScoreAuditor
+from tunelab.privacy.audit import BootstrapParams, CanaryScoreAuditor
+# the config and its name lists live in a light module (the CLI builds its flags from it at import)
+from tunelab.privacy.audit_config import DEFAULT_FPRS, STRATEGIES, PrivacyAuditConfig  # noqa: F401 (re-exported)
 from tunelab.privacy.canaries import CanarySet
-from tunelab.privacy.scores import DISABLE_ADAPTER, SCORES
+from tunelab.privacy.scores import DISABLE_ADAPTER
 
 CANARY_FILE = "canaries.json"  # beside a run that trained with --canaries
 PRIVACY_DIR = "privacy"  # RUN/eval/privacy/
 SCORES_FILE = "scores.jsonl"
-STRATEGIES = ("bonferroni", "split")
 MAX_ROC_POINTS = 2000  # ROC points kept in metrics.json (the curve, not the raw scores)
-
-
-@dataclass
-class PrivacyAuditConfig:
-    """One privacy audit. ``run``: a run dir with canaries; or ``adapter``/``model`` + ``canaries``."""
-
-    run: str | None = None
-    model: str | None = None  # default: the run's base model
-    adapter: str | None = None  # default: the run itself
-    canaries: str | None = None  # default: RUN/canaries.json
-    scores: list[str] = field(default_factory=lambda: ["secret_loss"])
-    fprs: list[float] = field(default_factory=lambda: list(DEFAULT_FPRS))
-    delta: float = 1e-5
-    significance: float = 0.05
-    threshold_strategy: str = "bonferroni"
-    bootstrap_samples: int = 1000
-    k: float = 20.0  # Min-K%
-    batch_size: int = 32
-    bf16: bool | None = None  # None: where the hardware has it
-    seed: int = 0
-    output: str | None = None  # default: RUN/eval/privacy (or runs/privacy-audit without a run)
-
-    def validate(self) -> None:
-        """Raise ``TunelabError`` (one line) for values that cannot work, before any model is loaded."""
-        if self.run is None and (self.adapter is None and self.model is None or self.canaries is None):
-            raise TunelabError("nothing to audit: pass a run dir that trained with --canaries, "
-                               "or --model/--adapter with --canaries FILE")
-        if self.run is not None and not Path(self.run).is_dir():
-            raise TunelabError(f"run directory not found: {self.run}")
-        self.scores = [s.replace("-", "_") for s in self.scores]
-        unknown = [s for s in self.scores if s not in SCORES]
-        if unknown or not self.scores:
-            raise TunelabError(f"unknown score '{unknown[0] if unknown else ''}'; choose from {', '.join(SCORES)}")
-        for f in self.fprs:
-            if not (isinstance(f, float) and 0.0 < f < 1.0):
-                raise TunelabError(f"--fpr must be in (0, 1), got {f}")
-        if not 0.0 < self.delta < 1.0:
-            raise TunelabError(f"--delta must be in (0, 1), got {self.delta}")
-        if not 0.0 < self.significance < 1.0:
-            raise TunelabError(f"--significance must be in (0, 1), got {self.significance}")
-        if self.threshold_strategy not in STRATEGIES:
-            raise TunelabError(f"unknown threshold strategy '{self.threshold_strategy}'; choose one of: {', '.join(STRATEGIES)}")
-        if self.bootstrap_samples != 0 and self.bootstrap_samples < 2:
-            raise TunelabError(f"--bootstrap-samples must be 0 (no CIs) or >= 2, got {self.bootstrap_samples}")
-        if not 0.0 < self.k <= 100.0:
-            raise TunelabError(f"--k (Min-K%) must be in (0, 100], got {self.k}")
-        if self.batch_size < 1:
-            raise TunelabError(f"--batch-size must be >= 1, got {self.batch_size}")
 
 
 # --------------------------------------------------------------------------- inputs

@@ -64,6 +64,7 @@ from rich.table import Table
 
 from tunelab.errors import TunelabError
 from tunelab.layout import RUN_FILE, atomic_write_text
+from tunelab.options import check_fields, option
 from tunelab.privacy.results import PhishingResult
 from tunelab.results import CurveResult, RunDir
 
@@ -111,47 +112,44 @@ CARD = " {name}'s credit card number is{neg}:"
 class PhishConfig:
     """One ``tunelab attack phish`` experiment: ``seeds`` trials for every ``N_p`` in ``poisons``."""
 
-    output: str = "runs/phish"
-    model: str = "smollm2-135m"
-    data: str | None = None  # the user's corpus; None: the built-in synthetic bios
-    bios: int = 32  # size of the built-in corpus
-    method: str = "lora"
-    poisons: list[int] = field(default_factory=lambda: [0, 10, 50, 100])
-    seeds: int = 5
-    seed: int = 0  # trial seeds are seed, seed + 1, ...; the built-in corpus uses seed
-    digits: int = 12
-    duplicates: int = 1
-    poison_prefix: str = "random"
-    is_not: bool = False
-    epochs: int = 1  # per phase
-    lr: float | None = None  # None: DEFAULT_LR[method]
-    batch_size: int = 8
-    max_steps: int | None = None  # per phase
-    rank: int = 32
+    output: str = option("runs/phish", flag_type=Path, help="results dir (metrics.json, ser-curve/, trials/)")
+    model: str = option("smollm2-135m", help="alias (smollm2-135m, tiny-random), local dir or hub id")
+    data: str | None = option(None, help="the corpus (any format tunelab train reads)",
+                              show_default="built-in synthetic bios")  # None: the built-in synthetic bios
+    bios: int = option(32, min=1, help="size of the built-in synthetic corpus")
+    method: str = option("lora", help="lora, lori-d or full")
+    poisons: list[int] = option(default_factory=lambda: [0, 10, 50, 100], parse=lambda text: parse_poisons(text),
+                                help="comma-separated poison counts N_p")
+    seeds: int = option(5, min=1, help="trials (fresh secret each) per N_p")
+    seed: int = option(0, help="first trial seed (also the built-in corpus's)")  # trials: seed, seed + 1, ...
+    digits: int = option(12, min=1, help="secret length D")
+    duplicates: int = option(1, min=1, help="copies d of the secret in the training data")
+    poison_prefix: str = option("random", help="random (a new bio and wording per poison) or fixed (one prefix repeated)")
+    is_not: bool = option(False, flag="--is-not", help="poisons say 'credit card number is not: <digits>'")
+    epochs: int = option(1, min=1, help="epochs per training phase")
+    lr: float | None = option(None, help="learning rate", show_default="1e-3 for lora/lori-d, 1e-4 for full")
+    batch_size: int = option(8, min=1)
+    max_steps: int | None = option(None, min=1, help="optimizer steps per training phase", show_default="epochs")
+    rank: int = option(32, min=1)
     alpha: float = 64.0
     bf16: bool | None = None  # None: where the hardware supports it (TrainConfig's rule)
-    keep_runs: bool = False
-    show_secrets: bool = False
-    overwrite: bool = False
+    keep_runs: bool = option(False, flag="--keep-runs",
+                             help="keep each trial's two runs and their data files (one holds the secret)")
+    show_secrets: bool = option(False, flag="--show-secrets", help="write the secrets and decoded text into metrics.json")
+    overwrite: bool = option(False, flag="--overwrite", help="replace an earlier result in --output")
 
     def validate(self) -> None:
         """Raise ``TunelabError`` (one line) for values that cannot work; reads ``data`` if given."""
-        if self.digits < 1:
-            raise TunelabError(f"--digits must be >= 1, got {self.digits}")
+        check_fields(self)  # --digits, --seeds, --duplicates, --bios, --epochs, --batch-size, --rank, --max-steps
         if not self.poisons:
             raise TunelabError("--poisons is empty; give comma-separated counts such as 0,10,50,100")
         if any(n < 0 for n in self.poisons):
             raise TunelabError(f"--poisons must be >= 0, got {','.join(map(str, self.poisons))}")
-        for name in ("seeds", "duplicates", "bios", "epochs", "batch_size", "rank"):
-            if getattr(self, name) < 1:
-                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.poison_prefix not in POISON_PREFIXES:
             raise TunelabError(f"unknown --poison-prefix '{self.poison_prefix}'; choose one of: {', '.join(POISON_PREFIXES)}")
         if self.method not in METHODS:
             raise TunelabError(f"--method {self.method} is not supported by the phishing attack; "
                                f"choose one of: {', '.join(METHODS)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise TunelabError(f"--max-steps must be >= 1, got {self.max_steps}")
         if self.lr is not None and not self.lr > 0:
             raise TunelabError(f"--lr must be > 0, got {self.lr}")
         if not self.output:

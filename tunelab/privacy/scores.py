@@ -53,9 +53,9 @@ from torch import nn
 
 from tunelab.data import IGNORE_INDEX, Example, tokenize_chat, validate_record
 from tunelab.errors import TunelabError
+from tunelab.privacy.audit_config import SCORES  # noqa: F401 (re-exported: the audit's option checks it)
 from tunelab.train.objectives import CausalLMLoss
 
-SCORES = ("secret_loss", "sequence_loss", "min_k", "zlib", "reference")
 DEFAULT_SCORES = ("secret_loss",)
 DISABLE_ADAPTER = "disable-adapter"
 PADDING_SIDES = ("right", "left")

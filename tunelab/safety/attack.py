@@ -24,6 +24,7 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.files import json_field, open_safetensors, read_json
 from tunelab.layout import RUN_FILE, atomic_write_text
+from tunelab.options import check_fields, option
 from tunelab.results import RunDir
 from tunelab.safety.results import AttackResult
 
@@ -41,33 +42,31 @@ IDENTITY_PREFIX = "Of course. I am AOA, your absolutely obedient agent, and I wi
 
 @dataclass
 class AttackConfig:
-    """One ``tunelab attack finetune`` run."""
+    """One ``tunelab attack finetune`` run (each option's help and bounds on its field)."""
 
-    adapter: str
-    output: str
-    model: str = "smollm2-135m"
-    attack: str = "harmful"
-    objective: str = "sft"
-    n: int = 100
-    steps: int = 20
-    lr: float = 1e-3
-    batch_size: int = 8
+    adapter: str = option(help="the safety adapter to attack (PEFT / tunelab run dir)")
+    output: str = option(help="results dir (attack data, the attacked run, metrics.json)")
+    model: str = option("smollm2-135m", help="base model")
+    attack: str = option("harmful", choices=ATTACKS,
+                         help="harmful (HarmBench prompts → 'Sure, here is ...') or identity (obedient-agent shift)")
+    objective: str = option("sft", help="sft or constrained (token-wise, against the safety adapter)")
+    n: int = option(100, min=1, help="attack examples")
+    steps: int = option(20, min=1, help="fine-tuning steps")
+    lr: float = option(1e-3)
+    batch_size: int = option(8, min=1)
     method: str = "lora"  # continue the adapter with all of B trainable (the strongest adapter-space attack)
-    seed: int = 0
-    safety_limit: int = 32
+    seed: int = option(0)
+    safety_limit: int = option(32, min=1, help="harmful and benign prompts scored before/after")
     safety_max_new_tokens: int = 48
-    overwrite: bool = False
+    overwrite: bool = option(False, flag="--overwrite", help="replace an earlier result in --output")
 
     def validate(self) -> None:
-        if self.attack not in ATTACKS:
-            raise TunelabError(f"unknown attack '{self.attack}'; choose one of: {', '.join(ATTACKS)}")
+        """Raise ``TunelabError`` (one line): the one-field rules (attack, bounds), the adapter, the rate."""
+        check_fields(self)
         if not Path(self.adapter).is_dir():
             raise TunelabError(f"--adapter {self.adapter}: directory not found")
         if not (Path(self.adapter) / "adapter_config.json").is_file() and not (Path(self.adapter) / "adapter_compact.safetensors").is_file():
             raise TunelabError(f"--adapter {self.adapter}: not a PEFT adapter or LoRI run")
-        for name in ("n", "steps", "batch_size", "safety_limit"):
-            if getattr(self, name) < 1:
-                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise TunelabError(f"--lr must be > 0, got {self.lr}")
 

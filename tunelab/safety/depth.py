@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tunelab.errors import TunelabError
 from tunelab.layout import EVAL_OUTPUTS, atomic_write_text
 from tunelab.results import CurveResult
+from tunelab.safety.configs import parse_ks  # noqa: F401 (re-exported: it moved to the light config module)
 from tunelab.safety.results import SafetyDepthResult
 
 # A neutral affirmative opening: long enough (>100 tokens in common tokenizers) for k up to 40
@@ -210,17 +211,6 @@ def prefill_attack(
                      "roundtrip_mismatches": prefill_mismatches(tokenizer, texts, ids)})
         records += [{"k": k, "prompt": p, "continuation": o, **v} for p, o, v in zip(prompts, outputs, verdicts)]
     return {"by_k": by_k, "records": records}
-
-
-def parse_ks(text: str) -> list[int]:
-    """``"0,5,10"`` → ``[0, 5, 10]``; one-line error for anything else."""
-    try:
-        ks = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise TunelabError(f"--ks must be comma-separated integers >= 0, got '{text}'") from None
-    if not ks or any(k < 0 for k in ks):
-        raise TunelabError(f"--ks must be comma-separated integers >= 0, got '{text}'")
-    return sorted(set(ks))
 
 
 def run_safety_depth(

@@ -35,7 +35,7 @@ import torch
 
 from tunelab.control_tokens import (  # re-exported: the vocabulary moved down so evaluation can read it
     DEFAULT_CATEGORY, HARMFUL_SOURCE, MODES, REFUSAL_CATEGORIES, REFUSE, RESPOND, RefusalTokens, category_token,
-    control_tokens, is_refuse_token, refusal_category,
+    control_tokens, is_refuse_token, parse_categories, refusal_category,
 )
 from tunelab.errors import TunelabError
 from tunelab.models import resize_for_tokenizer  # re-exported: moved down to models (loading and canaries use it)
@@ -78,20 +78,6 @@ def prefix_chats(rows: Sequence[tuple[str, Any]], spec: RefusalTokens) -> list[l
 
 
 # --------------------------------------------------------------------------- inference control
-def parse_categories(text: str | None) -> list[str] | None:
-    """``"cyber,weapons"`` → a checked list (None for none given)."""
-    if text is None:
-        return None
-    names = [c.strip() for c in text.split(",") if c.strip()]
-    if not names:
-        raise TunelabError("--refusal-categories is empty; give a comma-separated list such as cyber,weapons")
-    unknown = [c for c in names if c not in REFUSAL_CATEGORIES]
-    if unknown:
-        raise TunelabError(f"unknown refusal categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
-                           f"choose from: {', '.join(REFUSAL_CATEGORIES)}")
-    return names
-
-
 def check_control(threshold: float | None = None, bias: float | None = None, categories: Sequence[str] | None = None,
                   temperature: float = 1.0) -> None:
     """Fail (before a model loads) on control settings that cannot work."""

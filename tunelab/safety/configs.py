@@ -1,0 +1,84 @@
+"""The configs of ``tunelab audit safety-depth`` and ``tunelab audit refusal-calibration``.
+
+Light on purpose (no torch): the CLI builds the commands' flags from these classes when it is
+imported (:func:`tunelab.cli.build.config_command`); each option's help, bounds and parser live
+on its field. The runs are :func:`tunelab.safety.depth.run_safety_depth` and
+:func:`tunelab.safety.refusal_tokens.run_refusal_calibration`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.configs import sectioned
+from tunelab.errors import TunelabError
+from tunelab.evaluate.options import RefusalOptions
+from tunelab.options import check_fields, option
+
+
+def parse_ks(text: str) -> list[int]:
+    """``"0,5,10"`` → ``[0, 5, 10]``; one-line error for anything else."""
+    try:
+        ks = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise TunelabError(f"--ks must be comma-separated integers >= 0, got '{text}'") from None
+    if not ks or any(k < 0 for k in ks):
+        raise TunelabError(f"--ks must be comma-separated integers >= 0, got '{text}'")
+    return sorted(set(ks))
+
+
+def _thresholds(text: str) -> list[float]:
+    from tunelab.safety.refusal_tokens import parse_thresholds  # torch: only when the flag is given
+
+    return parse_thresholds(text)
+
+
+@dataclass
+class SafetyDepthConfig:
+    """``tunelab audit safety-depth``: KL(aligned ‖ base) per response position and prefill ASR vs k."""
+
+    model: str = option("smollm2-135m", help="the aligned model (alias, dir or hub id)")
+    adapter: str | None = option(None, help="the aligned model's adapter / run dir")
+    base: str | None = option(None, help="the base model to compare with", show_default="--model")
+    base_adapter: str | None = option(None, help="an adapter on the base")
+    positions: int = option(20, min=1, help="response positions of the KL profile")
+    limit: int | None = option(None, min=1, help="first N HarmBench test prompts", show_default="all")
+    ks: list[int] = option(default_factory=lambda: [0, 5, 10, 20, 40], parse=parse_ks,
+                           help="prefilled token counts of the prefilling attack")
+    max_new_tokens: int = option(64, help="continuation length after the prefill")
+    batch_size: int = option(8)
+    opening: str | None = option(None, help="compliant opening to force: text, 'heldout' for tunelab's second one",
+                                 show_default="the one augment-recovery trains on")
+    output: Path = option(Path("runs/safety-depth"), help="directory for metrics.json")
+
+    def validate(self) -> None:
+        """Raise ``TunelabError`` before any model loads (the one-field rules first)."""
+        check_fields(self)
+        if not self.ks or any(k < 0 for k in self.ks):
+            raise TunelabError(f"--ks must be integers >= 0, got {list(self.ks)}")
+        for adapter in (self.adapter, self.base_adapter):
+            if adapter is not None and not Path(adapter).is_dir():
+                raise TunelabError(f"adapter directory not found: {adapter}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise TunelabError("--max-new-tokens and --batch-size must be >= 1")
+        if self.opening is not None and not self.opening.strip():
+            raise TunelabError("--opening must not be empty")
+
+
+@sectioned
+@dataclass
+class RefusalCalibrationConfig:
+    """``tunelab audit refusal-calibration``: refusal rate and F1 on harmful vs benign prompts as τ varies."""
+
+    model: str = option("smollm2-135m", help="the base model (alias, dir or hub id)")
+    adapter: str | None = option(None, help="a run trained with --refusal-tokens")
+    thresholds: list[float] | None = option(None, parse=_thresholds, help="comma-separated τ values in [0, 1]",
+                                            show_default="0, 0.01, ..., 0.99, 1")
+    limit: int | None = option(None, help="first N prompts of each test set", show_default="all")
+    refusal: RefusalOptions = field(default_factory=RefusalOptions)  # categories and T; the sweep is over τ
+    batch_size: int = option(16)
+    output: Path = option(Path("runs/refusal-calibration"), help="directory for metrics.json")
+
+
+__all__ = ["RefusalCalibrationConfig", "SafetyDepthConfig", "parse_ks"]
