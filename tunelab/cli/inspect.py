@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from tunelab.cli.app import inspect_app, steer_app
 from tunelab.cli.build import config_command
-from tunelab.cli.common import comma_list, console, print_interference, quiet_libraries
+from tunelab.cli.common import console, print_interference, quiet_libraries
 from tunelab.cli.lazy import lazy_config_command
 from tunelab.options import option
 
@@ -55,11 +55,9 @@ config_command(inspect_app, "interference", InterferenceConfig, _interference, s
 
 # --------------------------------------------------------------------------- heads
 def _load_heads() -> dict[str, Any]:
-    from tunelab.inspect.run import HeadsConfig, parse_floats, run_heads
+    from tunelab.inspect.run import HeadsConfig, run_heads
 
-    return dict(config_cls=HeadsConfig, run=_quiet(run_heads), show=_show_heads, config="heads.yaml; flags override it",
-                overrides={"scores": {"parse": _split},
-                           "fractions": {"parse": lambda text: parse_floats(text, "--fractions")}})
+    return dict(config_cls=HeadsConfig, run=_quiet(run_heads), show=_show_heads, config="heads.yaml; flags override it")
 
 
 def _show_heads(cfg: Any, result: dict) -> None:
@@ -77,11 +75,10 @@ lazy_config_command(inspect_app, "heads", load=_load_heads,
 
 # --------------------------------------------------------------------------- prune
 def _load_prune() -> dict[str, Any]:
-    from tunelab.inspect.run import PruneConfig, parse_floats, run_prune
+    from tunelab.inspect.run import PruneConfig, run_prune
 
     return dict(config_cls=PruneConfig, run=_quiet(run_prune), show=_show_prune, config="prune.yaml; flags override it",
-                skip=("num_fewshot", "max_length"),
-                overrides={"methods": {"parse": _split}, "ratios": {"parse": lambda text: parse_floats(text, "--ratios")}})
+                skip=("num_fewshot", "max_length"))
 
 
 def _show_prune(cfg: Any, result: dict) -> None:
@@ -102,10 +99,9 @@ lazy_config_command(inspect_app, "prune", load=_load_prune,
 # --------------------------------------------------------------------------- steer train
 def _load_steer_train() -> dict[str, Any]:
     from tunelab.inspect.run import SteerTrainConfig, run_steer_train
-    from tunelab.inspect.steering import parse_layers
 
     return dict(config_cls=SteerTrainConfig, run=_quiet(run_steer_train), show=_show_steer_train,
-                config="steer.yaml; flags override it", overrides={"layers": {"parse": parse_layers}})
+                config="steer.yaml; flags override it")
 
 
 def _show_steer_train(cfg: Any, result: dict) -> None:
@@ -124,13 +120,10 @@ lazy_config_command(steer_app, "train", load=_load_steer_train,
 
 # --------------------------------------------------------------------------- refusal-direction
 def _load_refusal_direction() -> dict[str, Any]:
-    from tunelab.inspect.refusal import RefusalConfig, parse_positions, run_refusal
-    from tunelab.inspect.steering import parse_layers
+    from tunelab.inspect.refusal import RefusalConfig, run_refusal
 
     return dict(config_cls=RefusalConfig, run=_quiet(run_refusal), show=_show_refusal_direction,
-                config="refusal.yaml; flags override it", skip=("probe_tokens", "steering_threshold", "depth", "min_prompts"),
-                overrides={"layers": {"parse": parse_layers}, "positions": {"parse": parse_positions},
-                           "refusal_tokens": {"parse": lambda text: comma_list(text, "--refusal-tokens")}})
+                config="refusal.yaml; flags override it", skip=("probe_tokens", "steering_threshold", "depth", "min_prompts"))
 
 
 def _show_refusal_direction(cfg: Any, result: dict) -> None:
@@ -172,17 +165,14 @@ lazy_config_command(inspect_app, "refusal-direction", load=_load_refusal_directi
 
 # --------------------------------------------------------------------------- salt
 def _load_salt() -> dict[str, Any]:
-    from tunelab.inspect.run import parse_floats
     from tunelab.inspect.salt import SaltConfig, run_salt
-    from tunelab.inspect.steering import parse_layers
 
     def run(cfg: Any) -> dict:
         quiet_libraries()
         return run_salt(cfg, progress=True)
 
     return dict(config_cls=SaltConfig, run=run, show=_show_salt, config="salt.yaml; flags override it",
-                skip=("method", "holdout"),
-                overrides={"coeffs": {"parse": lambda text: parse_floats(text, "--coeffs")}, "layers": {"parse": parse_layers}})
+                skip=("method", "holdout"))
 
 
 def _show_salt(cfg: Any, r: dict) -> None:

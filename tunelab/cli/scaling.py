@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tunelab.cli.app import scaling_app
-from tunelab.cli.common import comma_list, console
+from tunelab.cli.common import console
 from tunelab.cli.lazy import lazy_config_command
 
 
@@ -13,7 +13,7 @@ def _load() -> dict:
 
     # No quiet_libraries(): this command never imports transformers, and importing it only to silence it costs seconds.
     return dict(config_cls=ScalingFitConfig, run=run_scaling_fit, show=_show, config="scaling.yaml; flags override it",
-                skip=("bootstrap_starts",), overrides={"size_columns": {"parse": lambda text: comma_list(text, "--size-columns")}})
+                skip=("bootstrap_starts",))
 
 
 def _show(cfg: object, result: dict) -> None:

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from tunelab.errors import TunelabError
-from tunelab.options import check_fields, option
+from tunelab.options import check_fields, comma_list, int_ranges, option
 from tunelab.evaluate.judges import is_refusal
 from tunelab.inspect.hooks import blocks, geometry, model_device, observe, text_config
 from tunelab.inspect.steering import direction_vector, steer
@@ -521,12 +521,14 @@ class RefusalConfig:
     # no flag (YAML only): greedy tokens per selection prompt to find the refusal tokens
     probe_tokens: int = option(16, min=1, help="greedy tokens per selection prompt to find the refusal tokens")
     # default: those below the depth filter (all on a tiny model)
-    layers: list[int] | None = option(None, show_default="those below 80% depth", help="candidate layers, e.g. 4-12")
+    layers: list[int] | None = option(None, parse=int_ranges("--layers"), show_default="those below 80% depth",
+                                      help="candidate layers, e.g. 4-12")
     # -k..-1; default: every post-instruction token
-    positions: list[int] | None = option(None, show_default="all post-instruction tokens",
+    positions: list[int] | None = option(None, parse=parse_positions, show_default="all post-instruction tokens",
                                          help="candidate positions counted from the prompt's end, e.g. -1,-2")
     # override: single tokens, e.g. ["I", "Sorry"]
-    refusal_tokens: list[str] | None = option(None, show_default="derived from its answers",
+    refusal_tokens: list[str] | None = option(None, parse=lambda text: comma_list(text, "--refusal-tokens"),
+                                              show_default="derived from its answers",
                                               help="comma-separated single tokens the model refuses with")
     kl_threshold: float = option(KL_THRESHOLD, gt=0, show_default=f"{KL_THRESHOLD}", help="KL filter on harmless prompts")
     # no flags (YAML only)

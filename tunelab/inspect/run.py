@@ -16,10 +16,10 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tunelab.errors import TunelabError
-from tunelab.options import check_fields, option
+from tunelab.options import check_fields, int_ranges, option
 from tunelab.inspect.results import HeadsResult, PruningResult, SteeringResult
 
 DEFAULT_FRACTIONS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
@@ -32,6 +32,16 @@ def parse_floats(text: str, flag: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise TunelabError(f"{flag} must be comma-separated numbers, got '{text}'") from None
+
+
+def floats(flag: str) -> Callable[[str], list[float]]:
+    """A ``parse`` for a comma-separated list of numbers given as ``flag``."""
+    return lambda text: parse_floats(text, flag)
+
+
+def names(text: str) -> list[str] | None:
+    """A ``parse`` for comma-separated names (``""``: not given)."""
+    return text.split(",") if text else None
 
 
 def _default_output(kind: str, model: str, adapter: str | None, task: str | None = None) -> Path:
@@ -53,8 +63,9 @@ class HeadsConfig:
     seed: int = option(0, show_default="0", help="question sample and random-score seed")
     num_fewshot: int = option(0, min=0, show_default="0", help="few-shot examples")
     plain: bool = option(False, flag="--plain/--chat", show_default="--chat", help="plain text instead of the chat template")
-    scores: list[str] | None = option(None, show_default="all 15 and random", help="comma-separated head scores")  # None: all, random included
-    fractions: list[float] = option(default_factory=lambda: list(DEFAULT_FRACTIONS), show_default="0,0.05,...,0.3",
+    scores: list[str] | None = option(None, parse=names, show_default="all 15 and random", help="comma-separated head scores")  # None: all, random included
+    fractions: list[float] = option(default_factory=lambda: list(DEFAULT_FRACTIONS), parse=floats("--fractions"),
+                                    show_default="0,0.05,...,0.3",
                                     help="target fractions of heads to zero")
     batch_size: int = option(16, min=1, show_default="16", help="sequences per forward")
     bf16: bool = option(False, flag="--bf16/--no-bf16", help="bf16 autocast (scores stay fp32)")
@@ -138,9 +149,10 @@ class PruneConfig:
 
     model: str = option("smollm2-135m", show_default="smollm2-135m", help="alias, local dir or hub id")
     adapter: str | None = option(None, help="PEFT adapter or tunelab run dir, e.g. a safety adapter (merged first)")
-    methods: list[str] = option(default_factory=lambda: ["dense", "pp", "wanda-sp", "aapp"], show_default="dense,pp,wanda-sp,aapp",
+    methods: list[str] = option(default_factory=lambda: ["dense", "pp", "wanda-sp", "aapp"], parse=names,
+                                show_default="dense,pp,wanda-sp,aapp",
                                 help="comma-separated: dense, pp, wanda-sp, aapp, aapp-gate")
-    ratios: list[float] = option(default_factory=lambda: [0.2, 0.3, 0.4], show_default="0.2,0.3,0.4",
+    ratios: list[float] = option(default_factory=lambda: [0.2, 0.3, 0.4], parse=floats("--ratios"), show_default="0.2,0.3,0.4",
                                  help="fractions of heads and MLP channels pruned")
     task: str | None = option("arc-easy", show_default="arc-easy", help="benchmark for accuracy under pruning")  # None: skip
     limit: int = option(100, min=1, show_default="100", help="benchmark questions")
@@ -250,7 +262,7 @@ class SteerTrainConfig:
     negative: str | None = option(None, help="… and as many negative prompts")
     output: str | None = option(None, help="directory for steering.safetensors, metrics.json, separation.png")
     method: str = option("mean-diff", show_default="mean-diff", help="mean-diff, pca-diff, pca-center or logistic")
-    layers: list[int] | None = option(None, show_default="all", help="layers to train, e.g. 8-20")  # None: every layer
+    layers: list[int] | None = option(None, parse=int_ranges("--layers"), show_default="all", help="layers to train, e.g. 8-20")  # None: every layer
     # "span": mean over the completion (the whole text without a prompt)
     read: str = option("last", show_default="last", help="last (last non-pad token) or span (mean over the completion)")
     # prompts (and texts without one)

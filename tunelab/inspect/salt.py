@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.options import check_fields, option
+from tunelab.inspect.run import floats
+from tunelab.options import check_fields, int_ranges, option
 from tunelab.layout import EVAL_FILE
 from tunelab.inspect.results import SaltResult
 
@@ -342,13 +343,13 @@ class SaltConfig:
 
     model: str = option("smollm2-135m", show_default="smollm2-135m", help="alias, local dir or hub id")
     adapter: str | None = option(None, help="PEFT adapter or tunelab run dir (merged before hooking)")
-    # >= 2 (checked in validate, with its reason)
-    n_train: int = option(64, show_default="64", help="training items, one contrast pair each")
+    n_train: int = option(64, min=2, why="a steering vector needs two contrast pairs", show_default="64",
+                          help="training items, one contrast pair each")
     n_test: int = option(64, min=1, show_default="64", help="held-out items answered at each coefficient")
-    coeffs: list[float] = option(default_factory=lambda: list(DEFAULT_COEFFS), show_default="0,1,2,3,4",
+    coeffs: list[float] = option(default_factory=lambda: list(DEFAULT_COEFFS), parse=floats("--coeffs"), show_default="0,1,2,3,4",
                                  help="steering coefficients; 0 (unsteered) always runs")
     k_layers: int = option(3, min=1, show_default="3", help="late layers steered, by held-out separation")
-    layers: list[int] | None = option(None, help="layers to steer, e.g. 20-22 (overrides --k-layers)")
+    layers: list[int] | None = option(None, parse=int_ranges("--layers"), help="layers to steer, e.g. 20-22 (overrides --k-layers)")
     # Where the pairs' activations are read. "last" (the answer's last token) beat "span" (mean over
     # the answer) on SmolLM2-135M: span separates leaky from non-leaky answers at every layer
     # (held-out AUROC 0.88-0.98, it sees the private value's tokens themselves), so separation
@@ -374,8 +375,6 @@ class SaltConfig:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
         from tunelab.inspect.steering import METHODS, READS
 
-        if self.n_train < 2:
-            raise TunelabError(f"--n-train must be >= 2 (a steering vector needs two contrast pairs), got {self.n_train}")
         check_fields(self)  # one-field bounds from the fields' metadata
         if not self.coeffs:
             raise TunelabError("--coeffs needs at least one coefficient, e.g. 0,2,4,8")

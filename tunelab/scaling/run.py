@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.errors import TunelabError
-from tunelab.options import check_fields, option
+from tunelab.options import check_fields, comma_list, option
 from tunelab.layout import atomic_write_text
 from tunelab.scaling.results import ScalingResult
 from tunelab.scaling.approach1 import approach1
@@ -49,7 +49,7 @@ class ScalingFitConfig:
     params_column: str | None = option(None, help="the column holding N (parameters)")
     tokens_column: str | None = option(None, help="the column holding D (training tokens)")
     loss_column: str | None = option(None, help="the column holding the loss")
-    size_columns: list[str] | None = option(None, show_default="N and D",
+    size_columns: list[str] | None = option(None, parse=lambda text: comma_list(text, "--size-columns"), show_default="N and D",
                                             help="the general form: one term per column, e.g. width,depth,tokens")
     flops_column: str | None = option(None, show_default="counted from --width/--depth-column, else 6·N·D",
                                       help="training FLOPs per row")
@@ -62,7 +62,8 @@ class ScalingFitConfig:
     vocab_size: int = option(50304, show_default="50304", help="counted FLOPs: vocabulary size")
     delta: float = option(1e-3, gt=0, show_default="1e-3; Gemstones used 1e-4", help="Huber δ on log-loss residuals")
     budget: float | None = option(None, show_default="the largest compute in the table", help="FLOPs budget for N*, D*")
-    bootstrap: int = option(200, show_default="200", help="bootstrap refits for the 95% CIs; 0: none")
+    bootstrap: int = option(200, min=0, why="0: no confidence intervals", show_default="200",
+                            help="bootstrap refits for the 95% CIs; 0: none")
     bootstrap_starts: int = option(4, min=1, help="starts per bootstrap refit")  # no flag: YAML only
     max_starts: int | None = option(None, min=1, show_default="the whole grid",
                                     help="at most this many starts, drawn from the grid")
@@ -96,9 +97,6 @@ class ScalingFitConfig:
         check_fields(self)  # one-field bounds from the fields' metadata
         if self.budget is not None and not (self.budget > 0 and math.isfinite(self.budget)):
             raise TunelabError(f"--budget must be a positive number of FLOPs, got {self.budget:g}")
-        for name in ("bootstrap",):
-            if getattr(self, name) < 0:
-                raise TunelabError(f"--{name} must be >= 0 (0: no confidence intervals), got {getattr(self, name)}")
         self.shape().check()
 
     def law_columns(self) -> list[str]:
