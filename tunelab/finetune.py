@@ -145,7 +145,8 @@ class _WithSections:
 # the optimizer field takes its names from RULES.
 TrainConfig = sectioned(make_dataclass(
     "TrainConfig",
-    [("optimizer", str, option("adamw", choices=RULES, help=f"update rule: {RULES.help()}")),
+    [("optimizer", str, option("adamw", choices=RULES, show_default="adamw",
+                               help="adamw, zo (MeZO zeroth-order), dp-zo or dp-sgd (differentially private)")),
      *[(name, section.config, dataclasses.field(default_factory=section.config)) for name, section in SECTIONS.items()]],
     bases=(_WithSections, LoopConfig),
     namespace={"__doc__": "One ``tunelab train`` run: the loop and adapter (:class:`tunelab.train.TrainConfig`) "

@@ -2,70 +2,94 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
-
-import typer
+from typing import Any
 
 from tunelab.cli.app import data_app
+from tunelab.cli.build import config_command
 from tunelab.cli.common import console, quiet_libraries
 from tunelab.errors import TunelabError
+from tunelab.options import option
 
 
-@data_app.command("safety-recipe")
-def data_safety_recipe(
-    output: Annotated[Path, typer.Option(help="the JSONL file to write")] = Path("runs/safety/data.jsonl"),
-    model: Annotated[str, typer.Option(help="the model that answers the benign anchor prompts")] = "smollm2-135m",
-    n_harmful: Annotated[Optional[int], typer.Option(help="harmful→refusal records (train-split HarmBench, cycled) \\[default: 196]")] = None,
-    n_benign: Annotated[Optional[int], typer.Option(help="benign anchor prompts answered by the model \\[default: 120]")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="anchor answer length \\[default: 128]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="generation batch size \\[default: 16]")] = None,
-) -> None:
-    """Refusals for harmful train prompts + the model's own answers to benign ones, as JSONL for `tunelab train`."""
+@dataclass
+class SafetyRecipeConfig:
+    """``tunelab data safety-recipe``; counts and generation left ``None`` are the recipe's
+    (``tunelab.safety.recipe.SAFETY_DATA``, whose values the help shows)."""
+
+    output: Path = option(Path("runs/safety/data.jsonl"), help="the JSONL file to write")
+    model: str = option("smollm2-135m", help="the model that answers the benign anchor prompts")
+    n_harmful: int | None = option(None, show_default="196", help="harmful→refusal records (train-split HarmBench, cycled)")
+    n_benign: int | None = option(None, show_default="120", help="benign anchor prompts answered by the model")
+    seed: int = option(0)
+    max_new_tokens: int | None = option(None, show_default="128", help="anchor answer length")
+    batch_size: int | None = option(None, show_default="16", help="generation batch size")
+
+
+def _safety_recipe(cfg: SafetyRecipeConfig) -> dict[str, Any]:
     from tunelab.models import load_model
-    from tunelab.safety.recipe import SAFETY_DATA, benign_train_pool, check_counts, build_safety_data, check_output_path
+    from tunelab.safety.recipe import SAFETY_DATA, benign_train_pool, build_safety_data, check_counts, check_output_path
 
     quiet_libraries()
-    counts = {"n_harmful": SAFETY_DATA.n_harmful if n_harmful is None else n_harmful,
-              "n_benign": SAFETY_DATA.n_benign if n_benign is None else n_benign}
-    gen = {"max_new_tokens": SAFETY_DATA.max_new_tokens if max_new_tokens is None else max_new_tokens,
-           "batch_size": SAFETY_DATA.batch_size if batch_size is None else batch_size}
+    counts = {"n_harmful": SAFETY_DATA.n_harmful if cfg.n_harmful is None else cfg.n_harmful,
+              "n_benign": SAFETY_DATA.n_benign if cfg.n_benign is None else cfg.n_benign}
+    gen = {"max_new_tokens": SAFETY_DATA.max_new_tokens if cfg.max_new_tokens is None else cfg.max_new_tokens,
+           "batch_size": SAFETY_DATA.batch_size if cfg.batch_size is None else cfg.batch_size}
     if gen["max_new_tokens"] < 1 or gen["batch_size"] < 1:
         raise TunelabError("--max-new-tokens and --batch-size must be >= 1")
     check_counts(counts["n_harmful"], counts["n_benign"], len(benign_train_pool()))  # before the model loads
-    check_output_path(output)
-    lm, tokenizer = load_model(model)
-    summary = build_safety_data(lm, tokenizer, output, seed=seed, **counts, **gen)
+    check_output_path(cfg.output)
+    lm, tokenizer = load_model(cfg.model)
+    return build_safety_data(lm, tokenizer, cfg.output, seed=cfg.seed, **counts, **gen)
+
+
+def _show_safety_recipe(cfg: SafetyRecipeConfig, summary: dict[str, Any]) -> None:
     console.print(f"wrote {summary['output']}: {summary['n_harmful']} harmful→refusal + {summary['n_benign']} benign-anchor "
                   f"records ({summary['n_benign_dropped']} anchors dropped as empty or refusing)", highlight=False)
 
 
-@data_app.command("augment-recovery")
-def data_augment_recovery(
-    data: Annotated[Path, typer.Option(help="safety data (e.g. from `tunelab data safety-recipe`)")],
-    output: Annotated[Path, typer.Option(help="the JSONL file to write")],
-    model: Annotated[str, typer.Option(help="whose tokenizer counts the prefix tokens")] = "smollm2-135m",
-    p: Annotated[float, typer.Option("--p", help="probability that a harmful record gets a compliant prefix + recovery")] = 0.5,
-    max_prefix: Annotated[int, typer.Option(help="longest prefix, in tokens")] = 100,
-    seed: Annotated[int, typer.Option()] = 0,
-    all_records: Annotated[bool, typer.Option("--all-records", help="augment every record, not only source=harmful-refusal")] = False,
-) -> None:
-    """Safety-recovery augmentation: (prompt, neutral compliant prefix masked from the loss, recovery refusal)."""
+config_command(data_app, "safety-recipe", SafetyRecipeConfig, _safety_recipe, show=_show_safety_recipe,
+               help="Refusals for harmful train prompts + the model's own answers to benign ones, as JSONL for `tunelab train`.")
+
+
+@dataclass(kw_only=True)
+class AugmentRecoveryConfig:
+    """``tunelab data augment-recovery``."""
+
+    data: Path = option(help="safety data (e.g. from `tunelab data safety-recipe`)")
+    output: Path = option(help="the JSONL file to write")
+    model: str = option("smollm2-135m", help="whose tokenizer counts the prefix tokens")
+    p: float = option(0.5, flag="--p", help="probability that a harmful record gets a compliant prefix + recovery")
+    max_prefix: int = option(100, min=1, help="longest prefix, in tokens")
+    seed: int = option(0)
+    all_records: bool = option(False, flag="--all-records", help="augment every record, not only source=harmful-refusal")
+
+    def validate(self) -> None:
+        """--p keeps its message's plain number (``got 2.0``); the data file must exist."""
+        if not 0.0 <= self.p <= 1.0:
+            raise TunelabError(f"--p must be in [0, 1], got {self.p}")
+        if not self.data.exists():
+            raise TunelabError(f"data file not found: {self.data}")
+
+
+def _augment_recovery(cfg: AugmentRecoveryConfig) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from tunelab.models import ALIASES, load_model
     from tunelab.safety.augment import augment_recovery_file
 
     quiet_libraries()
-    if not 0.0 <= p <= 1.0:
-        raise TunelabError(f"--p must be in [0, 1], got {p}")
-    if max_prefix < 1:
-        raise TunelabError(f"--max-prefix must be >= 1, got {max_prefix}")
-    if not data.exists():
-        raise TunelabError(f"data file not found: {data}")
     # Only the tokenizer is needed; an alias goes through load_model (it knows where the files are).
-    tokenizer = load_model(model)[1] if model in ALIASES else AutoTokenizer.from_pretrained(model)
-    summary = augment_recovery_file(data, output, tokenizer, p=p, max_prefix=max_prefix, seed=seed, all_records=all_records)
+    tokenizer = load_model(cfg.model)[1] if cfg.model in ALIASES else AutoTokenizer.from_pretrained(cfg.model)
+    return augment_recovery_file(cfg.data, cfg.output, tokenizer, p=cfg.p, max_prefix=cfg.max_prefix, seed=cfg.seed,
+                                 all_records=cfg.all_records)
+
+
+def _show_augment_recovery(cfg: AugmentRecoveryConfig, summary: dict[str, Any]) -> None:
     console.print(f"wrote {summary['output']}: {summary['augmented']} of {summary['eligible']} harmful records got a prefix + "
                   f"recovery, {summary['records'] - summary['augmented']} passed through", highlight=False)
+
+
+config_command(data_app, "augment-recovery", AugmentRecoveryConfig, _augment_recovery, show=_show_augment_recovery,
+               help="Safety-recovery augmentation: (prompt, neutral compliant prefix masked from the loss, recovery refusal).")

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
-
-import typer
+from typing import Any
 
 from tunelab.cli.app import app
+from tunelab.cli.build import config_command
 from tunelab.cli.common import console, quiet_libraries
+from tunelab.options import option
 
 
-@app.command()
-def demo(
-    quick: Annotated[bool, typer.Option("--quick", help="a much shorter run")] = False,
-    output: Annotated[Path, typer.Option(help="where the demo writes its runs and table")] = Path("runs/demo"),
-    model: Annotated[str, typer.Option()] = "smollm2-135m",
-) -> None:
-    """Fine-tune LoRA, LoRI-D and LoRI-S side by side on a built-in task; print one table."""
+@dataclass
+class DemoConfig:
+    """``tunelab demo``: LoRA, LoRI-D and LoRI-S side by side on a built-in task."""
+
+    quick: bool = option(False, flag="--quick", help="a much shorter run")
+    output: Path = option(Path("runs/demo"), help="where the demo writes its runs and table")
+    model: str = option("smollm2-135m")
+
+
+def _demo(cfg: DemoConfig) -> Any:
     from tunelab.demo import run_demo
 
     quiet_libraries()
-    run_demo(output, quick=quick, model=model, console=console)
+    return run_demo(cfg.output, quick=cfg.quick, model=cfg.model, console=console)
+
+
+config_command(app, "demo", DemoConfig, _demo,
+               help="Fine-tune LoRA, LoRI-D and LoRI-S side by side on a built-in task; print one table.")

@@ -2,53 +2,27 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Annotated, Optional
-
-import typer
-
 from tunelab.cli.app import scaling_app
-from tunelab.cli.common import console, quiet_libraries, comma_list
+from tunelab.cli.common import console
+from tunelab.cli.lazy import lazy_config_command
 
 
-@scaling_app.command("fit")
-def scaling_fit(
-    table: Annotated[Optional[str], typer.Argument(metavar="TABLE", help="JSONL, JSON or CSV: one row per run or checkpoint")] = None,
-    params_column: Annotated[Optional[str], typer.Option(help="the column holding N (parameters)")] = None,
-    tokens_column: Annotated[Optional[str], typer.Option(help="the column holding D (training tokens)")] = None,
-    loss_column: Annotated[Optional[str], typer.Option(help="the column holding the loss")] = None,
-    size_columns: Annotated[Optional[str], typer.Option(help="the general form: one term per column, e.g. width,depth,tokens \\[default: N and D]")] = None,
-    flops_column: Annotated[Optional[str], typer.Option(help="training FLOPs per row \\[default: counted from --width/--depth-column, else 6·N·D]")] = None,
-    width_column: Annotated[Optional[str], typer.Option(help="count FLOPs per token (attention included) from width ...")] = None,
-    depth_column: Annotated[Optional[str], typer.Option(help="... and depth (a dense Llama-style model)")] = None,
-    head_dim: Annotated[Optional[int], typer.Option(help="counted FLOPs: head dim \\[default: 128]")] = None,
-    queries_per_kv_head: Annotated[Optional[int], typer.Option(help="counted FLOPs: query heads per key/value head \\[default: 2]")] = None,
-    ffn_mult: Annotated[Optional[float], typer.Option(help="counted FLOPs: gated MLP width ÷ model width \\[default: 4]")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="counted FLOPs: training sequence length \\[default: 2048]")] = None,
-    vocab_size: Annotated[Optional[int], typer.Option(help="counted FLOPs: vocabulary size \\[default: 50304]")] = None,
-    delta: Annotated[Optional[float], typer.Option(help="Huber δ on log-loss residuals \\[default: 1e-3; Gemstones used 1e-4]")] = None,
-    budget: Annotated[Optional[float], typer.Option(help="FLOPs budget for N*, D* \\[default: the largest compute in the table]")] = None,
-    bootstrap: Annotated[Optional[int], typer.Option(help="bootstrap refits for the 95% CIs; 0: none \\[default: 200]")] = None,
-    max_starts: Annotated[Optional[int], typer.Option(help="at most this many starts, drawn from the grid \\[default: the whole grid]")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="processes for the starts and refits \\[default: one per core, ≤ 8]")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="bootstrap and start-sampling seed \\[default: 0]")] = None,
-    output: Annotated[Optional[str], typer.Option(help="results dir \\[default: runs/scaling/TABLE-NAME]")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="scaling.yaml; flags override it")] = None,
-) -> None:
-    """Fit a scaling law (approach 3, and approach 1 where FLOPs are known) to a table of runs; plots included."""
-    from tunelab.configs import from_sources
+def _load() -> dict:
+    """The command's config and runner; imported only when `tunelab scaling fit` runs (numpy, scipy)."""
     from tunelab.scaling.run import ScalingFitConfig, run_scaling_fit
 
     # No quiet_libraries(): this command never imports transformers, and importing it only to silence it costs seconds.
-    cfg = from_sources(ScalingFitConfig, config, table=table, params_column=params_column, tokens_column=tokens_column,
-                       loss_column=loss_column, size_columns=comma_list(size_columns, "--size-columns"),
-                       flops_column=flops_column, width_column=width_column, depth_column=depth_column, head_dim=head_dim,
-                       queries_per_kv_head=queries_per_kv_head, ffn_mult=ffn_mult, seq_len=seq_len, vocab_size=vocab_size,
-                       delta=delta, budget=budget, bootstrap=bootstrap, max_starts=max_starts, workers=workers, seed=seed,
-                       output=output)
-    for line in _scaling_summary(run_scaling_fit(cfg)):
+    return dict(config_cls=ScalingFitConfig, run=run_scaling_fit, show=_show, config="scaling.yaml; flags override it",
+                skip=("bootstrap_starts",))
+
+
+def _show(cfg: object, result: dict) -> None:
+    for line in _scaling_summary(result):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+lazy_config_command(scaling_app, "fit", load=_load,
+                    help="Fit a scaling law (approach 3, and approach 1 where FLOPs are known) to a table of runs; plots included.")
 
 
 def _scaling_summary(r: dict) -> list[str]:

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
-
-import typer
 
 from tunelab.cli.app import app
+from tunelab.cli.build import config_command
 from tunelab.cli.common import console
 from tunelab.errors import TunelabError
+from tunelab.options import option
 
 
-@app.command()
-def unpack(
-    run_dir: Annotated[Path, typer.Argument(help="LoRI-S run dir (or its adapter_compact.safetensors)")],
-    output: Annotated[Optional[Path], typer.Option(help="where to write the PEFT adapter (default: the run dir)")] = None,
-) -> None:
+@dataclass(kw_only=True)
+class UnpackConfig:
+    """``tunelab unpack``: the compact run and where its adapter goes."""
+
+    run_dir: Path = option(flag="-", help="LoRI-S run dir (or its adapter_compact.safetensors)")
+    output: Path | None = option(None, help="where to write the PEFT adapter (default: the run dir)")
+
+
+def _unpack(cfg: UnpackConfig) -> None:
     """Rebuild the PEFT adapter from a LoRI-S compact file, exactly; a LoTA run becomes a full model dir."""
     from tunelab.adapters.storage import TASK_VECTOR_FILE
     from tunelab.adapters.storage import unpack as run_unpack
 
+    run_dir, output = cfg.run_dir, cfg.output
     if (run_dir / TASK_VECTOR_FILE).is_file():
         from tunelab.adapters.lota import materialize
         from tunelab.files import read_json
@@ -36,3 +41,7 @@ def unpack(
     target = output or (run_dir if run_dir.is_dir() else run_dir.parent)
     run_unpack(run_dir, target)
     console.print(f"unpacked to {target}")
+
+
+config_command(app, "unpack", UnpackConfig, _unpack,
+               help="Rebuild the PEFT adapter from a LoRI-S compact file, exactly; a LoTA run becomes a full model dir.")

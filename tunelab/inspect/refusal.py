@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from tunelab.errors import TunelabError
+from tunelab.options import check_fields, comma_list, int_ranges, option
 from tunelab.evaluate.judges import is_refusal
 from tunelab.inspect.hooks import blocks, geometry, model_device, observe, text_config
 from tunelab.inspect.steering import direction_vector, steer
@@ -508,37 +509,43 @@ def parse_positions(text: str | None) -> list[int] | None:
 class RefusalConfig:
     """Everything ``tunelab inspect refusal-direction`` needs; ``validate`` runs before any model is loaded."""
 
-    model: str = "smollm2-135m"
-    adapter: str | None = None  # e.g. a safety adapter (merged first): the direction needs a model that refuses
-    harmful_limit: int = 32  # selection prompts (HarmBench train split)
-    harmless_limit: int = 32  # selection prompts (benign look-alikes, train split)
-    eval_limit: int = 32  # held-out harmful and benign prompts each for the measurements
-    ce_limit: int = 32  # held-out passages for cross-entropy
-    max_new_tokens: int = 48  # measurement answers
-    probe_tokens: int = 16  # greedy tokens per selection prompt to find the refusal tokens
-    refusal_tokens: list[str] | None = None  # override: single tokens, e.g. ["I", "Sorry"]
-    layers: list[int] | None = None  # candidate layers; default: those below the depth filter (all on a tiny model)
-    positions: list[int] | None = None  # candidate positions, -k..-1; default: every post-instruction token
-    kl_threshold: float = KL_THRESHOLD
-    steering_threshold: float = STEERING_THRESHOLD
-    depth: float = DEPTH
-    min_prompts: int = 4  # floor on the selection prompts kept by the refusal filter
-    measure: bool = True
-    batch_size: int = 16
-    seed: int = 0
-    export: str | None = None  # write the orthogonalized model here
-    output: str | None = None
+    model: str = option("smollm2-135m", show_default="smollm2-135m", help="alias, local dir or hub id")
+    # e.g. a safety adapter (merged first): the direction needs a model that refuses
+    adapter: str | None = option(None, help="PEFT adapter or tunelab run dir, e.g. a safety adapter (merged first)")
+    harmful_limit: int = option(32, min=1, show_default="32", help="harmful selection prompts (HarmBench train split)")
+    # benign look-alikes
+    harmless_limit: int = option(32, min=1, show_default="32", help="harmless selection prompts (train split)")
+    eval_limit: int = option(32, min=1, show_default="32", help="held-out harmful and benign prompts each")
+    ce_limit: int = option(32, min=1, show_default="32", help="held-out passages for cross-entropy")
+    max_new_tokens: int = option(48, min=1, show_default="48", help="tokens per measured answer")
+    # no flag (YAML only): greedy tokens per selection prompt to find the refusal tokens
+    probe_tokens: int = option(16, min=1, help="greedy tokens per selection prompt to find the refusal tokens")
+    # default: those below the depth filter (all on a tiny model)
+    layers: list[int] | None = option(None, parse=int_ranges("--layers"), show_default="those below 80% depth",
+                                      help="candidate layers, e.g. 4-12")
+    # -k..-1; default: every post-instruction token
+    positions: list[int] | None = option(None, parse=parse_positions, show_default="all post-instruction tokens",
+                                         help="candidate positions counted from the prompt's end, e.g. -1,-2")
+    # override: single tokens, e.g. ["I", "Sorry"]
+    refusal_tokens: list[str] | None = option(None, parse=lambda text: comma_list(text, "--refusal-tokens"),
+                                              show_default="derived from its answers",
+                                              help="comma-separated single tokens the model refuses with")
+    kl_threshold: float = option(KL_THRESHOLD, gt=0, show_default=f"{KL_THRESHOLD}", help="KL filter on harmless prompts")
+    # no flags (YAML only)
+    steering_threshold: float = option(STEERING_THRESHOLD, help="steering filter: least refusal score added at the layer")
+    depth: float = option(DEPTH, gt=0, max=1, help="candidate layers lie below this fraction of the depth")
+    min_prompts: int = option(4, min=1, help="floor on the selection prompts kept by the refusal filter")
+    measure: bool = option(True, flag="--measure/--no-measure", show_default="--measure",
+                           help="safety and cross-entropy under each intervention")
+    export: str | None = option(None, help="write the orthogonalized model (HF directory) here")
+    batch_size: int = option(16, min=1, show_default="16", help="sequences per forward")
+    seed: int = option(0, show_default="0", help="benign prompt sample")
+    output: str | None = option(None, show_default="ADAPTER/inspect/refusal-direction or runs/inspect/refusal-direction-MODEL",
+                                help="results dir")
 
     def validate(self) -> None:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
-        for name in ("harmful_limit", "harmless_limit", "eval_limit", "ce_limit", "max_new_tokens", "probe_tokens",
-                     "min_prompts", "batch_size"):
-            if getattr(self, name) < 1:
-                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not self.kl_threshold > 0:
-            raise TunelabError(f"--kl-threshold must be > 0, got {self.kl_threshold:g}")
-        if not 0 < self.depth <= 1:
-            raise TunelabError(f"--depth must be in (0, 1], got {self.depth:g}")
+        check_fields(self)  # one-field bounds from the fields' metadata
         for layer in self.layers or []:
             if layer < 0:
                 raise TunelabError(f"--layers: layer {layer} is negative; give layer numbers 0..n_layers-1")

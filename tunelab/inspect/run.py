@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tunelab.errors import TunelabError
+from tunelab.options import check_fields, int_ranges, option
 from tunelab.inspect.results import HeadsResult, PruningResult, SteeringResult
 
 DEFAULT_FRACTIONS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
@@ -33,6 +34,16 @@ def parse_floats(text: str, flag: str) -> list[float]:
         raise TunelabError(f"{flag} must be comma-separated numbers, got '{text}'") from None
 
 
+def floats(flag: str) -> Callable[[str], list[float]]:
+    """A ``parse`` for a comma-separated list of numbers given as ``flag``."""
+    return lambda text: parse_floats(text, flag)
+
+
+def names(text: str) -> list[str] | None:
+    """A ``parse`` for comma-separated names (``""``: not given)."""
+    return text.split(",") if text else None
+
+
 def _default_output(kind: str, model: str, adapter: str | None, task: str | None = None) -> Path:
     """``ADAPTER/inspect/KIND[-TASK]`` with an adapter, else ``runs/inspect/KIND-MODEL[-TASK]``."""
     suffix = f"-{task}" if task else ""
@@ -45,29 +56,29 @@ def _default_output(kind: str, model: str, adapter: str | None, task: str | None
 class HeadsConfig:
     """Everything ``tunelab inspect heads`` needs; ``validate`` runs before any model is loaded."""
 
-    model: str = "smollm2-135m"
-    adapter: str | None = None
-    task: str = "arc-easy"  # a benchmark or any multiple-choice task
-    limit: int = 200
-    seed: int = 0
-    num_fewshot: int = 0
-    plain: bool = False  # benchmarks: plain text instead of the chat template
-    scores: list[str] | None = None  # None: all of them, random included
-    fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
-    batch_size: int = 16
-    bf16: bool = False
-    attn_implementation: str = "sdpa"  # scores that need attention weights switch to eager for their pass only
-    output: str | None = None
+    model: str = option("smollm2-135m", show_default="smollm2-135m", help="alias, local dir or hub id")
+    adapter: str | None = option(None, help="PEFT adapter or tunelab run dir (merged before hooking)")
+    task: str = option("arc-easy", show_default="arc-easy", help="a benchmark or multiple-choice task")
+    limit: int = option(200, min=1, show_default="200", help="questions")
+    seed: int = option(0, show_default="0", help="question sample and random-score seed")
+    num_fewshot: int = option(0, min=0, show_default="0", help="few-shot examples")
+    plain: bool = option(False, flag="--plain/--chat", show_default="--chat", help="plain text instead of the chat template")
+    scores: list[str] | None = option(None, parse=names, show_default="all 15 and random", help="comma-separated head scores")  # None: all, random included
+    fractions: list[float] = option(default_factory=lambda: list(DEFAULT_FRACTIONS), parse=floats("--fractions"),
+                                    show_default="0,0.05,...,0.3",
+                                    help="target fractions of heads to zero")
+    batch_size: int = option(16, min=1, show_default="16", help="sequences per forward")
+    bf16: bool = option(False, flag="--bf16/--no-bf16", help="bf16 autocast (scores stay fp32)")
+    # scores that need attention weights switch to eager for their pass only
+    attn_implementation: str = option("sdpa", show_default="sdpa", help="sdpa or eager")
+    output: str | None = option(None, show_default="ADAPTER/inspect/heads-TASK or runs/inspect/heads-MODEL-TASK",
+                                help="results dir")
 
     def validate(self) -> None:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
         from tunelab.inspect.heads import SCORES
 
-        for name in ("limit", "batch_size"):
-            if getattr(self, name) < 1:
-                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.num_fewshot < 0:
-            raise TunelabError(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
+        check_fields(self)  # one-field bounds from the fields' metadata
         if not self.fractions:
             raise TunelabError("--fractions needs at least one fraction in [0, 1]")
         for f in self.fractions:
@@ -135,34 +146,40 @@ def run_heads(cfg: HeadsConfig, model: Any = None, tokenizer: Any = None) -> dic
 class PruneConfig:
     """Everything ``tunelab inspect prune`` needs; ``validate`` runs before any model is loaded."""
 
-    model: str = "smollm2-135m"
-    adapter: str | None = None  # e.g. a safety adapter: merged first, then pruned
-    methods: list[str] = field(default_factory=lambda: ["dense", "pp", "wanda-sp", "aapp"])
-    ratios: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4])
-    task: str | None = "arc-easy"  # accuracy under pruning; None: skip
-    limit: int = 100
-    seed: int = 0
-    num_fewshot: int = 0
-    plain: bool = False
-    ppl_data: str | None = None  # rows with a "text" field; default: SciQ support paragraphs (held-out half)
-    ppl_limit: int = 100
-    calibration_limit: int = 64  # calibration texts (the other half of SciQ's paragraphs) and AAPP prompts per set
-    safety: bool = True  # refusal rate on held-out HarmBench prompts, over-refusal on benign look-alikes
-    safety_limit: int = 32
-    max_new_tokens: int = 64
-    skip: int = 3  # first layers never pruned
-    protect: float = 0.05  # AAPP: share of units per block kept for alignment
-    batch_size: int = 8
-    max_length: int = 512
-    output: str | None = None
+    model: str = option("smollm2-135m", show_default="smollm2-135m", help="alias, local dir or hub id")
+    adapter: str | None = option(None, help="PEFT adapter or tunelab run dir, e.g. a safety adapter (merged first)")
+    methods: list[str] = option(default_factory=lambda: ["dense", "pp", "wanda-sp", "aapp"], parse=names,
+                                show_default="dense,pp,wanda-sp,aapp",
+                                help="comma-separated: dense, pp, wanda-sp, aapp, aapp-gate")
+    ratios: list[float] = option(default_factory=lambda: [0.2, 0.3, 0.4], parse=floats("--ratios"), show_default="0.2,0.3,0.4",
+                                 help="fractions of heads and MLP channels pruned")
+    task: str | None = option("arc-easy", show_default="arc-easy", help="benchmark for accuracy under pruning")  # None: skip
+    limit: int = option(100, min=1, show_default="100", help="benchmark questions")
+    num_fewshot: int = option(0, help="few-shot examples")  # no flag: YAML only
+    plain: bool = option(False, flag="--plain/--chat", show_default="--chat", help="benchmark as plain text")
+    # rows with a "text" field; default: SciQ support paragraphs (held-out half)
+    ppl_data: str | None = option(None, show_default="SciQ support paragraphs", help="rows with a 'text' field for perplexity")
+    ppl_limit: int = option(100, min=1, show_default="100", help="perplexity texts")
+    # calibration texts (the other half of SciQ's paragraphs) and AAPP prompts per set
+    calibration_limit: int = option(64, min=1, show_default="64", help="calibration texts, and AAPP prompts per set")
+    # refusal rate on held-out HarmBench prompts, over-refusal on benign look-alikes
+    safety: bool = option(True, flag="--safety/--no-safety", show_default="--safety",
+                          help="refusal rate on held-out HarmBench prompts")
+    safety_limit: int = option(32, min=1, show_default="32", help="harmful and benign prompts each")
+    max_new_tokens: int = option(64, min=1, show_default="64", help="safety answers")
+    skip: int = option(3, show_default="3", help="first layers never pruned")
+    protect: float = option(0.05, min=0, lt=1, show_default="0.05", help="AAPP: share of each block's units kept for alignment")
+    batch_size: int = option(8, min=1, show_default="8")
+    seed: int = option(0, show_default="0", help="question and prompt sample")
+    max_length: int = option(512, min=1, help="tokens per text")  # no flag: YAML only
+    output: str | None = option(None, show_default="ADAPTER/inspect/prune-TASK or runs/inspect/prune-MODEL-TASK",
+                                help="results dir")
 
     def validate(self) -> None:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
         from tunelab.inspect.pruning import PRUNING_METHODS
 
-        for name in ("limit", "ppl_limit", "calibration_limit", "safety_limit", "max_new_tokens", "batch_size", "max_length"):
-            if getattr(self, name) < 1:
-                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_fields(self)  # one-field bounds from the fields' metadata
         if self.skip < 0 or self.num_fewshot < 0:
             raise TunelabError("--skip and --num-fewshot must be >= 0")
         if not self.methods:
@@ -174,8 +191,6 @@ class PruneConfig:
         for r in self.ratios:
             if not 0 <= r < 1:
                 raise TunelabError(f"--ratios: {r:g} is outside [0, 1) (the fraction of heads and channels pruned)")
-        if not 0 <= self.protect < 1:
-            raise TunelabError(f"--protect must be in [0, 1), got {self.protect:g}")
         if self.ppl_data is not None and not Path(self.ppl_data).exists():
             raise TunelabError(f"--ppl-data file not found: {self.ppl_data}")
         if self.adapter is not None and not Path(self.adapter).is_dir():
@@ -237,20 +252,24 @@ def run_prune(cfg: PruneConfig, model: Any = None, tokenizer: Any = None) -> dic
 class SteerTrainConfig:
     """Everything ``tunelab inspect steer train`` needs; ``validate`` runs before any model is loaded."""
 
-    model: str = "smollm2-135m"
-    adapter: str | None = None
-    pairs: str | None = None  # rows with positive, negative (and optionally prompt)
-    positive: str | None = None  # or two prompt files paired line by line
-    negative: str | None = None
-    output: str | None = None
-    method: str = "mean-diff"
-    layers: list[int] | None = None  # None: every layer
-    read: str = "last"  # last non-pad token, or "span": mean over the completion (the whole text without a prompt)
-    chat: bool = True  # render prompts (and texts without one) through the chat template
-    normalize: bool = False  # unit vectors instead of the mean difference's length
-    holdout: float = 0.2  # share of pairs held out for the layer sweep's separation
-    seed: int = 0
-    batch_size: int = 16
+    model: str = option("smollm2-135m", show_default="smollm2-135m", help="alias, local dir or hub id")
+    adapter: str | None = option(None, help="PEFT adapter or tunelab run dir (merged before hooking)")
+    pairs: str | None = option(None, help="JSONL/JSON/CSV rows with positive, negative (and optionally prompt)")
+    # or two prompt files paired line by line
+    positive: str | None = option(None, help="or: positive prompts, one per line (.txt) or rows with text")
+    negative: str | None = option(None, help="… and as many negative prompts")
+    output: str | None = option(None, help="directory for steering.safetensors, metrics.json, separation.png")
+    method: str = option("mean-diff", show_default="mean-diff", help="mean-diff, pca-diff, pca-center or logistic")
+    layers: list[int] | None = option(None, parse=int_ranges("--layers"), show_default="all", help="layers to train, e.g. 8-20")  # None: every layer
+    # "span": mean over the completion (the whole text without a prompt)
+    read: str = option("last", show_default="last", help="last (last non-pad token) or span (mean over the completion)")
+    # prompts (and texts without one)
+    chat: bool = option(True, flag="--chat/--plain", show_default="--chat", help="render prompts through the chat template")
+    normalize: bool = option(False, flag="--normalize/--no-normalize", show_default="mean-difference length",
+                             help="unit-length vectors")
+    holdout: float = option(0.2, min=0, lt=1, show_default="0.2", help="share of pairs held out for the layer sweep")
+    seed: int = option(0, show_default="0", help="held-out split")
+    batch_size: int = option(16, min=1, show_default="16")
 
     def validate(self) -> None:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
@@ -269,10 +288,7 @@ class SteerTrainConfig:
         STEERING_METHODS.canonical(self.method)  # unknown → one line naming the known methods
         if self.read not in READS:
             raise TunelabError(f"--read must be one of {', '.join(READS)}, got '{self.read}'")
-        if not 0 <= self.holdout < 1:
-            raise TunelabError(f"--holdout must be in [0, 1), got {self.holdout:g}")
-        if self.batch_size < 1:
-            raise TunelabError(f"--batch-size must be >= 1, got {self.batch_size}")
+        check_fields(self)  # one-field bounds from the fields' metadata
         if self.adapter is not None and not Path(self.adapter).is_dir():
             raise TunelabError(f"adapter directory not found: {self.adapter}")
 

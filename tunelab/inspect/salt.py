@@ -34,11 +34,13 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.inspect.run import floats
+from tunelab.options import check_fields, int_ranges, option
 from tunelab.layout import EVAL_FILE
 from tunelab.inspect.results import SaltResult
 
@@ -339,13 +341,15 @@ DEFAULT_COEFFS = [0.0, 1.0, 2.0, 3.0, 4.0]
 class SaltConfig:
     """Everything ``tunelab inspect salt`` needs; ``validate`` runs before any model is loaded."""
 
-    model: str = "smollm2-135m"
-    adapter: str | None = None
-    n_train: int = 64  # training items (one contrast pair each)
-    n_test: int = 64  # held-out items the sweep answers
-    coeffs: list[float] = field(default_factory=lambda: list(DEFAULT_COEFFS))  # 0 (the baseline) always runs
-    k_layers: int = 3  # late layers steered, by held-out separation
-    layers: list[int] | None = None  # overrides k_layers
+    model: str = option("smollm2-135m", show_default="smollm2-135m", help="alias, local dir or hub id")
+    adapter: str | None = option(None, help="PEFT adapter or tunelab run dir (merged before hooking)")
+    n_train: int = option(64, min=2, why="a steering vector needs two contrast pairs", show_default="64",
+                          help="training items, one contrast pair each")
+    n_test: int = option(64, min=1, show_default="64", help="held-out items answered at each coefficient")
+    coeffs: list[float] = option(default_factory=lambda: list(DEFAULT_COEFFS), parse=floats("--coeffs"), show_default="0,1,2,3,4",
+                                 help="steering coefficients; 0 (unsteered) always runs")
+    k_layers: int = option(3, min=1, show_default="3", help="late layers steered, by held-out separation")
+    layers: list[int] | None = option(None, parse=int_ranges("--layers"), help="layers to steer, e.g. 20-22 (overrides --k-layers)")
     # Where the pairs' activations are read. "last" (the answer's last token) beat "span" (mean over
     # the answer) on SmolLM2-135M: span separates leaky from non-leaky answers at every layer
     # (held-out AUROC 0.88-0.98, it sees the private value's tokens themselves), so separation
@@ -353,27 +357,25 @@ class SaltConfig:
     # degenerated; "last" peaks clearly (AUROC 0.95 at layers 16-21, ~0.8 at the ends) and brought
     # the leak rate to 11% at coefficient 2 and 3% at 3. It is also one position, like where the
     # vector is added (the last prompt token).
-    read: str = "last"
-    pairs: str = "template"  # or "own": the model's own greedy answers on the training items
-    method: str = "mean-diff"
-    holdout: float = 0.2  # share of pairs held out for the per-layer separation
-    compare_all: bool = True  # one more row: the best coefficient added at every position
-    max_new_tokens: int = 48
-    batch_size: int = 16
-    seed: int = 0
-    output: str | None = None
+    read: str = option("last", show_default="last", help="where pair activations are read: last or span")
+    # or "own": the model's own greedy answers on the training items
+    pairs: str = option("template", show_default="template", help="template answers, or own: the model's greedy answers")
+    # no flags (YAML only)
+    method: str = option("mean-diff", help="steering vector method (see tunelab inspect steer train)")
+    holdout: float = option(0.2, help="share of pairs held out for the per-layer separation")  # in [0, 1) (validate)
+    # one more row: the best coefficient added at every position
+    compare_all: bool = option(True, flag="--compare-all/--no-compare-all", show_default="on",
+                               help="one more row: the best coefficient at every position")
+    max_new_tokens: int = option(48, min=1, show_default="48", help="answer length")
+    batch_size: int = option(16, min=1, show_default="16")
+    seed: int = option(0, show_default="0", help="task items and held-out split")
+    output: str | None = option(None, show_default="ADAPTER/inspect/salt or runs/inspect/salt-MODEL", help="results dir")
 
     def validate(self) -> None:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
         from tunelab.inspect.steering import READS, STEERING_METHODS
 
-        if self.n_train < 2:
-            raise TunelabError(f"--n-train must be >= 2 (a steering vector needs two contrast pairs), got {self.n_train}")
-        for name in ("n_test", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.k_layers < 1:
-            raise TunelabError(f"--k-layers must be >= 1, got {self.k_layers}")
+        check_fields(self)  # one-field bounds from the fields' metadata
         if not self.coeffs:
             raise TunelabError("--coeffs needs at least one coefficient, e.g. 0,2,4,8")
         for c in self.coeffs:

@@ -38,6 +38,7 @@ from rich.progress import (
 )
 
 from tunelab.errors import TunelabError
+from tunelab.options import check_fields, option
 from tunelab.layout import EVAL_FILE, METRICS_FILE, atomic_write_text
 from tunelab.moe.results import PretrainResult
 from tunelab.results import RunDir
@@ -79,43 +80,48 @@ class PretrainConfig:
     """Everything ``tunelab pretrain`` needs. Size fields left ``None`` come from ``--init-from``
     (which must then agree with any that are given) or from :class:`ModelSpec`'s defaults."""
 
-    arch: str | None = None
-    router: str | None = None
-    width: int | None = None
-    depth: int | None = None
-    heads: int | None = None
-    kv_heads: int | None = None
-    ffn: int | None = None
-    experts: int | None = None
-    top_k: int | None = None
-    renormalize: bool | None = None
-    default_beta: float = 0.9
-    default_mode: str = "forward"
-    aux_loss_coef: float | None = None  # default: 1e-2 (topk, default), 0 (sinkhorn)
-    z_loss_coef: float | None = None  # default: 1e-3 (topk, default), 0 (sinkhorn)
-    data: str | None = None
-    corpus: str | None = None
-    tokenizer: str = "bytes"
-    seq_len: int = 256
-    batch_size: int = 16
-    max_steps: int = 1000
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int | None = None  # default: 2% of the steps (constant: 0)
-    schedule: str = "cosine"
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    held_out: float = 0.05
-    eval_every: int | None = None  # default: max_steps / 10
-    eval_batches: int = 8
-    log_every: int = 1
-    init_from: str | None = None
-    replay: str | None = None  # OLD:FRACTION
-    seed: int = 0
-    bf16: bool = False
-    output: str | None = None
-    resume: bool = False
-    overwrite: bool = False
+    arch: str | None = option(None, show_default="moe", help="dense (Llama-style) or moe (Mixtral-style)")
+    router: str | None = option(None, show_default="topk",
+                                help="topk (Switch aux + z-loss), sinkhorn, or default (Default MoE)")
+    width: int | None = option(None, show_default="64", help="hidden size")
+    depth: int | None = option(None, show_default="4", help="layers")
+    heads: int | None = option(None, show_default="width / 32", help="attention heads")
+    kv_heads: int | None = option(None, show_default="heads", help="key/value heads")
+    ffn: int | None = option(None, show_default="2 × width; dense: 2 × top-k × width, FLOP-matched",
+                             help="expert (MoE) or MLP (dense) hidden width")
+    experts: int | None = option(None, show_default="8", help="experts per MoE layer")
+    top_k: int | None = option(None, show_default="2", help="experts per token")
+    renormalize: bool | None = option(None, flag="--renormalize/--no-renormalize", show_default="yes",
+                                      help="top-k gates rescaled to sum to 1 (Mixtral)")
+    default_beta: float = option(0.9, show_default="0.9", help="Default MoE: EMA decay β of the default outputs")
+    default_mode: str = option("forward", show_default="forward", help="Default MoE: forward or straight-through")
+    # None: 1e-2 / 1e-3 (topk, default), 0 (sinkhorn); NaN and inf are refused in validate()
+    aux_loss_coef: float | None = option(None, min=0, show_default="0.01; sinkhorn 0", help="Switch aux loss per layer")
+    z_loss_coef: float | None = option(None, min=0, show_default="0.001; sinkhorn 0", help="router z-loss per layer")
+    data: str | None = option(None, help="a text file (or JSONL with a 'text' field)")
+    corpus: str | None = option(None, help="a built-in offline corpus: pydoc or kjv")
+    tokenizer: str = option("bytes", show_default="bytes", help="bytes, or a tokenizer dir / model alias")
+    seq_len: int = option(256, min=1, show_default="256", help="tokens per window")
+    batch_size: int = option(16, min=1, show_default="16", help="windows per step")
+    max_steps: int = option(1000, min=1, show_default="1000", help="optimizer steps")
+    lr: float = option(1e-3, gt=0, show_default="1e-3", help="peak learning rate")
+    min_lr_ratio: float = option(0.1, min=0, max=1, show_default="0.1", help="cosine floor ÷ peak")
+    warmup_steps: int | None = option(None, show_default="2% of the steps; constant: 0")  # in [0, max_steps]
+    schedule: str = option("cosine", show_default="cosine",
+                           help="cosine, constant, or rewarm (re-warm + re-decay a --init-from model)")
+    weight_decay: float = option(0.1, min=0, show_default="0.1", help="AdamW weight decay on matrices")
+    grad_clip: float = option(1.0, min=0, help="max gradient norm")  # no flag: YAML only
+    held_out: float = option(0.05, gt=0, lt=0.5, show_default="0.05", help="fraction of each text held out (its end)")
+    eval_every: int | None = option(None, min=1, show_default="steps / 10", help="steps between evaluations and checkpoints")
+    eval_batches: int = option(8, min=1, show_default="8", help="held-out batches per evaluation")
+    log_every: int = option(1, min=1, show_default="1", help="steps per train row in metrics.jsonl")
+    init_from: str | None = option(None, help="continue pre-training this saved model")
+    replay: str | None = option(None, help="OLD:FRACTION — mix in old data (a file or corpus:NAME); also evaluated on it")
+    seed: int = option(0, show_default="0")
+    bf16: bool = option(False, flag="--bf16/--no-bf16", show_default="off", help="bf16 autocast")
+    output: str | None = option(None, show_default="runs/pretrain/NAME", help="output dir")
+    resume: bool = option(False, flag="--resume", help="continue an interrupted run in --output")
+    overwrite: bool = option(False, flag="--overwrite", help="replace a non-empty --output")
 
     def validate(self) -> None:
         """Raise TunelabError for anything wrong that can be seen without data or model."""
@@ -127,22 +133,15 @@ class PretrainConfig:
             raise TunelabError(f"--schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
         if self.schedule == "rewarm" and not self.init_from:
             raise TunelabError("--schedule rewarm re-warms a trained model: give --init-from CKPT")
-        for name in ("seq_len", "batch_size", "max_steps", "eval_batches", "log_every"):
-            if getattr(self, name) < 1:
-                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.eval_every is not None and self.eval_every < 1:
-            raise TunelabError(f"--eval-every must be >= 1, got {self.eval_every}")
+        check_fields(self)  # one-field bounds from the fields' metadata
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.max_steps:
             raise TunelabError(f"--warmup-steps must be in [0, --max-steps], got {self.warmup_steps}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        # the bounds pass inf (and >= 0 passes NaN): refused here with the bound's own message
+        if not math.isfinite(self.lr):
             raise TunelabError(f"--lr must be > 0, got {self.lr:g}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise TunelabError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio:g}")
-        if not 0 < self.held_out < 0.5:
-            raise TunelabError(f"--held-out must be in (0, 0.5), got {self.held_out:g}")
         for name in ("aux_loss_coef", "z_loss_coef", "weight_decay", "grad_clip"):
             value = getattr(self, name)
-            if value is not None and not (value >= 0 and math.isfinite(value)):
+            if value is not None and not math.isfinite(value):
                 raise TunelabError(f"--{name.replace('_', '-')} must be >= 0, got {value:g}")
         if self.replay is not None:
             self.replay_source()

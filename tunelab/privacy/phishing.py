@@ -62,7 +62,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.adapters import ADAPTER_METHODS
 from tunelab.errors import TunelabError
 from tunelab.layout import RUN_FILE, atomic_write_text
 from tunelab.options import check_fields, option
@@ -373,6 +372,8 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _train_phase(cfg: PhishConfig, data: Path, out: Path, seed: int, previous: Path | None) -> Path:
+    # imported here, not at the top: the CLI builds its flags from PhishConfig without loading torch
+    from tunelab.adapters import ADAPTER_METHODS
     from tunelab.finetune import TrainConfig, train
 
     continue_full = previous is not None and ADAPTER_METHODS.get(cfg.method).full_model
@@ -444,6 +445,8 @@ def run_trial(cfg: PhishConfig, corpus: Sequence[dict[str, Any]], n_poisons: int
 # --------------------------------------------------------------------------- the experiment
 def run_phishing(cfg: PhishConfig, console: Console | None = None) -> dict[str, Any]:
     """Every trial for every ``N_p``; write ``metrics.json`` and the SER curve; return the metrics."""
+    from tunelab.adapters import ADAPTER_METHODS  # not at the top: see _train_phase
+
     cfg.validate()
     console = console or Console(stderr=True)
     out = Path(cfg.output)

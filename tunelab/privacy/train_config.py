@@ -33,16 +33,20 @@ class DPConfig:
     """``dp``: differential privacy of ``--optimizer dp-zo``/``dp-sgd``. ``--batch-size`` is the
     expected batch B of Poisson sampling (q = B/N)."""
 
-    noise: str = option("gaussian", choices=NOISES, help="gaussian, or laplace (dp-zo)")
-    clip: float = option(1.0, gt=0, help="C: per-example clip (dp-sgd: gradient L2 norm; dp-zo: |projected gradient|)")
-    target_epsilon: float | None = option(None, gt=0, help="calibrate the noise to spend this ε over the run")
+    # the help texts are `tunelab train`'s, where these are flat flags beside all the others
+    noise: str = option("gaussian", choices=NOISES, show_default="gaussian", help="DP noise: gaussian, or laplace (dp-zo)")
+    clip: float = option(1.0, gt=0, show_default="1.0",
+                         help="DP per-example clip C (dp-sgd: gradient norm; dp-zo: |projected gradient|)")
+    target_epsilon: float | None = option(None, gt=0, help="DP: calibrate the noise to spend this ε over the run")
     target_delta: float | None = option(None, min=0, lt=1, show_default="1e-5",
-                                        help="the δ of the run (0 with laplace: pure ε-DP)")
-    noise_multiplier: float | None = option(None, gt=0, help="the noise directly: σ (gaussian) or b (laplace), in units of C")
-    accountant: str = option("pld", choices=ACCOUNTANTS, help="pld, or rdp (gaussian only)")
-    physical_batch_size: int | None = option(None, min=1, show_default="--batch-size",
-                                             help="examples per forward (memory)")
-    log_private_metrics: bool = option(False, help="log the training loss anyway (recorded in the ledger)")
+                                        help="DP: δ of the guarantee (0 with laplace: pure ε-DP)")
+    noise_multiplier: float | None = option(None, gt=0,
+                                            help="DP: σ (gaussian) or b (laplace) in units of C, instead of --target-epsilon")
+    accountant: str = option("pld", choices=ACCOUNTANTS, show_default="pld", help="DP accountant: pld or rdp (gaussian only)")
+    physical_batch_size: int | None = option(None, min=1,
+                                             help="DP: examples per forward pass (memory); --batch-size is the expected batch")
+    log_private_metrics: bool = option(False, flag="--log-private-metrics",
+                                       help="DP: log the training loss anyway (a side channel; noted in the ledger)")
 
     @property
     def delta(self) -> float:
@@ -92,14 +96,16 @@ class CanaryConfig:
     """``canary``: plant ``count`` canaries of ``family`` with ``secret_len``-token secrets (0: off),
     half of them trained on by a fair coin; the run audits itself."""
 
-    count: int = option(0, plugin=True, flag="--canaries", help="canaries to plant (0: off)")
-    family: str = option("random", choices=FAMILIES, flag="--canary-family",
+    # the help texts are `tunelab train`'s, where these are flat flags beside all the others
+    count: int = option(0, plugin=True, flag="--canaries",
+                        help="privacy audit: plant M canaries (half trained on, by a fair coin) and audit the run at the end")
+    family: str = option("random", choices=FAMILIES, flag="--canary-family", show_default="random",
                          help="random, unigram, unigram-corpus, bigram or new-token")
-    secret_len: int = option(8, min=1, flag="--canary-secret-len", help="secret length in tokens")
-    prefix: str = option("random", choices=PREFIX_STYLES, flag="--canary-prefix",
-                         help="random words, or data: prompts of the data set")
-    new_token_rows: str = option("trained", choices=TOKEN_ROWS, flag="--canary-new-token-rows",
-                                 help="new-token: rows trained like refusal tokens, or frozen")
+    secret_len: int = option(8, min=1, flag="--canary-secret-len", show_default="8", help="secret length in tokens")
+    prefix: str = option("random", choices=PREFIX_STYLES, flag="--canary-prefix", show_default="random",
+                         help="canary prompts: random words or data (prompts of --data)")
+    new_token_rows: str = option("trained", choices=TOKEN_ROWS, flag="--canary-new-token-rows", show_default="trained",
+                                 help="new-token: trained (like refusal tokens) or frozen")
 
     def validate(self, run: Any) -> None:
         """Options without ``--canaries`` are refused; with it, :meth:`check` (which raises)."""

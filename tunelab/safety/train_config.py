@@ -32,7 +32,7 @@ class RefusalTokensConfig:
     category + [respond]); None: off."""
 
     tokens: str | None = option(None, plugin=True, choices=MODES, flag="--refusal-tokens",
-                                help="single or categorical (None: off)")
+                                help="add refusal tokens and prefix responses: single ([refuse]/[respond]) or categorical")
 
     def validate(self, run: Any) -> None:
         """Refusal tokens need a method that trains new embedding rows and the plain objective."""
@@ -51,12 +51,15 @@ class RefusalTokensConfig:
 class ConstrainedConfig:
     """``constrained``: the constrained objective's reference adapter and β schedule (``--objective constrained``)."""
 
-    reference: str | None = option(None, show_default="the --init-from run",
-                                   help="the aligned adapter/run the objective stays close to")
-    beta_first: float = option(_BETA.first, gt=0, help="β₁")
-    beta_early: float = option(_BETA.early, gt=0, help="β₂..β_{beta_early_until}")
-    beta_early_until: int = option(_BETA.early_until, min=1, help="last position of the early β")
-    beta_late: float = option(_BETA.late, gt=0, help="β_t after that")
+    # the help texts are `tunelab train`'s, where these are flat flags beside all the others
+    reference: str | None = option(None, show_default="--init-from",
+                                   help="constrained: the aligned adapter/run to stay close to")
+    beta_first: float = option(_BETA.first, gt=0, show_default=f"{_BETA.first}", help="constrained: β of the first response token")
+    beta_early: float = option(_BETA.early, gt=0, show_default=f"{_BETA.early}",
+                               help="constrained: β of tokens 2..--beta-early-until")
+    beta_early_until: int = option(_BETA.early_until, min=1, show_default=f"{_BETA.early_until}",
+                                   help="constrained: last position with --beta-early")
+    beta_late: float = option(_BETA.late, gt=0, show_default=f"{_BETA.late}", help="constrained: β of later tokens")
 
     def validate(self, run: Any) -> None:
         """A reference (``--reference`` or ``--init-from``) that exists, positive β; nothing without the objective."""
@@ -86,7 +89,7 @@ class SafetyCheckConfig:
 
     eval_limit: int | None = option(None, plugin=True, min=0, flag="--safety-eval-limit",
                                     show_default=f"{DEFAULT_SAFETY_LIMIT} with --init-from, else 0",
-                                    help="prompts per set scored before/after training")
+                                    help="safety suite before/after training on N prompts per set")
     max_new_tokens: int = option(48, flag="--safety-max-new-tokens", help="tokens generated per prompt")
 
     def validate(self, run: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.errors import TunelabError
+from tunelab.options import check_fields, comma_list, option
 from tunelab.layout import atomic_write_text
 from tunelab.scaling.results import ScalingResult
 from tunelab.scaling.approach1 import approach1
@@ -44,27 +45,31 @@ class ScalingFitConfig:
     included; shape constants below), else are 6·N·D.
     """
 
-    table: str | None = None
-    loss_column: str | None = None
-    params_column: str | None = None
-    tokens_column: str | None = None
-    size_columns: list[str] | None = None
-    flops_column: str | None = None
-    width_column: str | None = None
-    depth_column: str | None = None
-    head_dim: int = 128
-    queries_per_kv_head: int = 2
-    ffn_mult: float = 4.0
-    seq_len: int = 2048
-    vocab_size: int = 50304
-    delta: float = 1e-3
-    budget: float | None = None  # FLOPs; default: the largest compute in the table
-    bootstrap: int = 200
-    bootstrap_starts: int = 4
-    max_starts: int | None = None  # None: the whole grid of starts
-    seed: int = 0
-    workers: int | None = None  # None: one per CPU core (at most 8)
-    output: str | None = None
+    table: str | None = option(None, flag="-", metavar="TABLE", help="JSONL, JSON or CSV: one row per run or checkpoint")
+    params_column: str | None = option(None, help="the column holding N (parameters)")
+    tokens_column: str | None = option(None, help="the column holding D (training tokens)")
+    loss_column: str | None = option(None, help="the column holding the loss")
+    size_columns: list[str] | None = option(None, parse=lambda text: comma_list(text, "--size-columns"), show_default="N and D",
+                                            help="the general form: one term per column, e.g. width,depth,tokens")
+    flops_column: str | None = option(None, show_default="counted from --width/--depth-column, else 6·N·D",
+                                      help="training FLOPs per row")
+    width_column: str | None = option(None, help="count FLOPs per token (attention included) from width ...")
+    depth_column: str | None = option(None, help="... and depth (a dense Llama-style model)")
+    head_dim: int = option(128, show_default="128", help="counted FLOPs: head dim")
+    queries_per_kv_head: int = option(2, show_default="2", help="counted FLOPs: query heads per key/value head")
+    ffn_mult: float = option(4.0, show_default="4", help="counted FLOPs: gated MLP width ÷ model width")
+    seq_len: int = option(2048, show_default="2048", help="counted FLOPs: training sequence length")
+    vocab_size: int = option(50304, show_default="50304", help="counted FLOPs: vocabulary size")
+    delta: float = option(1e-3, gt=0, show_default="1e-3; Gemstones used 1e-4", help="Huber δ on log-loss residuals")
+    budget: float | None = option(None, show_default="the largest compute in the table", help="FLOPs budget for N*, D*")
+    bootstrap: int = option(200, min=0, why="0: no confidence intervals", show_default="200",
+                            help="bootstrap refits for the 95% CIs; 0: none")
+    bootstrap_starts: int = option(4, min=1, help="starts per bootstrap refit")  # no flag: YAML only
+    max_starts: int | None = option(None, min=1, show_default="the whole grid",
+                                    help="at most this many starts, drawn from the grid")
+    workers: int | None = option(None, min=1, show_default="one per core, ≤ 8", help="processes for the starts and refits")
+    seed: int = option(0, show_default="0", help="bootstrap and start-sampling seed")
+    output: str | None = option(None, show_default="runs/scaling/TABLE-NAME", help="results dir")
 
     def validate(self) -> None:
         """Raise TunelabError for anything wrong that can be seen without reading the table."""
@@ -89,17 +94,9 @@ class ScalingFitConfig:
             raise TunelabError(f"the loss column '{self.loss_column}' is also one of the law's size columns")
         if (self.width_column is None) != (self.depth_column is None):
             raise TunelabError("--width-column and --depth-column go together (FLOPs are counted from both)")
-        if not self.delta > 0:
-            raise TunelabError(f"--delta must be > 0, got {self.delta:g}")
+        check_fields(self)  # one-field bounds from the fields' metadata
         if self.budget is not None and not (self.budget > 0 and math.isfinite(self.budget)):
             raise TunelabError(f"--budget must be a positive number of FLOPs, got {self.budget:g}")
-        for name in ("bootstrap",):
-            if getattr(self, name) < 0:
-                raise TunelabError(f"--{name} must be >= 0 (0: no confidence intervals), got {getattr(self, name)}")
-        for name in ("bootstrap_starts", "max_starts", "workers"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         self.shape().check()
 
     def law_columns(self) -> list[str]:

@@ -49,50 +49,54 @@ def bf16_supported() -> bool:
 class TrainConfig:
     """One training run. Field names are the YAML keys and (with dashes) the CLI flags."""
 
-    model: str = "smollm2-135m"
-    data: str = ""
-    method: str = "lora"
-    output: str = ""
+    model: str = option("smollm2-135m", help="alias (smollm2-135m, tiny-random), local dir or hub id")
+    data: str = option("", help="JSONL/CSV/Parquet file or saved HF dataset dir")
+    method: str = option("lora", choices=ADAPTER_METHODS, help="lora, lori-d, lori-s, lota or full")
+    output: str = option("", help="run directory")
     # adapter
-    rank: int = 32
-    alpha: float = 64.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
-    mask_from: str | None = None
-    sparsity: float = 0.9
-    mask_granularity: str = "global"
+    rank: int = option(32, min=1)
+    alpha: float = option(64.0)
+    dropout: float = option(0.0)
+    target_modules: list[str] = option(default_factory=lambda: list(DEFAULT_TARGET_MODULES), help="comma-separated module names")
+    mask_from: str | None = option(None, help="lori-s: the lori-d run to take the mask from")
+    sparsity: float = option(0.9, min=0, lt=1, help="lori-s: fraction of B held at zero")
+    mask_granularity: str = option("global", help="lori-s/lota: global, layer or matrix top-k")
     # continual learning / LoTA
-    init_from: str | None = None  # continue from an earlier run (A frozen, B trained; lota: its weights)
-    disjoint: bool = False  # lori-s/lota with init_from: the new mask avoids the earlier run's positions
-    calibration_fraction: float = 0.1  # lota: share of the data for the dense calibration pass
+    init_from: str | None = option(None, help="continue from an earlier run (A frozen, B trained; lota: its weights)")
+    disjoint: bool = option(False, flag="--disjoint",
+                            help="lori-s/lota with --init-from: keep the new mask off the earlier run's positions")
+    calibration_fraction: float = option(0.1, gt=0, max=1, show_default="0.1",
+                                         help="lota: share of the data for the dense calibration pass")
     # objective: "sft", or "constrained" (token-wise constrained SFT against a reference adapter; its
     # reference and β are the constrained section of tunelab.finetune.TrainConfig). A plug-in option:
     # fit() refuses a config that sets one that no given plug-in claims.
-    objective: str = option("sft", plugin=True, choices=OBJECTIVES,
-                            help="sft, or constrained (token-wise constrained SFT against a reference adapter)")
+    objective: str = option("sft", plugin=True, choices=OBJECTIVES, show_default="sft",
+                            help="sft or constrained (token-wise constrained SFT)")
     # optimisation
-    lr: float | None = None  # None: the method's default
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 512
-    scheduler: str = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    bf16: bool | None = None  # None: on where the hardware supports it
-    seed: int | None = None  # None: a fresh random seed, recorded in the run
-    fsdp: bool = False  # shard with PyTorch FSDP2 (under torchrun / accelerate launch)
+    lr: float | None = option(None, gt=0, help="default: the method's (lora 2e-4, lori-d 5e-5, lori-s 5e-4)")
+    epochs: int = option(1, min=1)
+    max_steps: int | None = option(None, min=1, help="overrides --epochs")
+    batch_size: int = option(8, min=1)
+    grad_accum: int = option(1, min=1, help="gradient accumulation steps")
+    max_length: int = option(512, min=1, help="truncate examples to this many tokens")
+    scheduler: str = option("constant", choices=SCHEDULERS, help="constant, linear or cosine")
+    warmup_steps: int = option(0)
+    weight_decay: float = option(0.0)
+    grad_clip: float = option(1.0, help="max grad norm; 0 disables")
+    bf16: bool | None = option(None, flag="--bf16/--no-bf16", help="bf16 autocast (default: on if the hardware has it)")
+    seed: int | None = option(None, help="default: fresh random seed (recorded)")
+    fsdp: bool = option(False, flag="--fsdp",
+                        help="shard with PyTorch FSDP2 (launch with torchrun --nproc_per_node N -m tunelab.cli train ...)")
     # update rule: adamw (backprop), zo (MeZO's zeroth-order SPSA), dp-zo or dp-sgd (differentially private)
-    optimizer: str = "adamw"
-    zo_eps: float | None = None  # zo/dp-zo perturbation φ; None: 1e-3 for full, 1e-2 for adapters
+    optimizer: str = option("adamw", show_default="adamw",
+                            help="adamw, zo (MeZO zeroth-order), dp-zo or dp-sgd (differentially private)")
+    zo_eps: float | None = option(None, gt=0, show_default="1e-3 full, 1e-2 adapters", help="zo/dp-zo perturbation φ")
     # bookkeeping
-    save_every: int = 50
-    log_every: int = 1
-    overwrite: bool = False
-    resume: bool = False
-    trust_remote_code: bool = False
+    save_every: int = option(50, help="checkpoint every N steps; 0 disables")
+    log_every: int = option(1, help="steps per logged loss")  # no flag: YAML only
+    overwrite: bool = option(False, flag="--overwrite", help="replace a finished run in --output")
+    resume: bool = option(False, flag="--resume", help="continue the run in --output from its last checkpoint")
+    trust_remote_code: bool = option(False, flag="--trust-remote-code")
 
     @classmethod
     def from_sources(cls, yaml_path: str | Path | None = None, **overrides: Any) -> "TrainConfig":
@@ -105,17 +109,8 @@ class TrainConfig:
             raise TunelabError("no training data: pass --data FILE (or 'data:' in the config)")
         if not self.output:
             raise TunelabError("no output directory: pass --output DIR (or 'output:' in the config)")
-        method = ADAPTER_METHODS.get(self.method)  # unknown → "unknown method 'x' (did you mean ...)"
-        if self.scheduler not in SCHEDULERS:
-            raise TunelabError(f"unknown scheduler '{self.scheduler}'; choose one of: {', '.join(SCHEDULERS)}")
-        positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "max_length": self.max_length, "epochs": self.epochs, "rank": self.rank}
-        for name, value in positive.items():
-            if value < 1:
-                raise TunelabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise TunelabError(f"--max-steps must be >= 1, got {self.max_steps}")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise TunelabError(f"--sparsity must be in [0, 1), got {self.sparsity}")
+        self._check_own_fields()  # one-field rules (bounds, choices: an unknown method gets did-you-mean)
+        method = ADAPTER_METHODS.get(self.method)
         if self.mask_from and not method.needs_mask_from:
             raise TunelabError(f"--mask-from only applies to --method {join_names(methods_with('needs_mask_from'))}, not {self.method}")
         if self.init_from and not method.supports_init_from:
@@ -126,18 +121,25 @@ class TrainConfig:
             with_init = " with --init-from" if method.frozen_entries == "with init_from" else ""
             raise TunelabError(f"--weight-decay must be 0 for {self.method}{with_init}: "
                                "weight decay would move the entries outside the mask")
-        if not 0.0 < self.calibration_fraction <= 1.0:
-            raise TunelabError(f"--calibration-fraction must be in (0, 1], got {self.calibration_fraction}")
-        if self.lr is not None and self.lr <= 0:
-            raise TunelabError(f"--lr must be > 0, got {self.lr}")
-        self._validate_objective()
         self._validate_optimizer()
 
+    def _check_own_fields(self) -> None:
+        """The loop's one-field rules; the sections' own are checked with the section (after its
+        "only applies with ..." rules), so not recursed into here."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                continue
+            try:
+                check_field(f, value)
+            except TunelabError as exc:  # these messages have always shown a float as Python does ("got 1.0")
+                if not isinstance(value, float) or ", got " not in str(exc):
+                    raise
+                raise TunelabError(f"{str(exc).rsplit(', got ', 1)[0]}, got {value}") from None
+
     def _validate_optimizer(self) -> None:
-        # the names come from the optimizer field's choices: tunelab.finetune's update-rule registry
-        check_field(next(f for f in dataclasses.fields(self) if f.name == "optimizer"), self.optimizer)
-        if self.zo_eps is not None and not self.zo_eps > 0:
-            raise TunelabError(f"--zo-eps must be > 0, got {self.zo_eps}")
+        # the optimizer's names (tunelab.finetune's update-rule registry, the field's choices) and
+        # --zo-eps > 0 are the fields' metadata, checked by _check_own_fields
         rule = rule_class(self)
         if rule is None:  # the loop's own config: no registry, so nothing to ask of the rule
             return
@@ -152,10 +154,6 @@ class TrainConfig:
         """Plug-in options (``option(plugin=True)``) this config sets to something other than off/default."""
         return [f.name for f in dataclasses.fields(self)
                 if meta(f, "plugin") and getattr(self, f.name) not in (f.default, 0)]
-
-    def _validate_objective(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise TunelabError(f"unknown objective '{self.objective}'; choose one of: {', '.join(OBJECTIVES)}")
 
     def beta_schedule(self) -> BetaSchedule:
         """The constrained objective's β by response position (here the defaults; a config with a
