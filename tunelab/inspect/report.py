@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunelab.report.collect import Evaluation, ReportData, number
+from tunelab.report.collect import Evaluation, ReportData, by_subject, number
 from tunelab.report.html import esc, swatch, table
 from tunelab.report.registry import section
-from tunelab.report.render import Palette, fmt_auroc, fmt_int, fmt_num, fmt_pct, fmt_rate_ci
+from tunelab.report.render import Palette, fmt_auroc, fmt_ci, fmt_int, fmt_num, fmt_pct, fmt_rate_ci
 
 
 def _rows(ev: Evaluation) -> list[dict[str, Any]]:
@@ -28,7 +28,7 @@ def heads_section(data: ReportData, palette: Palette) -> str | None:
     if not evals:
         return None
     parts = []
-    for ev in sorted(evals, key=lambda e: (e.subject, str(e.path))):
+    for ev in by_subject(evals):
         d, rows = ev.data, _rows(ev)
         base = number(d.get("baseline_accuracy"))
         parts.append(f"<h3>{esc(ev.subject)} — {esc(ev.name)} ({fmt_int(d.get('n'))} questions, "
@@ -74,7 +74,7 @@ def pruning_section(data: ReportData, palette: Palette) -> str | None:
     if not evals:
         return None
     parts = []
-    for ev in sorted(evals, key=lambda e: (e.subject, str(e.path))):
+    for ev in by_subject(evals):
         rows = _rows(ev)
         body = [[str(r.get("method")), fmt_pct(r.get("ratio")), fmt_pct(r.get("flops_saved")), fmt_num(r.get("ppl"), 4),
                  fmt_pct(r.get("accuracy")), fmt_pct(r.get("refusal_rate")), fmt_pct(r.get("over_refusal"))] for r in rows]
@@ -104,7 +104,7 @@ def steering_section(data: ReportData, palette: Palette) -> str | None:
     if not evals:
         return None
     body = []
-    for ev in sorted(evals, key=lambda e: (e.subject, str(e.path))):
+    for ev in by_subject(evals):
         d = ev.data
         sep = {int(k): number(v) for k, v in (d.get("separation") or {}).items() if number(v) is not None}
         norms = [number(v) for v in (d.get("norms") or {}).values() if number(v) is not None]
@@ -131,7 +131,7 @@ def refusal_direction_section(data: ReportData, palette: Palette) -> str | None:
     if not evals:
         return None
     parts = []
-    for ev in sorted(evals, key=lambda e: (e.subject, str(e.path))):
+    for ev in by_subject(evals):
         d = ev.data
         sel = d.get("selected") if isinstance(d.get("selected"), dict) else {}
         scores = sel.get("scores") if isinstance(sel.get("scores"), dict) else {}
@@ -184,7 +184,7 @@ def salt_section(data: ReportData, palette: Palette) -> str | None:
     if not evals:
         return None
     parts = []
-    for ev in sorted(evals, key=lambda e: (e.subject, str(e.path))):
+    for ev in by_subject(evals):
         d, rows = ev.data, _rows(ev)
         layers = ", ".join(str(i) for i in d.get("layers") or []) or "–"
         parts.append(f"<h3>{esc(ev.subject)}</h3>")
@@ -214,9 +214,7 @@ def salt_section(data: ReportData, palette: Palette) -> str | None:
 
 def _with_ci(value: Any, ci: Any) -> str:
     """``49.0% [40.0%, 58.0%]``; the interval left out when there is none."""
-    if isinstance(ci, list) and len(ci) == 2 and all(number(v) is not None for v in ci):
-        return f"{fmt_pct(value)} [{fmt_pct(ci[0])}, {fmt_pct(ci[1])}]"
-    return fmt_pct(value)
+    return fmt_ci(value, ci, fmt_pct)
 
 
 def _multiturn_tables(d: dict[str, Any]) -> list[str]:
@@ -253,7 +251,7 @@ def multiturn_section(data: ReportData, palette: Palette) -> str | None:
     if not evals:
         return None
     parts = []
-    for ev in sorted(evals, key=lambda e: (e.subject, str(e.path))):
+    for ev in by_subject(evals):
         d = ev.data
         parts.append(f"<h3>{esc(ev.subject)} — {esc(d.get('task') or ev.name)} ({fmt_int(d.get('n'))} questions, "
                      f"{fmt_int(d.get('turns'))} turns, follow-up “{esc(d.get('follow_up') or '')}”"

@@ -7,7 +7,7 @@ Registered with :func:`tunelab.report.registry.section`; where it renders is the
 
 from __future__ import annotations
 
-from tunelab.report.collect import ReportData, number
+from tunelab.report.collect import ReportData, by_subject, number
 from tunelab.report.html import esc, swatch, table
 from tunelab.report.registry import section
 from tunelab.report.render import Markup, Palette, fmt_int, fmt_num, fmt_pct
@@ -30,7 +30,7 @@ def merge_section(data: ReportData, palette: Palette) -> str | None:
                  r.get("base_model") or "–"] for r in merges]
         parts.append(table(["merge", "method", "sources", "weights", "density", "seed", "output", "rank", "base model"], rows,
                            caption="output: a PEFT adapter (cat/linear) or a merged model directory (base + ΔW)."))
-    for ev in sorted(evals, key=lambda e: (e.subject, str(e.path))):
+    for ev in by_subject(evals):
         d = ev.data
         labels = [str(x) for x in d.get("adapters") or []]
         heading = ev.subject + (f" — {d['merge_method']} merge" if d.get("merge_method") else "")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunelab.report.collect import Evaluation, ReportData, number
+from tunelab.report.collect import Evaluation, ReportData, by_subject, number
 from tunelab.report.html import esc, table
 from tunelab.report.registry import section
 from tunelab.report.render import Markup, Palette, eval_pngs, fmt_int, fmt_num, fmt_pct
@@ -49,7 +49,7 @@ def pretrain_section(data: ReportData, palette: Palette) -> str | None:
     """``tunelab pretrain``: one row per run (size, router, tokens, held-out loss per distribution,
     speed) and the held-out curves of all runs on one chart per distribution."""
     from tunelab.report import plots  # matplotlib loads with the first figure, not with the room
-    evals = sorted(data.evals_of_kind("pretrain"), key=lambda e: (e.subject, str(e.path)))
+    evals = by_subject(data.evals_of_kind("pretrain"))
     if not evals:
         return None
     sources = sorted({name for ev in evals for name in (ev.data.get("final_loss") or {})})
@@ -86,7 +86,7 @@ def routing_section(data: ReportData, palette: Palette) -> str | None:
     """MoE routing diagnostics of ``tunelab pretrain`` runs: MRI per layer under evaluation and
     training routing, the router-gradient cosine to dense routing, expert-load histograms."""
     from tunelab.report import plots  # matplotlib loads with the first figure, not with the room
-    evals = [e for e in sorted(data.evals_of_kind("pretrain"), key=lambda e: (e.subject, str(e.path)))
+    evals = [e for e in by_subject(data.evals_of_kind("pretrain"))
              if e.data.get("arch") == "moe"]
     if not evals:
         return None
@@ -124,7 +124,7 @@ def routing_section(data: ReportData, palette: Palette) -> str | None:
 def continual_pretrain_section(data: ReportData, palette: Palette) -> str | None:
     """Continual pre-training (``tunelab pretrain --init-from``): loss on the old and new text before
     and after, forgetting, and how many tokens changed expert."""
-    evals = [e for e in sorted(data.evals_of_kind("pretrain"), key=lambda e: (e.subject, str(e.path)))
+    evals = [e for e in by_subject(data.evals_of_kind("pretrain"))
              if e.data.get("init_from")]
     if not evals:
         return None

@@ -152,6 +152,11 @@ class Figure:
     owner: str  # the run/eval/dir name it belongs to
 
 
+def by_subject(evals: Iterable[Evaluation]) -> list[Evaluation]:
+    """``evals`` in the order sections list them: by subject, then by path."""
+    return sorted(evals, key=lambda e: (e.subject, str(e.path)))
+
+
 @dataclass
 class ReportData:
     """Everything found under the report's input paths."""

@@ -12,7 +12,7 @@ import base64
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tunelab.report.collect import Evaluation, number
 
@@ -132,6 +132,13 @@ def _ci_bounds(raw: Any) -> tuple[float, float] | None:
         if lo is not None and hi is not None:
             return lo, hi
     return None
+
+
+def fmt_ci(value: Any, ci: Any, fmt: Callable[[Any], str]) -> str:
+    """``fmt(value) [fmt(lo), fmt(hi)]`` (e.g. ``49.0% [40.0%, 58.0%]``); the interval left out when
+    ``ci`` is not two numbers."""
+    bounds = _ci_bounds(ci)
+    return fmt(value) if bounds is None else f"{fmt(value)} [{fmt(bounds[0])}, {fmt(bounds[1])}]"
 
 
 def fmt_rate_ci(value: Any, ci: Any) -> str:

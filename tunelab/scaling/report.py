@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunelab.report.collect import ReportData, number
+from tunelab.report.collect import ReportData, by_subject, number
 from tunelab.report.html import esc, table
 from tunelab.report.registry import section
-from tunelab.report.render import Palette, eval_pngs, fmt_int, fmt_num, fmt_pct
+from tunelab.report.render import Palette, eval_pngs, fmt_ci, fmt_int, fmt_num, fmt_pct
 
 
 def _sig(v: Any, digits: int = 4) -> str:
@@ -23,9 +23,7 @@ def _sig(v: Any, digits: int = 4) -> str:
 
 def _fmt_ci(value: Any, ci: Any, digits: int = 4) -> str:
     """``0.2928 [0.2578, 0.3331]``; the interval left out when there is none."""
-    if isinstance(ci, list) and len(ci) == 2 and all(number(v) is not None for v in ci):
-        return f"{_sig(value, digits)} [{_sig(ci[0], digits)}, {_sig(ci[1], digits)}]"
-    return _sig(value, digits)
+    return fmt_ci(value, ci, lambda v: _sig(v, digits))
 
 
 def _scaling_law_table(d: dict[str, Any]) -> str:
@@ -83,7 +81,7 @@ def scaling_section(data: ReportData, palette: Palette) -> str | None:
     if not evals:
         return None
     parts = []
-    for ev in sorted(evals, key=lambda e: (e.subject, str(e.path))):
+    for ev in by_subject(evals):
         d = ev.data
         parts.append(f"<h3>{esc(ev.subject)} — {esc(Path(str(d.get('table') or ev.path)).name)} "
                      f"({fmt_int(d.get('rows'))} rows, loss column {esc(d.get('loss_column') or '–')})</h3>")
