@@ -29,7 +29,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Callable, TypeVar
+from typing import Any, ClassVar, Callable, Protocol, TypeVar
 
 from tunelab.errors import TunelabError
 from tunelab.files import read_text
@@ -37,6 +37,8 @@ from tunelab.layout import EVAL_FILE, atomic_write_text
 from tunelab.registry import Registry
 
 R = TypeVar("R", bound="Result")
+C_contra = TypeVar("C_contra", contravariant=True)
+R_co = TypeVar("R_co", bound="Result", covariant=True)
 
 RESULT_KINDS: Registry[type["Result"]] = Registry("result kind")
 
@@ -307,4 +309,17 @@ class RunDir:
         return self.write_text(name, json.dumps(_plain(obj), indent=indent))
 
 
-__all__ = ["Result", "RESULT_KINDS", "result_kind", "read_result", "read_json_object", "as_result", "CurveResult", "RunDir"]
+class Job(Protocol[C_contra, R_co]):
+    """The shape of every command's run function: ``job(cfg, run_dir=None, **extras) -> Result``.
+
+    ``cfg`` is the command's config dataclass (validated); ``run_dir`` the :class:`RunDir` it writes
+    into (``None``: the command's default, from ``cfg``'s ``--output``). The job writes its result
+    with :meth:`Result.write` and returns that same object, so a caller (the CLI's printer, the
+    study, a test) reads typed fields, never ``metrics.json``'s string keys. Extras (a preloaded
+    model and tokenizer, a console, progress bars) are keyword-only.
+    """
+
+    def __call__(self, cfg: C_contra, run_dir: "RunDir | None" = None, /) -> R_co: ...
+
+
+__all__ = ["Job", "Result", "RESULT_KINDS", "result_kind", "read_result", "read_json_object", "as_result", "CurveResult", "RunDir"]
