@@ -439,6 +439,14 @@ def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
     return check_types(cls, values, sources)
 
 
+def locate(path: str | Path, cls: type, name: str, at: tuple[int | str, ...] = ()) -> str:
+    """``FILE:LINE`` of option ``name`` of config file ``path`` (or of the element ``at`` inside it,
+    e.g. ``(2, "lr")`` for ``arms[2].lr``), for a config's own checks after it was built."""
+    _, sources = _read_yaml(Path(path), cls, strict=False)
+    source = sources.get(name)
+    return source.where(at) if source is not None else str(path)
+
+
 def read_option(path: str | Path, cls: type, name: str) -> Any:
     """One option of a saved config file for ``cls`` (checked; its default when absent); keys
     ``cls`` does not know (e.g. options of sections a recipe adds) are not looked at."""

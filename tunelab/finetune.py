@@ -166,13 +166,23 @@ def rule_for(cfg: Any) -> UpdateRule:
     return RULES.get(cfg.optimizer)()
 
 
-def train(cfg: Any, *, stop_after_step: int | None = None, console: Console | None = None) -> Path:
-    """Run one ``tunelab train`` job with the plug-ins its options need; return the output directory."""
+def recipe(cfg: Any) -> tuple[Any, list[Plugin], UpdateRule]:
+    """The config as it will run (a resumed run's saved one), its plug-ins and its update rule.
+
+    ``fit(*recipe(cfg))`` is :func:`train`; a caller that composes further (the study hands every arm
+    one shared canary set) swaps plug-ins in the list first.
+    """
     cfg = resumed_config(cfg)
     if cfg.safety_check.eval_limit is None:
         check = dataclasses.replace(cfg.safety_check, eval_limit=cfg.safety_check.limit_for(cfg))
         cfg = dataclasses.replace(cfg, safety_check=check)
-    return fit(cfg, plugins_for(cfg), rule_for(cfg), stop_after_step=stop_after_step, console=console)
+    return cfg, plugins_for(cfg), rule_for(cfg)
 
 
-__all__ = ["RULES", "SECTIONS", "Section", "TrainConfig", "plugins_for", "rule_for", "train"]
+def train(cfg: Any, *, stop_after_step: int | None = None, console: Console | None = None) -> Path:
+    """Run one ``tunelab train`` job with the plug-ins its options need; return the output directory."""
+    cfg, plugins, rule = recipe(cfg)
+    return fit(cfg, plugins, rule, stop_after_step=stop_after_step, console=console)
+
+
+__all__ = ["RULES", "SECTIONS", "Section", "TrainConfig", "plugins_for", "recipe", "rule_for", "train"]

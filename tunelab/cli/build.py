@@ -193,6 +193,7 @@ def config_command(
     show: Callable[[Any, Any], None] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     order: Sequence[str] | None = None,
+    config_argument: str | None = None,
 ) -> Callable[..., Any]:
     """Register command ``name`` on ``group``: one flag per field of ``config_cls``, then ``run(cfg)``.
 
@@ -200,13 +201,17 @@ def config_command(
     of a ``--config YAML`` option (last; none when ``None``) whose values the flags override.
     ``show(cfg, result)`` prints the result. ``overrides`` changes a field's option metadata for
     this command only; ``order`` gives the parameters' order by name (``config`` last if omitted).
-    Returns the generated command function.
+    ``config_argument`` makes the YAML file a positional argument (its metavar, e.g.
+    ``STUDY.yaml``) instead of ``--config``. A config with a ``config_file`` attribute is told
+    which file it was read from (for its own line-numbered errors). Returns the generated command function.
     """
     fields = _flat(config_cls, tuple(skip), overrides or {})
     params = [_parameter(p, not_given=config is not None) for p in fields]
     if config is not None:
+        info = (typer.Argument(help=config, metavar=config_argument, show_default=False) if config_argument
+                else typer.Option(help=config))
         params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None,
-                                        annotation=Annotated[Optional[Path], typer.Option(help=config)]))
+                                        annotation=Annotated[Optional[Path], info]))
     if order is not None:
         by_name = {p.name: p for p in params}
         wanted = [*order, *(["config"] if config is not None and "config" not in order else [])]
@@ -230,6 +235,8 @@ def config_command(
                 value = str(value)
             given[p.key] = value
         cfg = build_config(config_cls, given, values.get("config"))
+        if hasattr(cfg, "config_file"):
+            cfg.config_file = values.get("config")
         check_fields(cfg)  # one-field rules (bounds, choices) with the project's messages
         validate = getattr(cfg, "validate", None)
         if callable(validate):

@@ -44,10 +44,11 @@ class CanaryPlugin(Plugin):
 
     claims = ("canaries",)
 
-    def __init__(self, canaries: CanarySpec | CanarySet, *, audit: bool = True) -> None:
+    def __init__(self, canaries: CanarySpec | CanarySet, *, audit: bool = True, insert_seed: int | None = None) -> None:
         self.spec = canaries if isinstance(canaries, CanarySpec) else None
         self.canary_set = canaries if isinstance(canaries, CanarySet) else None
         self.audit = audit
+        self.insert_seed = insert_seed  # None: the run's seed (a study fixes it: the same positions in every arm)
         self.records: list[Any] = []
         self.token_ids: list[int] = []
         self.warning: str | None = None
@@ -80,13 +81,16 @@ class CanaryPlugin(Plugin):
                 run.settings.trainable_token_indices = tuple(run.settings.trainable_token_indices) + tuple(self.token_ids)
         if self.warning and run.accelerator.is_main_process:
             run.console.print(f"[yellow]warning:[/] {self.warning}")
-        run.chats = insert_members(run.chats, cs, run.cfg.seed)
+        run.chats = insert_members(run.chats, cs, self._insert_seed(run))
+
+    def _insert_seed(self, run: Run) -> int:
+        return run.cfg.seed if self.insert_seed is None else self.insert_seed
 
     def on_prepared(self, run: Run) -> None:
         assert self.canary_set is not None
         if self.token_ids:
             run.prepared.state["added_tokens"] = list(run.prepared.state.get("added_tokens") or []) + self.token_ids
-        run.prepared.record["canaries"] = {**describe(self.canary_set), "file": CANARY_FILE, "insert_seed": run.cfg.seed,
+        run.prepared.record["canaries"] = {**describe(self.canary_set), "file": CANARY_FILE, "insert_seed": self._insert_seed(run),
                                            "new_token_rows": self.spec.new_token_rows if self.spec else None,
                                            "warning": self.warning}
 
