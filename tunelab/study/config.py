@@ -182,6 +182,8 @@ class StudyConfig:
 
         arms: list[ArmSpec] = []
         for i, item in enumerate(self.arms):
+            if BASE_ARM in (item, item.get("name") if isinstance(item, dict) else None):
+                raise TunelabError(f"{self.where('arms', (i,))}: 'base' is measured in every study; do not list it")
             if isinstance(item, str):
                 arm = parse_arm(item, where=self.where("arms", (i,)))
             elif isinstance(item, dict):
@@ -196,8 +198,6 @@ class StudyConfig:
                 arm = ArmSpec(name, delta)
             else:
                 raise TunelabError(f"{self.where('arms', (i,))}: an arm is a name (lora, dp-sgd@4) or a mapping")
-            if arm.name == BASE_ARM:
-                raise TunelabError(f"{self.where('arms', (i,))}: 'base' is measured in every study; do not list it")
             if any(a.name == arm.name for a in arms):
                 raise TunelabError(f"{self.where('arms', (i,))}: arm '{arm.name}' is given twice")
             at = (i,) if isinstance(item, str) else (i,)

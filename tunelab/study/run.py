@@ -29,6 +29,23 @@ from tunelab.study.results import STUDY_FILE, Measure, RunRecord, StudyResult
 
 HASH_FILE = ".study-hash"  # in a job's dir: the config hash it was started with
 LOG_FILE = "study.log"     # a worker's output when several run at once
+INLINE_ENV = "TUNELAB_STUDY_INLINE"  # "1": run each job in this process (tests, debugging)
+
+
+class _Done:
+    """A job run in this process, shaped like a finished Popen."""
+
+    def __init__(self, returncode: int) -> None:
+        self.returncode = returncode
+
+    def poll(self) -> int:
+        return self.returncode
+
+    def terminate(self) -> None:
+        pass
+
+    def wait(self) -> int:
+        return self.returncode
 
 
 def study_dir(cfg: StudyConfig) -> RunDir:
@@ -87,11 +104,15 @@ class _Runner:
         env.setdefault("HF_HUB_OFFLINE", "1")
         return env
 
-    def _start(self, job: Job) -> subprocess.Popen:
+    def _start(self, job: Job) -> subprocess.Popen | _Done:
         _ready_dir(job, self.root)
         path = self.root / "jobs" / f"{job.name().replace(':', '-')}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, job.to_json())
+        if os.environ.get(INLINE_ENV) == "1":  # tests and debugging: no process per job (peak RSS is then the study's)
+            from tunelab.study.worker import main
+
+            return _Done(main([str(path)]))
         cmd = [sys.executable, "-m", "tunelab.study.worker", str(path)]
         if self.parallel == 1:
             return subprocess.Popen(cmd, env=self._env())
@@ -102,7 +123,7 @@ class _Runner:
         started = time.perf_counter()
         finished = done_before
         waiting = list(pending)
-        running: dict[str, tuple[Job, subprocess.Popen]] = {}
+        running: dict[str, tuple[Job, subprocess.Popen | _Done]] = {}
         failed: set[str] = set()
         try:
             while waiting or running:
