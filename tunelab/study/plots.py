@@ -93,7 +93,7 @@ def pareto_figure(result: StudyResult) -> Figure | None:
             face = BASE_COLOR if base else ("white" if eps_lb is None else cmap(norm(eps_lb)))
             ax.scatter([x], [y], s=90, marker="s" if base else "o", c=[face], edgecolors="#333333", linewidths=1.2, zorder=2)
             eps = _epsilon(result, arm)
-            label = arm + (f"  ε={eps:g}" if eps is not None and f"{eps:g}" not in arm else "")
+            label = arm + (f"  (ε={eps:g})" if eps is not None else "")
             ax.annotate(label, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=8.5,
                         fontweight="bold" if eps is not None or base else "normal")
         if eps_lbs:
@@ -102,8 +102,8 @@ def pareto_figure(result: StudyResult) -> Figure | None:
         ax.set_xlabel(metric_label(x_name) + (" (after − before; right is safer)" if x_name == "refusal_drift"
                                               else " (left is safer)"))
         ax.set_ylabel(metric_label("utility") + " (up is better)")
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         if x_name == "refusal_drift":
             ax.axvline(0.0, color="#bbbbbb", linewidth=1, linestyle="--", zorder=0)
         seeds = max((s.n_seeds for s in summaries), default=0)
@@ -146,7 +146,7 @@ def bars_figure(result: StudyResult) -> Figure | None:
             better = higher_is_better(name)
             ax.set_title(metric_label(name) + {True: " ↑", False: " ↓", None: ""}[better], fontsize=9.5)
             if is_rate(name) or name.endswith("_drift"):
-                ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+                ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
             if name in ("trainable_params", "adapter_bytes") and heights and min(heights) > 0:
                 ax.set_yscale("log")
         fig.suptitle("per-metric means (error bars: sd over seeds; one seed: its 95% CI)", fontsize=10)

@@ -37,8 +37,8 @@ def study_section(data: ReportData, palette: Palette) -> str | None:
             result = StudyResult.from_dict(ev.data, source=ev.path / ev.file)
         except (TunelabError, TypeError, ValueError, AttributeError, KeyError) as exc:
             # a study.json of another shape (hand-edited, another version): say so, draw the rest
-            parts.append(f'<p class="note error">skipped {esc(ev.path / ev.file)}: {esc(type(exc).__name__)}: '
-                         f"{esc(exc)}</p>")
+            why = str(exc) if isinstance(exc, TunelabError) else f"{ev.path / ev.file}: {type(exc).__name__}: {exc}"
+            parts.append(f'<p class="note error">skipped {esc(why)}</p>')
             continue
         parts.append(_study_html(ev, result, data))
     return "\n".join(parts)

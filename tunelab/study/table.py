@@ -66,7 +66,7 @@ def fmt_value(name: str, v: float | None) -> str:
     if is_rate(name):
         return f"{v * 100:.1f}%"
     if name in DRIFTS:
-        return f"{v * 100:+.1f} pt"
+        return f"{_pt(v):+.1f} pt"
     if name == "wall_time_s":
         return f"{v:.0f} s" if v >= 10 else f"{v:.1f} s"
     if name == "adapter_bytes":
@@ -74,15 +74,26 @@ def fmt_value(name: str, v: float | None) -> str:
         return f"{mb:.2f} MB" if mb >= 0.1 else f"{mb:.3g} MB"
     if name in ("trainable_params", "peak_rss_mb", "peak_cuda_mb", "tokens_per_s") and abs(v) >= 100:
         return f"{v:,.0f}"
+    if name in ("epsilon", "epsilon_lb"):
+        return f"{v:.2f}"
+    if name == "auroc":
+        return f"{v:.3f}"
     return f"{v:.3g}"
+
+
+def _pt(v: float) -> float:
+    """A rate difference in percentage points, without a "-0.0"."""
+    return round(v * 100, 1) + 0.0
 
 
 def _fmt_sd(name: str, sd: float) -> str:
     if is_rate(name) or name in DRIFTS:
         return f"{sd * 100:.1f}"  # in percentage points, the mean's unit
     if name == "adapter_bytes":
-        return f"{sd / 1e6:.2g}"
-    return fmt_value(name, sd).removesuffix(" s")
+        return f"{sd / 1e6:.2f}"
+    if name in ("epsilon", "epsilon_lb", "auroc", "wall_time_s"):
+        return fmt_value(name, sd).removesuffix(" s")
+    return f"{sd:,.0f}" if abs(sd) >= 100 else f"{sd:.2g}"
 
 
 def fmt_spread(name: str, s: Spread) -> str:
@@ -92,7 +103,11 @@ def fmt_spread(name: str, s: Spread) -> str:
     if s.sd is None:
         return fmt_value(name, s.mean)
     if name in DRIFTS:
-        return f"{s.mean * 100:+.1f} ± {s.sd * 100:.1f} pt"
+        return f"{_pt(s.mean):+.1f} ± {s.sd * 100:.1f} pt"
+    for unit in (" s", " MB"):  # the unit once, after the spread
+        mean = fmt_value(name, s.mean)
+        if mean.endswith(unit):
+            return f"{mean.removesuffix(unit)} ± {_fmt_sd(name, s.sd)}{unit}"
     return f"{fmt_value(name, s.mean)} ± {_fmt_sd(name, s.sd)}"
 
 
@@ -105,7 +120,7 @@ def fmt_measure(name: str, m: Measure) -> str:
     if is_rate(name):
         return f"{text} [{lo * 100:.1f}, {hi * 100:.1f}]"
     if name in DRIFTS:
-        return f"{text} [{lo * 100:+.1f}, {hi * 100:+.1f}]"
+        return f"{text} [{_pt(lo):+.1f}, {_pt(hi):+.1f}]"
     return f"{text} [{fmt_value(name, lo)}, {fmt_value(name, hi)}]"
 
 
@@ -168,7 +183,7 @@ def arm_rows(result: StudyResult) -> list[ArmRow]:
 def _arm_label(arm: str, spec: dict[str, Any], reference: str | None) -> str:
     label = arm
     eps = spec.get("epsilon")
-    if isinstance(eps, (int, float)) and not isinstance(eps, bool) and f"{eps:g}" not in arm:
+    if isinstance(eps, (int, float)) and not isinstance(eps, bool):
         label += f" (ε={eps:g})"
     if arm == reference:
         label += " (reference)"
@@ -195,16 +210,23 @@ def _flags_cell(runs: list[RunRecord]) -> Cell:
     return Cell("")
 
 
+def _group(name: str) -> int:
+    if name.startswith("prefill_asr_k"):
+        return 1
+    return next((i for i, (_, names) in enumerate(GROUPS) if name in names), len(GROUPS))
+
+
+def axis_of(name: str) -> str:
+    """The axis a metric is on: task, safety, privacy, cost or other."""
+    i = _group(name)
+    return GROUPS[i][0] if i < len(GROUPS) else "other"
+
+
 def metric_groups(metrics: list[str]) -> list[list[str]]:
     """``metrics`` split by axis (task, safety, privacy, cost, other), order kept; empty groups dropped."""
-    def group(name: str) -> int:
-        if name.startswith("prefill_asr_k"):
-            return 1
-        return next((i for i, (_, names) in enumerate(GROUPS) if name in names), len(GROUPS))
-
     out: list[list[str]] = [[] for _ in range(len(GROUPS) + 1)]
     for name in metrics:
-        out[group(name)].append(name)
+        out[_group(name)].append(name)
     return [g for g in out if g]
 
 
@@ -215,13 +237,14 @@ def _width(rows: list[ArmRow], name: str) -> int:
 
 def study_tables(result: StudyResult, width: int = WIDTH) -> list["Table"]:
     """The study as rich tables that each fit ``width`` columns: the metrics packed by axis (task and
-    safety, privacy, cost, ...), the arm and its seeds in every table, the flags in the first."""
+    safety, privacy, cost, ...), the arm and its seeds in every table, the flags (when a run has
+    any) in the first table with room for them, else in one of their own."""
     rows = arm_rows(result)
     fixed = max([len("arm"), *(len(r.label) for r in rows)]) + 3 + max([5, *(len(r.seeds.text) for r in rows)]) + 3 + 4
     flag_w = max([0, *(len(r.flags.text) + 3 for r in rows)])
     tables: list[list[str]] = []
     current: list[str] = []
-    used = fixed + flag_w
+    used = fixed
     for group in metric_groups(result.metric_names()):
         need = sum(_width(rows, m) for m in group)
         if current and used + need > width:
@@ -236,7 +259,14 @@ def study_tables(result: StudyResult, width: int = WIDTH) -> list["Table"]:
             used += w
     if current or not tables:
         tables.append(current)
-    return [_rich_table(result, rows, metrics, flags=i == 0) for i, metrics in enumerate(tables)]
+    # The flags go in the first table with room for them, else in a table of their own (never cut).
+    widths = [fixed + sum(_width(rows, m) for m in t) for t in tables]
+    at = next((i for i, w in enumerate(widths) if w + flag_w <= width), None) if flag_w else None
+    if flag_w and at is None:
+        tables.append([])
+        at = len(tables) - 1
+    return [_rich_table(result, rows, metrics, flags=i == at, caption=i == len(tables) - 1, first=i == 0)
+            for i, metrics in enumerate(tables)]
 
 
 def study_table(result: StudyResult, metrics: list[str] | None = None) -> "Table":
@@ -244,13 +274,15 @@ def study_table(result: StudyResult, metrics: list[str] | None = None) -> "Table
     cells mean ± sd (one seed: the value and its CI), ▲/▼ where the paired difference from the
     reference excludes 0 (green when better, red when worse), and a red flag column when a run
     carries flags. Wider than a terminal for a full study: :func:`study_tables` splits it."""
-    return _rich_table(result, arm_rows(result), result.metric_names() if metrics is None else metrics, flags=True)
+    return _rich_table(result, arm_rows(result), result.metric_names() if metrics is None else metrics, flags=True,
+                       caption=True)
 
 
 _STYLES = {BETTER: "green", WORSE: "red", MUTED: "dim", FLAG: "bold white on red"}
 
 
-def _rich_table(result: StudyResult, rows: list[ArmRow], metrics: list[str], *, flags: bool) -> "Table":
+def _rich_table(result: StudyResult, rows: list[ArmRow], metrics: list[str], *, flags: bool, caption: bool,
+                first: bool = True) -> "Table":
     from rich.table import Table
     from rich.text import Text
 
@@ -264,10 +296,12 @@ def _rich_table(result: StudyResult, rows: list[ArmRow], metrics: list[str], *, 
     title = f"study {result.name}" if result.name else "study"
     if result.model or result.task:
         title += f" — {result.model or '?'} on {result.task or '?'}"
-    caption = (f"mean ± sd over seeds (one seed: the value [95% CI]); ▲/▼: the paired difference from "
+    if not first:  # the study's name once; the later tables say which axes they hold
+        title = " · ".join(dict.fromkeys(axis_of(m) for m in metrics)) or "flags"
+    note = (f"mean ± sd over seeds (one seed: the value [95% CI]); ▲/▼: the paired difference from "
                f"{result.reference} excludes 0 (green better, red worse)") if result.reference else \
         "mean ± sd over seeds (one seed: the value [95% CI])"
-    table = Table(title=title, caption=caption if flags else None, caption_justify="left", header_style="bold")
+    table = Table(title=title, caption=note if caption else None, caption_justify="left", header_style="bold")
     table.add_column("arm", no_wrap=True)
     table.add_column("seeds", justify="right", no_wrap=True)
     for m in metrics:
