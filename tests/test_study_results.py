@@ -292,6 +292,7 @@ def test_the_study_section_leads_the_report_and_links_the_arms(tmp_path: Path) -
     assert 'class="error"' in study and "ε_LB &gt; ε (seed 0)" in study
     assert 'href="#run-runs-lora-seed0"' in study and 'id="run-runs-lora-seed0"' in page
     assert "delta-pos" in study and "delta-neg" in study
+    assert study.count('id="study-arm-dp-sgd-4"') == 1 and study.count('id="study-arm-') == len(ARMS)
     assert 'id="other"' not in page  # the study kind is claimed
 
 

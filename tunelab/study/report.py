@@ -58,7 +58,7 @@ def _study_html(ev: Evaluation, result: StudyResult, data: ReportData) -> str:
     rest = [g for g in groups if not any(m in first for m in g)]
     links = _run_links(ev, result, data)
     for i, metrics in enumerate([first, *rest] if first else rest or [[]]):
-        parts.append(_html_table(rows, metrics, colors, links if i == 0 else None, flags=i == 0))
+        parts.append(_html_table(rows, metrics, colors, links if i == 0 else None, first=i == 0))
     parts.append(f'<p class="note">Mean ± sd over each arm\'s finished seeds (one seed: the value and its 95% CI). '
                  f"▲/▼: the paired difference from the reference arm <b>{esc(result.reference or '–')}</b> "
                  "(same seeds) has a 95% t interval excluding 0, green when better, red when worse. Rates in percent; "
@@ -112,14 +112,16 @@ def _cell_html(cell: Cell) -> Markup:
 
 
 def _html_table(rows: list[ArmRow], metrics: list[str], colors: dict[str, str],
-                links: dict[str, Markup] | None, *, flags: bool) -> Markup:
-    show_flags = flags and any(r.flags.text for r in rows)
+                links: dict[str, Markup] | None, *, first: bool) -> Markup:
+    """One table of the study: the arms' anchors, flags and run links in the first."""
+    show_flags = first and any(r.flags.text for r in rows)
     headers = ["arm", "seeds", *(metric_label(m) for m in metrics), *(["flags"] if show_flags else []),
                *(["runs"] if links else [])]
     body = []
     for r in rows:
         label = swatch(colors.get(r.arm, "#9a9a9a"), r.label)
-        line = [Markup(f'<span id="study-arm-{esc(r.arm)}"></span>{label}'), _cell_html(r.seeds),
+        anchor = f'<span id="{esc(arm_anchor(r.arm))}"></span>' if first else ""
+        line = [Markup(anchor + label), _cell_html(r.seeds),
                 *(_cell_html(r.cells.get(m, Cell("–", tone=MUTED))) for m in metrics)]
         if show_flags:
             line.append(_cell_html(r.flags))
@@ -127,6 +129,11 @@ def _html_table(rows: list[ArmRow], metrics: list[str], colors: dict[str, str],
             line.append(links.get(r.arm, Markup("–")))
         body.append(line)
     return table(headers, body, numeric=tuple(range(1, 2 + len(metrics))))
+
+
+def arm_anchor(arm: str) -> str:
+    """The element id of an arm's row in the Study section."""
+    return "study-arm-" + run_anchor(arm).removeprefix("run-")
 
 
 def _run_links(ev: Evaluation, result: StudyResult, data: ReportData) -> dict[str, Markup]:
@@ -152,4 +159,4 @@ def _run_links(ev: Evaluation, result: StudyResult, data: ReportData) -> dict[st
     return out
 
 
-__all__ = ["study_section"]
+__all__ = ["arm_anchor", "study_section"]
