@@ -254,6 +254,14 @@ def test_plots_cope_with_missing_metrics(tmp_path: Path) -> None:
             run.metrics.pop("epsilon_lb")
     study.summary, study.paired = summarize(study.runs, ARMS, "lora")
     assert safety_axis(study) == "asr"
+    from tunelab.study.plots import pareto_figure
+
+    no_base_drift = _study([0])
+    for run in no_base_drift.runs_of("base"):
+        run.metrics.pop("refusal_drift")
+    no_base_drift.summary, no_base_drift.paired = summarize(no_base_drift.runs, ARMS, "lora")
+    fig = pareto_figure(no_base_drift)  # the base arm still shows, at no drift
+    assert fig is not None and len(fig.axes[0].collections) >= len(ARMS)
     assert pareto_plot(study, tmp_path / "p.png") is not None and bars_plot(study, tmp_path / "b.png") is not None
     empty = StudyResult(name="x", arms=[{"name": "base"}], runs=[RunRecord("base", 0, status="failed")])
     assert pareto_plot(empty, tmp_path / "none.png") is None and bars_plot(empty, tmp_path / "none2.png") is None

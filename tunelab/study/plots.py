@@ -73,6 +73,8 @@ def pareto_figure(result: StudyResult) -> Figure | None:
     points = []
     for arm in arm_order(result):
         x, xerr = _point(by_arm.get(arm), x_name)
+        if x is None and arm == BASE_ARM and x_name == "refusal_drift" and by_arm.get(arm) and by_arm[arm].n_seeds:
+            x = 0.0  # the base model is the "before": it has drifted nowhere
         y, yerr = _point(by_arm.get(arm), "utility")
         if x is not None and y is not None:
             points.append((arm, x, xerr, y, yerr, _point(by_arm.get(arm), "epsilon_lb")[0]))

@@ -287,7 +287,8 @@ def _rich_table(result: StudyResult, rows: list[ArmRow], metrics: list[str], *, 
     from rich.text import Text
 
     def text(cell: Cell) -> Text:
-        out = Text(cell.text, style=_STYLES.get(cell.tone, "") if cell.tone in (MUTED, FLAG) else "")
+        loud = cell.tone in (MUTED, FLAG) or (cell.tone == WORSE and not cell.marker)  # e.g. "2/3 (1 failed)"
+        out = Text(cell.text, style=_STYLES.get(cell.tone, "") if loud else "")
         if cell.marker:
             out.append(" " + cell.marker, style=_STYLES.get(cell.tone, "bold"))
         return out
