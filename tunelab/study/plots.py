@@ -47,12 +47,12 @@ def _epsilon(result: StudyResult, arm: str) -> float | None:
     return None
 
 
-def _point(summary: ArmSummary | None, name: str) -> tuple[float | None, float]:
-    """(mean, sd or 0) of ``name`` in an arm's summary."""
+def _point(result: StudyResult, summary: ArmSummary | None, name: str) -> tuple[float | None, list[float]]:
+    """(mean, [below, above]) of ``name`` in an arm's summary: the sd, or with one seed the run's CI."""
     s = summary.metrics.get(name) if summary is not None else None
-    if s is None or s.mean is None:
-        return None, 0.0
-    return s.mean, s.sd or 0.0
+    if summary is None or s is None or s.mean is None:
+        return None, [0.0, 0.0]
+    return s.mean, list(_error(result, summary.arm, name, s.mean, s.sd, s.n))
 
 
 def safety_axis(result: StudyResult) -> str | None:
@@ -62,7 +62,7 @@ def safety_axis(result: StudyResult) -> str | None:
 
 
 def pareto_figure(result: StudyResult) -> Figure | None:
-    """Utility (y) against safety drift (x) per arm, mean ± sd over seeds; marker colour = mean ε_LB
+    """Utility (y) against safety drift (x) per arm, mean ± sd over seeds (one seed: the run's 95% CIs); marker colour = mean ε_LB
     (colour bar; hollow: not audited), DP arms annotated with their ε, the base arm a grey square.
     None when no arm has both axes."""
     x_name = safety_axis(result)
@@ -72,12 +72,12 @@ def pareto_figure(result: StudyResult) -> Figure | None:
     by_arm = {s.arm: s for s in summaries}
     points = []
     for arm in arm_order(result):
-        x, xerr = _point(by_arm.get(arm), x_name)
+        x, xerr = _point(result, by_arm.get(arm), x_name)
         if x is None and arm == BASE_ARM and x_name == "refusal_drift" and by_arm.get(arm) and by_arm[arm].n_seeds:
             x = 0.0  # the base model is the "before": it has drifted nowhere
-        y, yerr = _point(by_arm.get(arm), "utility")
+        y, yerr = _point(result, by_arm.get(arm), "utility")
         if x is not None and y is not None:
-            points.append((arm, x, xerr, y, yerr, _point(by_arm.get(arm), "epsilon_lb")[0]))
+            points.append((arm, x, xerr, y, yerr, _point(result, by_arm.get(arm), "epsilon_lb")[0]))
     if not points:
         return None
 
@@ -90,7 +90,7 @@ def pareto_figure(result: StudyResult) -> Figure | None:
                                                                                        min(eps_lbs, default=0.0) + 1e-6))
         for arm, x, xerr, y, yerr, eps_lb in points:
             base = arm == BASE_ARM
-            ax.errorbar(x, y, xerr=xerr or None, yerr=yerr or None, fmt="none", ecolor="#999999", elinewidth=1, capsize=3,
+            ax.errorbar(x, y, xerr=[[xerr[0]], [xerr[1]]], yerr=[[yerr[0]], [yerr[1]]], fmt="none", ecolor="#999999", elinewidth=1, capsize=3,
                         zorder=1)
             face = BASE_COLOR if base else ("white" if eps_lb is None else cmap(norm(eps_lb)))
             ax.scatter([x], [y], s=90, marker="s" if base else "o", c=[face], edgecolors="#333333", linewidths=1.2, zorder=2)
@@ -109,7 +109,7 @@ def pareto_figure(result: StudyResult) -> Figure | None:
         if x_name == "refusal_drift":
             ax.axvline(0.0, color="#bbbbbb", linewidth=1, linestyle="--", zorder=0)
         seeds = max((s.n_seeds for s in summaries), default=0)
-        ax.set_title(f"utility vs safety per arm ({'mean ± sd over ' + str(seeds) + ' seeds' if seeds > 1 else 'one seed'};"
+        ax.set_title(f"utility vs safety per arm ({'mean ± sd over ' + str(seeds) + ' seeds' if seeds > 1 else 'one seed, 95% CIs'};"
                      " square: base model)")
     return fig
 
