@@ -218,6 +218,10 @@ def test_a_flagged_run_is_loud_and_a_failed_one_counted() -> None:
     rows = {r.arm: r for r in arm_rows(study)}
     assert rows["dp-sgd@4"].flags.tone == "flag" and "ε_LB > ε (seed 0)" in rows["dp-sgd@4"].flags.text
     assert rows["lori-s"].seeds.text == "2/3 (1 failed)"
+    for run in study.runs_of("dp-sgd@4"):
+        run.flags = ["epsilon_lb > epsilon"]
+    assert arm_rows(study)[ARMS.index("dp-sgd@4")].flags.text == "⚠ ε_LB > ε (seeds 0, 1, 2)"
+    study = _study([0, 1, 2], flagged=True, failed=True)
     text = "\n".join(_render(t) for t in study_tables(study))
     assert "ε_LB > ε" in text and "2/3 (1 failed)" in text
     # the flag is styled loud in the terminal too

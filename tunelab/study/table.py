@@ -201,9 +201,13 @@ def _seeds_cell(runs: list[RunRecord]) -> Cell:
 
 def _flags_cell(runs: list[RunRecord]) -> Cell:
     """Every run's flags (with its seed), loud; a safety-monitor stop, quiet."""
-    loud = [f"{fmt_flag(f)} (seed {r.seed})" for r in runs for f in r.flags]
-    if loud:
-        return Cell("⚠ " + "; ".join(loud), tone=FLAG)
+    seeds: dict[str, list[str]] = {}
+    for r in runs:
+        for f in r.flags:
+            seeds.setdefault(fmt_flag(f), []).append(str(r.seed))
+    if seeds:
+        return Cell("⚠ " + "; ".join(f"{f} (seed{'s' if len(ss) > 1 else ''} {', '.join(ss)})" for f, ss in seeds.items()),
+                    tone=FLAG)
     stopped = [str(r.seed) for r in runs if r.stopped]
     if stopped:
         return Cell(f"stopped early (seed {', '.join(stopped)})", tone=MUTED)
