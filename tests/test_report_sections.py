@@ -26,15 +26,17 @@ def test_order_names_every_registered_section_and_nothing_else() -> None:
 
 
 def test_the_page_order_is_unchanged() -> None:
-    # The order the report had before the sections moved into their rooms (issue 24).
-    assert ORDER == ("runs", "demo", "training", "tasks", "safety", "privacy", "phishing", "dp", "heads", "pruning",
+    # The order the report had before the sections moved into their rooms (issue 24); a study leads (issue 25).
+    assert ORDER == ("study", "runs", "demo", "training", "tasks", "safety", "privacy", "phishing", "dp", "heads", "pruning",
                      "steering", "refusal-direction", "salt", "multi-turn", "pretrain", "moe-routing",
                      "continual-pretraining", "scaling", "merge", "continual", "sizes", "curves", "other", "figures")
 
 
 def test_sections_live_in_their_rooms() -> None:
     homes = {s.key: s.render.__module__ for s in SECTIONS}
-    assert set(homes.values()) == {"tunelab.report.sections", *(f"tunelab.{room}.report" for room in ROOMS)}
+    assert set(homes.values()) == {"tunelab.report.sections", "tunelab.study.report",
+                                   *(f"tunelab.{room}.report" for room in ROOMS)}
+    assert homes["study"] == "tunelab.study.report"
     assert homes["privacy"] == "tunelab.privacy.report" and homes["merge"] == "tunelab.merge.report"
     assert homes["scaling"] == "tunelab.scaling.report" and homes["pretrain"] == "tunelab.moe.report"
     assert homes["heads"] == "tunelab.inspect.report" and homes["continual"] == "tunelab.safety.report"

@@ -9,6 +9,7 @@ What is recognised (a directory may be several at once):
 
 * a training run: ``tunelab.json`` (finished) or ``metrics.jsonl`` without it (unfinished);
 * an evaluation: ``metrics.json`` — ``"kind"`` ``task`` / ``safety`` / anything else;
+* a study: ``study.json`` (``tunelab study``), an evaluation of kind ``study``; its arms are runs below it;
 * a demo table: ``results.json`` with a ``"rows"`` list (``tunelab demo``);
 * figures: ``*.png`` inside a directory named ``plots``.
 """
@@ -30,6 +31,7 @@ from tunelab.files import read_json
 from tunelab.layout import COMPACT_FILE, CONFIG_FILE, EVAL_FILE, MASK_FILE, METRICS_FILE, PEFT_WEIGHTS, RUN_FILE
 
 DEMO_FILE = "results.json"
+STUDY_FILE = "study.json"  # tunelab.study.results.STUDY_FILE, named again here: the study is a higher layer
 PLOTS_DIR = "plots"
 
 MAX_DEPTH = 5  # runs/<group>/<run>/eval/<task> is 4 below "runs"
@@ -47,6 +49,7 @@ class Evaluation:
     data: dict[str, Any]
     subject: str = ""  # the column it belongs to: a run's name, "base: MODEL", or the dir's name
     run: Run | None = None  # the training run it evaluates, if known
+    file: str = EVAL_FILE  # the file it was read from (study.json for a study)
 
     @property
     def name(self) -> str:
@@ -236,10 +239,11 @@ def collect(paths: Sequence[str | os.PathLike[str]]) -> ReportData:
                 run.name = _display_name(d, root)
                 data.runs.append(run)
     for d, root in found:
-        if (d / EVAL_FILE).is_file():
-            ev = _read_eval(d, data.notes)
-            if ev is not None:
-                data.evals.append(ev)
+        for name in (EVAL_FILE, STUDY_FILE):
+            if (d / name).is_file():
+                ev = _read_eval(d, data.notes, name)
+                if ev is not None:
+                    data.evals.append(ev)
         if (d / DEMO_FILE).is_file():
             demo = _read_demo(d, data.notes)
             if demo is not None:
@@ -355,13 +359,15 @@ def _adapter_size(d: Path, method: str) -> tuple[str | None, int | None]:
     return None, None
 
 
-def _read_eval(d: Path, notes: list[str]) -> Evaluation | None:
-    raw = _read_json(d / EVAL_FILE, notes)
+def _read_eval(d: Path, notes: list[str], name: str = EVAL_FILE) -> Evaluation | None:
+    raw = _read_json(d / name, notes)
     if not isinstance(raw, dict):
         if raw is not None:
-            notes.append(f"skipped {d / EVAL_FILE}: not a JSON object")
+            notes.append(f"skipped {d / name}: not a JSON object")
         return None
     kind = raw.get("kind")
+    if name == STUDY_FILE:
+        return Evaluation(path=d, kind=kind if isinstance(kind, str) and kind else "study", data=raw, file=name)
     if not isinstance(kind, str) or not kind:
         # Files written before "kind" existed: {"task", "n", "accuracy", ...}.
         kind = "safety" if "asr" in raw else "task" if "task" in raw else "metrics"
@@ -445,7 +451,10 @@ def _attach_evals(data: ReportData) -> None:
                     run = by_path[candidate]
                     break
         ev.run = run
-        if run is not None:
+        if ev.file == STUDY_FILE:
+            # a study names a model but is no evaluation of the base model: its column is the study
+            ev.subject = f"study: {ev.data.get('name') or ev.path.resolve().name}"
+        elif run is not None:
             run.evals.append(ev)
             ev.subject = run.name
         elif ev.is_base:

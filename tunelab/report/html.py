@@ -7,6 +7,7 @@ Every piece of text from a file or the command line goes through :func:`esc` (or
 from __future__ import annotations
 
 import html
+import re
 from typing import Any, Iterable, Sequence
 
 from tunelab.report.render import Markup
@@ -68,6 +69,11 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequen
 def swatch(color: str, label: str) -> Markup:
     """A coloured square + label, matching a run's colour in the figures."""
     return Markup(f'<span class="swatch" style="background:{esc(color)}"></span>{esc(label)}')
+
+
+def run_anchor(name: str) -> str:
+    """The element id of a run's row in the "Runs" section (other sections link to ``#`` it)."""
+    return "run-" + (re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "x")
 
 
 def page(title: str, header: str, sections: Sequence[tuple[str, str, str]], footer: str) -> str:

@@ -28,16 +28,18 @@ import tunelab.moe.report  # noqa: F401
 import tunelab.privacy.report  # noqa: F401
 import tunelab.safety.report  # noqa: F401
 import tunelab.scaling.report  # noqa: F401
+import tunelab.study.report  # noqa: F401
 from tunelab.layout import COMPACT_FILE, PEFT_WEIGHTS
 from tunelab.report import plots
 from tunelab.report.collect import Evaluation, ReportData, number
-from tunelab.report.html import esc, swatch, table
+from tunelab.report.html import esc, run_anchor, swatch, table
 from tunelab.report.registry import REPORT_SECTIONS, Section, section
 from tunelab.report.render import (Markup, Palette, distinct_tags, fmt_delta_pt, fmt_int, fmt_mb, fmt_num, fmt_pct,
                                    fmt_seconds)
 
 # The order of the page, every registered section once (tests/test_report_sections.py checks both ways).
 ORDER: tuple[str, ...] = (
+    "study",                  # tunelab/study/report.py: a study leads the report when there is one
     "runs",                   # here: the training runs
     "demo",                   # here: tunelab demo's results.json
     "training",               # here: loss, learning rate, gradient norm
@@ -100,7 +102,7 @@ def overview_section(data: ReportData, palette: Palette) -> str | None:
         if sparsity is None and not run.finished and run.method == "lori-s":
             sparsity = number(run.config.get("sparsity"))  # config.yaml has a sparsity for every method; only LoRI-S uses it
         rows.append([
-            swatch(palette(run.name), run.name), run.method, run.get("base_model") or "–",
+            Markup(f'<span id="{esc(run_anchor(run.name))}"></span>{swatch(palette(run.name), run.name)}'), run.method, run.get("base_model") or "–",
             fmt_int(run.get("rank")), "–" if sparsity is None else f"{sparsity:.0%}",
             fmt_int(run.get("trainable_params")), size, steps, fmt_num(loss[-1]) if loss else "–",
             fmt_int(run.get("tokens_per_s")), fmt_seconds(run.get("wall_time_s")), run.get("seed") if run.get("seed") is not None else "–",
