@@ -135,3 +135,23 @@ def test_heads_and_prune_are_jobs(tmp_path: Path) -> None:
     assert isinstance(prune, PruningResult) and prune.to_dict() == read_result(tmp_path / "p" / "metrics.json").to_dict()
     assert [(r["method"], r["ratio"]) for r in prune.rows] == [("dense", 0.0), ("pp", 0.5)]
     assert not (tmp_path / "default").exists()
+
+
+def test_inspect_jobs_have_the_job_signature() -> None:
+    """Every inspect-room command's run function is ``job(cfg, run_dir=None, *, extras) -> XResult``."""
+    import inspect
+    import typing
+
+    from tunelab.inspect.multiturn import run_multiturn
+    from tunelab.inspect.refusal import run_refusal
+    from tunelab.inspect.run import run_heads, run_prune, run_steer_train
+    from tunelab.inspect.salt import run_salt
+    from tunelab.merge.interference import inspect_interference
+    from tunelab.results import Result
+
+    for job in (run_heads, run_prune, run_steer_train, run_refusal, run_salt, run_multiturn, inspect_interference):
+        params = list(inspect.signature(job).parameters.values())
+        assert [p.name for p in params[:2]] == ["cfg", "run_dir"] and params[1].default is None, job.__name__
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[2:]), job.__name__
+        hints = typing.get_type_hints(job)
+        assert issubclass(hints["return"], Result) and hasattr(hints["cfg"], "run_dir"), job.__name__
