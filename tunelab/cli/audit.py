@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.cli.app import audit_app
 from tunelab.cli.build import config_command
@@ -95,33 +95,37 @@ config_command(
 )
 
 
-def _multi_turn(cfg: MultiTurnConfig) -> dict[str, Any]:
+if TYPE_CHECKING:
+    from tunelab.inspect.results import MultiTurnResult
+
+
+def _multi_turn(cfg: MultiTurnConfig) -> MultiTurnResult:
     from tunelab.inspect.multiturn import run_multiturn
 
     quiet_libraries()
     return run_multiturn(cfg)
 
 
-def _show_multi_turn(cfg: MultiTurnConfig, r: dict[str, Any]) -> None:
+def _show_multi_turn(cfg: MultiTurnConfig, r: MultiTurnResult) -> None:
     def ci(v: object) -> str:
         return f" [{v[0]:.3f}, {v[1]:.3f}]" if isinstance(v, list) else ""
 
     def num(v: object) -> str:
         return "–" if v is None else f"{v:.3f}"
 
-    console.print(f"{r['task']}: accuracy turn 1 {r['accuracy'][0]:.3f}{ci(r['accuracy_ci'][0])} → turn {r['turns']} "
-                  f"{r['accuracy'][-1]:.3f}{ci(r['accuracy_ci'][-1])} on {r['n']} questions ({r['scoring']})", highlight=False)
-    inf = f"{r['acc_inf']:.3f}{ci(r['acc_inf_ci'])}" if r["acc_inf"] is not None else f"– ({r['acc_inf_reason']})"
-    console.print(f"Acc∞ {inf}; p_TF {num(r['p_tf'])}{ci(r['p_tf_ci'])}, p_FT {num(r['p_ft'])}{ci(r['p_ft_ci'])}",
+    console.print(f"{r.task}: accuracy turn 1 {r.accuracy[0]:.3f}{ci(r.accuracy_ci[0])} → turn {r.turns} "
+                  f"{r.accuracy[-1]:.3f}{ci(r.accuracy_ci[-1])} on {r.n} questions ({r.scoring})", highlight=False)
+    inf = f"{r.acc_inf:.3f}{ci(r.acc_inf_ci)}" if r.acc_inf is not None else f"– ({r.acc_inf_reason})"
+    console.print(f"Acc∞ {inf}; p_TF {num(r.p_tf)}{ci(r.p_tf_ci)}, p_FT {num(r.p_ft)}{ci(r.p_ft_ci)}",
                   highlight=False, markup=False)
-    scored = {k: v for k, v in r["probe"].items() if v is not None}
+    scored = {k: v for k, v in r.probe.items() if v is not None}
     if scored:
         best = max(scored, key=lambda k: scored[k])
-        console.print(f"probe: best layer {best} AUROC {scored[best]:.3f} vs turn-index baseline {num(r['baseline_auroc'])} "
-                      f"({r['probe_changes']} answer changes in {r['probe_examples']} follow-ups)", highlight=False)
+        console.print(f"probe: best layer {best} AUROC {scored[best]:.3f} vs turn-index baseline {num(r.baseline_auroc)} "
+                      f"({r.probe_changes} answer changes in {r.probe_examples} follow-ups)", highlight=False)
     else:
-        console.print(f"probe: no AUROC ({r['probe_reason']})", highlight=False, markup=False)
-    console.print(f"wrote {r['output_dir']}/metrics.json, multiturn.png and turns.jsonl", highlight=False, markup=False)
+        console.print(f"probe: no AUROC ({r.probe_reason})", highlight=False, markup=False)
+    console.print(f"wrote {r.output_dir}/metrics.json, multiturn.png and turns.jsonl", highlight=False, markup=False)
 
 
 config_command(
