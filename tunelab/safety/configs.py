@@ -34,10 +34,20 @@ def parse_ks(text: str) -> list[int]:
     return sorted(set(ks))
 
 
-def _thresholds(text: str) -> list[float]:
-    from tunelab.safety.refusal_tokens import parse_thresholds  # torch: only when the flag is given
+DEFAULT_THRESHOLDS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
-    return parse_thresholds(text)
+
+def parse_thresholds(text: str | None) -> list[float]:
+    """``"0.1,0.5"`` → sorted thresholds in [0, 1] (the default sweep for None)."""
+    if text is None:
+        return list(DEFAULT_THRESHOLDS)
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise TunelabError(f"--thresholds must be comma-separated numbers, got '{text}'") from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise TunelabError(f"--thresholds must be numbers in [0, 1], got '{text}'")
+    return sorted(set(values))
 
 
 @dataclass
@@ -99,7 +109,7 @@ class RefusalCalibrationConfig:
 
     model: str = option("smollm2-135m", help="the base model (alias, dir or hub id)")
     adapter: str | None = option(None, help="a run trained with --refusal-tokens")
-    thresholds: list[float] | None = option(None, parse=_thresholds, help="comma-separated τ values in [0, 1]",
+    thresholds: list[float] | None = option(None, parse=parse_thresholds, help="comma-separated τ values in [0, 1]",
                                             show_default="0, 0.01, ..., 0.99, 1")
     limit: int | None = option(None, help="first N prompts of each test set", show_default="all")
     refusal: RefusalOptions = field(default_factory=RefusalOptions)  # categories and T; the sweep is over τ
@@ -107,12 +117,13 @@ class RefusalCalibrationConfig:
     output: Path = option(Path("runs/refusal-calibration"), help="directory for metrics.json")
 
     def validate(self) -> None:
-        """Raise ``TunelabError`` (one line) before any model loads; the adapter is checked by the job."""
-        from tunelab.safety.refusal_tokens import check_control  # torch: only when a calibration runs
+        """Raise ``TunelabError`` (one line) before any model loads.
 
+        The job checks the rest first and last: categories and temperature (``check_control``,
+        beside the refusal rule it checks) before these rules, the output and adapter after them.
+        """
         if self.refusal.refusal_threshold is not None or self.refusal.refusal_bias is not None:
             raise TunelabError("refusal calibration sweeps τ: it takes no refusal threshold or bias")
-        check_control(categories=self.refusal.refusal_categories, temperature=self.refusal.refusal_temperature)
         if self.limit is not None and self.limit < 1:
             raise TunelabError(f"--limit must be >= 1, got {self.limit}")
         if self.batch_size < 1:
@@ -125,4 +136,4 @@ class RefusalCalibrationConfig:
         return RunDir(Path(self.output), what="a refusal calibration")
 
 
-__all__ = ["RefusalCalibrationConfig", "SafetyDepthConfig", "parse_ks"]
+__all__ = ["DEFAULT_THRESHOLDS", "RefusalCalibrationConfig", "SafetyDepthConfig", "parse_ks", "parse_thresholds"]

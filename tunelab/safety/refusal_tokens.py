@@ -41,11 +41,11 @@ from tunelab.control_tokens import (  # re-exported: the vocabulary moved down s
 from tunelab.errors import TunelabError
 from tunelab.models import resize_for_tokenizer  # re-exported: moved down to models (loading and canaries use it)
 from tunelab.results import CurveResult, RunDir
-from tunelab.safety.configs import RefusalCalibrationConfig
+# the calibration's config and its τ parser live in the light config module (re-exported here)
+from tunelab.safety.configs import DEFAULT_THRESHOLDS, RefusalCalibrationConfig, parse_thresholds  # noqa: F401
 from tunelab.safety.results import RefusalCalibrationResult
 from tunelab.train.plugins import Plugin, Run
 
-DEFAULT_THRESHOLDS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
 # --------------------------------------------------------------------------- model and data
@@ -256,19 +256,6 @@ def sweep(harmful: torch.Tensor, benign: torch.Tensor, thresholds: Sequence[floa
     return rows
 
 
-def parse_thresholds(text: str | None) -> list[float]:
-    """``"0.1,0.5"`` → sorted thresholds in [0, 1] (the default sweep for None)."""
-    if text is None:
-        return list(DEFAULT_THRESHOLDS)
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise TunelabError(f"--thresholds must be comma-separated numbers, got '{text}'") from None
-    if not values or any(not 0.0 <= v <= 1.0 for v in values):
-        raise TunelabError(f"--thresholds must be numbers in [0, 1], got '{text}'")
-    return sorted(set(values))
-
-
 def run_refusal_calibration(cfg: RefusalCalibrationConfig, run_dir: RunDir | None = None) -> RefusalCalibrationResult:
     """Sweep τ on HarmBench (test split) and benign look-alikes (test split); write and return the result.
 
@@ -281,11 +268,12 @@ def run_refusal_calibration(cfg: RefusalCalibrationConfig, run_dir: RunDir | Non
     from tunelab.evaluate.prompts import benign_sensitive_prompts, harmful_prompts
     from tunelab.layout import EVAL_OUTPUTS
 
+    categories, temperature = cfg.refusal.refusal_categories, cfg.refusal.refusal_temperature
+    check_control(categories=categories, temperature=temperature)
     cfg.validate()
     run_dir = run_dir if run_dir is not None else cfg.run_dir()
     model, adapter, limit, batch_size = cfg.model, cfg.adapter, cfg.limit, cfg.batch_size
     thresholds = list(cfg.thresholds) if cfg.thresholds is not None else list(DEFAULT_THRESHOLDS)
-    categories, temperature = cfg.refusal.refusal_categories, cfg.refusal.refusal_temperature
     out = run_dir.path
     if out.exists() and not out.is_dir():
         raise TunelabError(f"output {out} exists and is not a directory")
