@@ -19,7 +19,9 @@ On disk a result is ``{"kind": ..., "schema_version": N, <fields in declaration 
 <keys this version does not know, kept as they were>}`` (``schema_version`` from version 2 on).
 Files without ``schema_version`` read as version 1; a file from a newer tunelab is refused in one
 line; unknown kinds read as a plain :class:`Result` holding everything in ``extra`` (the report
-still shows what it can). Torch-free: light readers import this module.
+still shows what it can). A field declared with :func:`not_written` rides on the returned result
+but is never written or read (eval's per-example ``records``). Torch-free: light readers import
+this module.
 """
 
 from __future__ import annotations
