@@ -34,6 +34,7 @@ from _finish import finish  # experiments/ is on sys.path when a script runs
 from rich.console import Console
 
 from tunelab.evaluate import evaluate_task, load_with_adapter
+from tunelab.evaluate.results import SafetyResult
 from tunelab.evaluate.runner import EvalConfig, run_eval, write_result
 from tunelab.layout import EVAL_DIR, EVAL_FILE, RUN_FILE
 from tunelab.merge import merge_adapters
@@ -119,11 +120,12 @@ def _task_score(plan: Plan, adapter: Path, task: str, out: Path) -> float:
 
 def _safety(plan: Plan, adapter: Path, out: Path) -> dict[str, Any]:
     _need(out / EVAL_FILE)
-    if not (out / EVAL_FILE).is_file():
-        run_eval(EvalConfig(model=plan.model, adapter=str(adapter), suite="safety", limit=plan.safety_limit,
-                            max_new_tokens=plan.safety_max_new_tokens, output=str(out)))
-    result = json.loads((out / EVAL_FILE).read_text())
-    return {"asr": result["asr"], "over_refusal": result["over_refusal"]}
+    if (out / EVAL_FILE).is_file():
+        result = SafetyResult.read(out / EVAL_FILE)
+    else:
+        result = run_eval(EvalConfig(model=plan.model, adapter=str(adapter), suite="safety", limit=plan.safety_limit,
+                                     max_new_tokens=plan.safety_max_new_tokens, output=str(out)))
+    return {"asr": result.asr, "over_refusal": result.over_refusal}
 
 
 def run_seed(plan: Plan, seed: int, root: Path, data: dict[str, Path]) -> dict[str, Any]:

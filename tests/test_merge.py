@@ -265,6 +265,20 @@ def test_output_is_refused_unless_overwrite(adapters, tmp_path: Path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
 
 
+def test_run_merge_is_a_job(adapters, tmp_path: Path):
+    """``run_merge(cfg, run_dir)`` merges into ``run_dir`` (not ``--output``), with --output's rules, and returns it."""
+    from tunelab.merge import MergeConfig, run_merge
+    from tunelab.merge.config import merge_run_dir
+
+    cfg = MergeConfig(adapters=[adapters["a"], adapters["b"]], output=tmp_path / "elsewhere", weights="0.5,0.5")
+    out = run_merge(cfg, merge_run_dir(tmp_path / "x"))
+    assert out == tmp_path / "x" and json.loads((out / "tunelab.json").read_text())["merge_method"] == "cat"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+    with pytest.raises(TunelabError, match="not empty; pass --overwrite"):
+        run_merge(cfg, merge_run_dir(tmp_path / "x"))
+    assert run_merge(cfg) == tmp_path / "elsewhere"  # None: the config's --output
+
+
 # --------------------------------------------------------------------------- interference
 def _src(name: str, factors: dict[str, LoraFactors], masks=None) -> AdapterSource:
     return AdapterSource(path=Path(name), method="lora", base_model="tiny-random", factors=factors, masks=masks, name=name)

@@ -296,11 +296,12 @@ def test_safety_suite_counts_a_refuse_token_as_refusal(trained_run: Path, tmp_pa
     common = dict(model="tiny-random", adapter=str(trained_run), suite="safety", harmful_prompts=str(prompts),
                   benign_prompts=str(prompts), max_new_tokens=3)
     forced = run_eval(EvalConfig(**common, refusal_threshold=0.0, output=str(tmp_path / "on")))
-    assert forced["refusal_rate"] == 1.0 and forced["over_refusal"] == 1.0
+    assert forced.refusal_rate == 1.0 and forced.over_refusal == 1.0
     rows = [json.loads(line) for line in (tmp_path / "on" / "outputs.jsonl").read_text().splitlines()]
     assert all(r["control_token"] == REFUSE and REFUSE not in r["response"] for r in rows)
     never = run_eval(EvalConfig(**common, refusal_threshold=1.0))
-    assert all(r["control_token"] == RESPOND for r in never["records"])
+    assert never.output_dir is not None  # the adapter's eval/safety: the config's default run dir
+    assert all(r["control_token"] == RESPOND for r in never.records)
 
 
 # --------------------------------------------------------------------------- bad input
