@@ -52,7 +52,7 @@ def main() -> int:
             limit = max(args.limit, 570) if name.startswith("mmlu") and not args.quick else args.limit
             if not (out / EVAL_FILE).is_file():
                 console.print(f"{name} ({'plain' if plain else 'chat'}), {limit} questions")
-                run_eval(EvalConfig(model=args.model, task=name, limit=limit, plain=plain, output=str(out)), model, tokenizer)
+                run_eval(EvalConfig(model=args.model, task=name, limit=limit, plain=plain, output=str(out)), model=model, tokenizer=tokenizer)
             m = json.loads((out / EVAL_FILE).read_text())
             rows.append({"benchmark": name, "template": "plain" if plain else "chat", "n": m["n"],
                          "acc": m["accuracy"], "acc_norm": m["accuracy_norm"], "wall_s": m["wall_time_s"]})

@@ -69,7 +69,7 @@ def head_sweeps(plan: Plan, root: Path) -> dict[str, dict[str, Any]]:
                 model, tokenizer = load_for_inspect(plan.model, None)
             console.print(f"head sweep on {task}: {plan.head_limit} questions, all scores × {plan.fractions}")
             run_heads(HeadsConfig(model=plan.model, task=task, limit=plan.head_limit, plain=True,
-                                  fractions=list(plan.fractions), bf16=plan.bf16, output=str(out)), model, tokenizer)
+                                  fractions=list(plan.fractions), bf16=plan.bf16, output=str(out)), model=model, tokenizer=tokenizer)
         results[task] = json.loads((out / EVAL_FILE).read_text())
     return results
 

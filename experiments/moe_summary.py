@@ -175,28 +175,28 @@ def part_c(root: Path) -> tuple[dict[str, Any], str, list[Path]]:
                                            params_column="params", tokens_column="tokens", width_column="width",
                                            depth_column="depth", **shape, delta=1e-3, bootstrap=50, max_starts=2000,
                                            workers=2, output=str(root / "c" / "fit-wdd")))
-    law = nd["law"]
-    ci = nd.get("ci") or {}
-    opt = (nd.get("optimal") or {}).get("counted") or (nd.get("optimal") or {}).get("6ND") or {}
-    a1 = nd.get("approach1") or {}
+    law = nd.law
+    ci = nd.ci or {}
+    opt = (nd.optimal or {}).get("counted") or (nd.optimal or {}).get("6ND") or {}
+    a1 = nd.approach1 or {}
     md = ("### (c) Mini-Gemstones: dense 32/64/128 wide × 2/4/6 deep, kjv, constant LR, 10 token counts each\n\n"
           f"{len(rows)} rows. Approach 3, (N, D), δ = 1e-3: L = {law['E']:.3f} + {law['A']:.4g}/N^{law['alpha']:.3f} "
-          f"+ {law['B']:.4g}/D^{law['beta']:.3f}; R² (log) {nd['r2_log']:.3f}; degenerate: {nd['degenerate']} "
-          f"{'(' + '; '.join(nd['reasons']) + ')' if nd['reasons'] else ''}.\n\n"
+          f"+ {law['B']:.4g}/D^{law['beta']:.3f}; R² (log) {nd.r2_log:.3f}; degenerate: {nd.degenerate} "
+          f"{'(' + '; '.join(nd.reasons) + ')' if nd.reasons else ''}.\n\n"
           "| parameter | fit | bootstrap 95% CI |\n|---|---|---|\n"
           + "\n".join(f"| {k} | {law[k]:.4g} | {_ci(ci.get(k))} |" for k in ("E", "A", "B", "alpha", "beta")) + "\n\n"
-          + (f"Compute-optimal at the sweep's largest budget ({nd['budget']:.3g} FLOPs): N* = {opt.get('N', float('nan')):.3g}, "
+          + (f"Compute-optimal at the sweep's largest budget ({nd.budget:.3g} FLOPs): N* = {opt.get('N', float('nan')):.3g}, "
              f"D* = {opt.get('D', float('nan')):.3g} ({opt.get('tokens_per_param', float('nan')):.3g} tokens/parameter).\n\n"
              if opt else "")
-          + "(width, depth, D) law: " + " + ".join([f"{wdd['law']['E']:.3f}"] + [
-              f"{t['A']:.3g}/{t['column']}^{t['alpha']:.3f}" for t in wdd["law"]["terms"]])
-          + f"; R² (log) {wdd['r2_log']:.3f}; degenerate: {wdd['degenerate']}.\n\n"
+          + "(width, depth, D) law: " + " + ".join([f"{wdd.law['E']:.3f}"] + [
+              f"{t['A']:.3g}/{t['column']}^{t['alpha']:.3f}" for t in wdd.law["terms"]])
+          + f"; R² (log) {wdd.r2_log:.3f}; degenerate: {wdd.degenerate}.\n\n"
           + f"Approach 1: {a1.get('n_hull', 0)} hull points; "
           + ", ".join(f"{n} ∝ C^{(a1.get(n + '_fit') or {}).get('exponent', float('nan')):.3f}" for n in ("params", "tokens")
                       if a1.get(n + "_fit")) + (f" ({a1['note']})" if a1.get("note") else "") + ".\n")
-    figs = [root / "c" / "fit-nd" / f for f in nd["figures"]]
-    return {"nd": {k: nd[k] for k in ("law", "ci", "r2_log", "degenerate", "reasons", "optimal", "approach1")},
-            "wdd": {k: wdd[k] for k in ("law", "r2_log", "degenerate", "reasons")}, "rows": len(rows)}, md, figs
+    figs = [root / "c" / "fit-nd" / f for f in nd.figures]
+    return {"nd": {k: getattr(nd, k) for k in ("law", "ci", "r2_log", "degenerate", "reasons", "optimal", "approach1")},
+            "wdd": {k: getattr(wdd, k) for k in ("law", "r2_log", "degenerate", "reasons")}, "rows": len(rows)}, md, figs
 
 
 def _ci(pair: Any) -> str:

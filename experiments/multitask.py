@@ -34,10 +34,12 @@ from _finish import finish  # experiments/ is on sys.path when a script runs
 from rich.console import Console
 
 from tunelab.evaluate import evaluate_task, load_with_adapter
+from tunelab.evaluate.results import SafetyResult
 from tunelab.evaluate.runner import EvalConfig, run_eval, write_result
 from tunelab.layout import EVAL_DIR, EVAL_FILE, RUN_FILE
 from tunelab.merge import merge_adapters
 from tunelab.merge.interference import inspect_interference
+from tunelab.merge.interference_config import InterferenceConfig
 from tunelab.safety.recipe import SAFETY_RECIPE, build_safety_data
 from tunelab.tasks import export_task
 from tunelab.finetune import TrainConfig, train
@@ -118,11 +120,12 @@ def _task_score(plan: Plan, adapter: Path, task: str, out: Path) -> float:
 
 def _safety(plan: Plan, adapter: Path, out: Path) -> dict[str, Any]:
     _need(out / EVAL_FILE)
-    if not (out / EVAL_FILE).is_file():
-        run_eval(EvalConfig(model=plan.model, adapter=str(adapter), suite="safety", limit=plan.safety_limit,
-                            max_new_tokens=plan.safety_max_new_tokens, output=str(out)))
-    result = json.loads((out / EVAL_FILE).read_text())
-    return {"asr": result["asr"], "over_refusal": result["over_refusal"]}
+    if (out / EVAL_FILE).is_file():
+        result = SafetyResult.read(out / EVAL_FILE)
+    else:
+        result = run_eval(EvalConfig(model=plan.model, adapter=str(adapter), suite="safety", limit=plan.safety_limit,
+                                     max_new_tokens=plan.safety_max_new_tokens, output=str(out)))
+    return {"asr": result.asr, "over_refusal": result.over_refusal}
 
 
 def run_seed(plan: Plan, seed: int, root: Path, data: dict[str, Path]) -> dict[str, Any]:
@@ -164,10 +167,11 @@ def _run_method(plan: Plan, seed: int, out: Path, data: dict[str, Path], method:
                        [plan.merge_weight] * 3, output=merged, to_model=method == "lota", overwrite=True, model=plan.model)
     scores = {task: _task_score(plan, merged, task, merged / EVAL_DIR / task) for task in TASKS}
     scores["safety"] = _safety(plan, merged, merged / EVAL_DIR / "safety")
-    metrics = inspect_interference([runs[t] for t in (*TASKS, "safety")], out / "interference" / method, model=plan.model)
+    interference = inspect_interference(InterferenceConfig(adapters=[runs[t] for t in (*TASKS, "safety")],
+                                                           output=out / "interference" / method, model=plan.model))
     results["single"][method] = single
     results["merged"][method] = scores
-    results["interference"][method] = json.loads((metrics / EVAL_FILE).read_text())
+    results["interference"][method] = interference.to_dict()
 
 
 def _run_continual(plan: Plan, seed: int, out: Path, data: dict[str, Path], results: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from rich.console import Console
 from tunelab.layout import EVAL_FILE, RUN_FILE
 from tunelab.safety.attack import AttackConfig, run_attack
 from tunelab.safety.augment import augment_recovery_file
+from tunelab.safety.configs import SafetyDepthConfig
 from tunelab.safety.depth import AFFIRMATIVE_OPENING, HELDOUT_OPENING, run_safety_depth
 from tunelab.safety.recipe import SAFETY_RECIPE, build_safety_data, train_safety_adapter
 
@@ -62,8 +63,8 @@ QUICK = Plan(limit=4, positions=6, max_new_tokens=8, safety_steps=4, attack_n=8,
 
 def _depth(plan: Plan, adapter: Path, out: Path, opening: str) -> dict[str, Any]:
     if not (out / EVAL_FILE).is_file():
-        run_safety_depth(plan.model, plan.model, out, adapter=str(adapter), positions=plan.positions, limit=plan.limit,
-                         ks=KS, max_new_tokens=plan.max_new_tokens, opening=opening)
+        run_safety_depth(SafetyDepthConfig(model=plan.model, adapter=str(adapter), positions=plan.positions, limit=plan.limit,
+                                           ks=list(KS), max_new_tokens=plan.max_new_tokens, opening=opening, output=out))
     return json.loads((out / EVAL_FILE).read_text())
 
 
@@ -111,6 +112,7 @@ def run(plan: Plan, seed: int, root: Path) -> dict[str, Any]:
 
 def _calibration(plan: Plan, data: Path, root: Path, seed: int) -> dict[str, Any]:
     """Refusal tokens (single mode) trained with the recipe's LoRA settings, then the τ sweep."""
+    from tunelab.safety.configs import RefusalCalibrationConfig
     from tunelab.safety.refusal_tokens import run_refusal_calibration
     from tunelab.finetune import TrainConfig, train
 
@@ -122,7 +124,7 @@ def _calibration(plan: Plan, data: Path, root: Path, seed: int) -> dict[str, Any
                           rank=recipe.rank, alpha=recipe.alpha, lr=recipe.lr, max_steps=plan.safety_steps or recipe.steps,
                           batch_size=recipe.batch_size, max_length=recipe.max_length, seed=seed, save_every=0, overwrite=True))
     if not (out / EVAL_FILE).is_file():
-        run_refusal_calibration(plan.model, str(run), out, limit=plan.limit)
+        run_refusal_calibration(RefusalCalibrationConfig(model=plan.model, adapter=str(run), limit=plan.limit, output=out))
     return json.loads((out / EVAL_FILE).read_text())
 
 

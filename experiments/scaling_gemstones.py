@@ -19,7 +19,6 @@ needs it). Writes ``delta-1e-04/`` and ``delta-1e-03/`` (each: fit.json, metrics
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from _finish import finish  # experiments/ is on sys.path when a script runs
 from rich.console import Console
 
 from tunelab.scaling import DenseShape, Law, ScalingFitConfig, compute_optimal, dense_params, objective, run_scaling_fit
+from tunelab.scaling.results import ScalingResult
 from tunelab.scaling.table import ColumnSpec, read_table
 
 console = Console()
@@ -44,10 +44,10 @@ PUBLISHED = {
 }
 
 
-def fit(table: Path, delta: float, root: Path, bootstrap: int, workers: int | None) -> dict[str, Any]:
+def fit(table: Path, delta: float, root: Path, bootstrap: int, workers: int | None) -> ScalingResult:
     out = root / f"delta-{delta:.0e}"
     if (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
+        return ScalingResult.read(out / "metrics.json")
     cfg = ScalingFitConfig(table=str(table), delta=delta, bootstrap=bootstrap, workers=workers, output=str(out), **COLUMNS)
     return run_scaling_fit(cfg)
 
@@ -85,19 +85,19 @@ def main() -> int:
     fits, rows = {}, []
     for delta in (1e-4, 1e-3):
         r = fits[delta] = fit(table_path, delta, root, args.bootstrap, args.workers)
-        law, pub = Law.from_theta([*(t["alpha"] for t in r["law"]["terms"]), *(t["a"] for t in r["law"]["terms"]), r["law"]["e"]],
-                                  r["columns"]), published_law(delta)
+        law, pub = Law.from_theta([*(t["alpha"] for t in r.law["terms"]), *(t["a"] for t in r.law["terms"]), r.law["e"]],
+                                  r.columns), published_law(delta)
         pub_objective = objective(pub.theta, log_x, log_loss, delta)[0]
-        budget = r["budget"]
+        budget = r.budget
         n_ours, d_ours = compute_optimal(law, budget)
         n_pub, d_pub = compute_optimal(pub, budget)
         gap = float(np.max(np.abs(law.predict(x) - pub.predict(x))))
-        ci, opt = r["ci"], r["optimal"]["6ND"]
-        rows.append({"delta": delta, "ours": r["law"], "ci": ci, "published": pub.to_dict(), "objective": r["objective"],
+        ci, opt = r.ci, r.optimal["6ND"]
+        rows.append({"delta": delta, "ours": r.law, "ci": ci, "published": pub.to_dict(), "objective": r.objective,
                      "objective_published_here": pub_objective, "objective_published_reported": PUBLISHED[delta]["objective"],
                      "budget": budget, "N_ours": n_ours, "D_ours": d_ours, "N_ci": opt["N_ci"], "D_ci": opt["D_ci"],
-                     "N_published": n_pub, "D_published": d_pub, "max_prediction_gap": gap, "degenerate": r["degenerate"],
-                     "reasons": r["reasons"], "starts": r["starts"], "near_best": r["near_best"], "approach1": r["approach1"]})
+                     "N_published": n_pub, "D_published": d_pub, "max_prediction_gap": gap, "degenerate": r.degenerate,
+                     "reasons": r.reasons, "starts": r.starts, "near_best": r.near_best, "approach1": r.approach1})
 
     lines = ["| | δ = 1e-4: tunelab [95% CI] | δ = 1e-4: Gemstones | δ = 1e-3: tunelab [95% CI] | δ = 1e-3: Gemstones |",
              "|---|---|---|---|---|"]

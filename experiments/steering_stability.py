@@ -99,7 +99,7 @@ def steering(plan: Plan, root: Path) -> dict[str, Any]:
         return json.loads(done.read_text())
     model, tokenizer = load_for_inspect(plan.model, None)
     console.print(f"steering: training a happy/sad vector from {PAIRS.name}")
-    trained = run_steer_train(SteerTrainConfig(model=plan.model, pairs=str(PAIRS), output=str(out)), model, tokenizer)
+    trained = run_steer_train(SteerTrainConfig(model=plan.model, pairs=str(PAIRS), output=str(out)), model=model, tokenizer=tokenizer)
     vector = SteeringVector.load(out)
     prompts = STEER_PROMPTS[: plan.steer_prompts]
     rows = []
@@ -112,7 +112,7 @@ def steering(plan: Plan, root: Path) -> dict[str, Any]:
                      "example": answers[0]})
         console.print(f"  coeff {coeff:+.1f}: mean sentiment {rows[-1]['mean_sentiment']:+.2f}")
     result = {"layer": plan.steer_layer, "n_prompts": len(prompts), "rows": rows,
-              "separation": trained["separation"], "norm_at_layer": trained["norms"][str(plan.steer_layer)]}
+              "separation": trained.separation, "norm_at_layer": trained.norms[str(plan.steer_layer)]}
     atomic_write_text(done, json.dumps(result, indent=1))
     return result
 

@@ -10,7 +10,9 @@ import pytest
 from tests.conftest import tiny_config
 from tunelab.errors import TunelabError
 from tunelab.evaluate.judges import is_refusal
+from tunelab.results import RunDir, read_result
 from tunelab.safety.attack import ATTACK_OPENINGS, IDENTITY_PREFIX, AttackConfig, harmful_attack_records, identity_attack_records, run_attack
+from tunelab.safety.results import AttackResult
 from tunelab.finetune import train
 
 
@@ -39,11 +41,17 @@ def safe(tmp_path_factory: pytest.TempPathFactory, qa_file: Path) -> Path:
 
 @pytest.mark.parametrize("objective", ["sft", "constrained"])
 def test_attack_reports_asr_before_and_after(safe: Path, tmp_path: Path, objective: str):
-    result = run_attack(AttackConfig(adapter=str(safe), output=str(tmp_path / objective), model="tiny-random", objective=objective,
-                                     n=8, steps=2, batch_size=4, safety_limit=2, safety_max_new_tokens=4))
+    """A job: it writes into the RunDir it is given (not ``--output``) and returns the typed result it wrote."""
+    cfg = AttackConfig(adapter=str(safe), output=str(tmp_path / "unused"), model="tiny-random", objective=objective,
+                       n=8, steps=2, batch_size=4, safety_limit=2, safety_max_new_tokens=4)
+    result = run_attack(cfg, RunDir(tmp_path / objective))
+    assert not (tmp_path / "unused").exists()
+    assert isinstance(result, AttackResult)
+    assert result.to_dict() == read_result(tmp_path / objective / "metrics.json").to_dict()
     saved = json.loads((tmp_path / objective / "metrics.json").read_text())
-    assert saved == json.loads(json.dumps(result))
-    assert saved["kind"] == "attack" and 0 <= saved["asr_before"] <= 1 and 0 <= saved["asr_after"] <= 1
+    assert saved == json.loads(json.dumps(result.to_dict()))
+    assert saved["kind"] == "attack" and 0 <= result.asr_before <= 1 and 0 <= result.asr_after <= 1
+    assert result.run == str(tmp_path / objective / "run")
     run = json.loads((tmp_path / objective / "run" / "tunelab.json").read_text())
     assert run["config"]["objective"] == objective and run["init_from"] == str(safe.resolve())
     with pytest.raises(TunelabError, match="--overwrite"):

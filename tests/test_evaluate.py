@@ -15,7 +15,9 @@ from tunelab.evaluate import evaluate_task, resolve_task
 from tunelab.evaluate.generation import render_prompts
 from tunelab.evaluate.judges import REFUSAL_PHRASES, ClassifierJudge, KeywordJudge, get_judge, is_refusal
 from tunelab.evaluate.prompts import benign_sensitive_prompts, harmbench_path, harmful_prompts, read_prompt_file
+from tunelab.evaluate.results import SafetyResult, TaskResult
 from tunelab.evaluate.runner import EvalConfig, run_eval
+from tunelab.results import RunDir, read_result
 from tunelab.evaluate.safety import evaluate_safety, wilson_interval
 from tunelab.evaluate.scorers import SCORERS, choice_loglikelihoods, get_scorer, pick_choice
 
@@ -222,12 +224,29 @@ def test_run_eval_writes_next_to_the_adapter(tiny, tmp_path: Path) -> None:
     adapter = tmp_path / "run"
     adapter.mkdir()
     cfg = EvalConfig(model="tiny-random", adapter=str(adapter), suite="safety", limit=2, max_new_tokens=2)
-    result = run_eval(cfg, model, tok)
+    result = run_eval(cfg, model=model, tokenizer=tok)
     out = adapter / "eval" / "safety"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert result["output_dir"] == str(out) and metrics["kind"] == "safety" and metrics["n_harmful"] == 2
-    assert len((out / "outputs.jsonl").read_text().splitlines()) == 4
+    assert result.output_dir == str(out) and metrics["kind"] == "safety" and metrics["n_harmful"] == 2
+    assert isinstance(result, SafetyResult) and result.to_dict() == read_result(out / "metrics.json").to_dict()
+    assert len((out / "outputs.jsonl").read_text().splitlines()) == 4 == len(result.records)
     assert metrics["config"]["suite"] == "safety" and "records" not in metrics
+
+
+def test_run_eval_writes_into_the_run_dir_it_is_given(tiny, tmp_path: Path) -> None:
+    model, tok = tiny
+    adapter = tmp_path / "run"
+    adapter.mkdir()
+    cfg = EvalConfig(model="tiny-random", adapter=str(adapter), task="arithmetic", limit=2, max_new_tokens=2)
+    result = run_eval(cfg, RunDir(tmp_path / "x"), model=model, tokenizer=tok)
+    assert isinstance(result, TaskResult) and result.output_dir == str(tmp_path / "x")
+    assert result.to_dict() == read_result(tmp_path / "x" / "metrics.json").to_dict()
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["metrics.json", "outputs.jsonl"]
+    assert not list(adapter.iterdir())  # not the config's default directory
+    assert len(result.records) == 2 and "records" not in result.to_dict()
+    # no --output and no adapter: nothing written, the records still come back
+    bare = run_eval(EvalConfig(model="tiny-random", task="arithmetic", limit=2, max_new_tokens=2), model=model, tokenizer=tok)
+    assert bare.output_dir is None and len(bare.records) == 2 and bare.n == 2
 
 
 class _Recorder:
@@ -266,17 +285,17 @@ def test_run_eval_takes_interventions_as_objects(tiny) -> None:
     recorder = _Recorder(token)
     assert isinstance(recorder, GenerationIntervention)
     cfg = EvalConfig(model="tiny-random", task="arithmetic", limit=2, max_new_tokens=1)
-    result = run_eval(cfg, model, tok, interventions=[recorder])
+    result = run_eval(cfg, model=model, tokenizer=tok, interventions=[recorder])
     assert recorder.tasks == [("arithmetic", "numeric")] and recorder.entered == 1
-    assert result["recorder"] == {"token": token}
-    assert all(r["output"] == tok.decode([token]).strip() for r in result["records"])
+    assert result.extra["recorder"] == {"token": token}
+    assert all(r["output"] == tok.decode([token]).strip() for r in result.records)
 
 
 def test_run_eval_refuses_refusal_or_steering_options_without_their_objects(tiny) -> None:
     model, tok = tiny
     for extra in ({"refusal_threshold": 0.5}, {"steer": "v.safetensors"}, {"coeff": 2.0}):
         with pytest.raises(TunelabError, match="build its interventions with tunelab.eval_recipe"):
-            run_eval(EvalConfig(model="tiny-random", task="arithmetic", limit=1, **extra), model, tok)
+            run_eval(EvalConfig(model="tiny-random", task="arithmetic", limit=1, **extra), model=model, tokenizer=tok)
 
 
 @pytest.mark.parametrize("kwargs,message", [

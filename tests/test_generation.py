@@ -354,9 +354,9 @@ def test_eval_result_records_the_decoder(lively, tmp_path):
     cases = [("own", model, "tunelab"), ("fallback", NoCacheArgument(model), f"hf-generate: {NO_CACHE_REASON}")]
     for name, lm, want in cases:
         cfg = EvalConfig(model="tiny-random", task="arithmetic", limit=2, max_new_tokens=3, output=str(tmp_path / name))
-        assert run_eval(cfg, lm, tok)["decoder"] == want
+        assert run_eval(cfg, model=lm, tokenizer=tok).decoder == want
         assert json.loads((tmp_path / name / "metrics.json").read_text())["decoder"] == want
     choices = tmp_path / "mc.jsonl"  # scored by log-likelihood: nothing generated, no decoder
     choices.write_text(json.dumps({"prompt": "2+2?", "choices": ["3", "4"], "answer": "4"}) + "\n")
     cfg = EvalConfig(model="tiny-random", task=str(choices), scorer="choice", output=str(tmp_path / "mc"))
-    assert run_eval(cfg, model, tok)["decoder"] is None
+    assert run_eval(cfg, model=model, tokenizer=tok).decoder is None

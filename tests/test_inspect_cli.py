@@ -115,3 +115,43 @@ def test_ppl_data_rows_need_text(capsys: pytest.CaptureFixture[str], tmp_path: P
     data.write_text('{"text": "a b c"}\n{"body": "no text"}\n')
     assert_one_line(*run_cli(capsys, "inspect", "prune", "--model", "tiny-random", "--ppl-data", data, "--no-safety",
                              "--output", tmp_path / "x"), f"{data}:2: field 'text' must be a non-empty string")
+
+
+def test_heads_and_prune_are_jobs(tmp_path: Path) -> None:
+    """``run_heads`` / ``run_prune`` write into the RunDir they are given (not the config's --output) and
+    return the typed result their metrics.json reads back as."""
+    from tunelab.inspect.results import HeadsResult, PruningResult
+    from tunelab.inspect.run import HeadsConfig, PruneConfig, load_for_inspect, run_heads, run_prune
+    from tunelab.results import RunDir, read_result
+
+    model, tokenizer = load_for_inspect("tiny-random", None)  # its own copy: pruning and eager passes touch it
+    heads = run_heads(HeadsConfig(model="tiny-random", task="piqa", limit=2, plain=True, scores=["random"], fractions=[0, 0.5],
+                                  output=str(tmp_path / "default")), RunDir(tmp_path / "h"), model=model, tokenizer=tokenizer)
+    assert isinstance(heads, HeadsResult) and heads.to_dict() == read_result(tmp_path / "h" / "metrics.json").to_dict()
+    assert heads.output_dir == str(tmp_path / "h") and (tmp_path / "h" / "head_mask.safetensors").is_file()
+    prune = run_prune(PruneConfig(model="tiny-random", task="winogrande", limit=2, ppl_limit=2, calibration_limit=4, safety=False,
+                                  methods=["dense", "pp"], ratios=[0.5], skip=0, output=str(tmp_path / "default")),
+                      RunDir(tmp_path / "p"), model=model, tokenizer=tokenizer)
+    assert isinstance(prune, PruningResult) and prune.to_dict() == read_result(tmp_path / "p" / "metrics.json").to_dict()
+    assert [(r["method"], r["ratio"]) for r in prune.rows] == [("dense", 0.0), ("pp", 0.5)]
+    assert not (tmp_path / "default").exists()
+
+
+def test_inspect_jobs_have_the_job_signature() -> None:
+    """Every inspect-room command's run function is ``job(cfg, run_dir=None, *, extras) -> XResult``."""
+    import inspect
+    import typing
+
+    from tunelab.inspect.multiturn import run_multiturn
+    from tunelab.inspect.refusal import run_refusal
+    from tunelab.inspect.run import run_heads, run_prune, run_steer_train
+    from tunelab.inspect.salt import run_salt
+    from tunelab.merge.interference import inspect_interference
+    from tunelab.results import Result
+
+    for job in (run_heads, run_prune, run_steer_train, run_refusal, run_salt, run_multiturn, inspect_interference):
+        params = list(inspect.signature(job).parameters.values())
+        assert [p.name for p in params[:2]] == ["cfg", "run_dir"] and params[1].default is None, job.__name__
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[2:]), job.__name__
+        hints = typing.get_type_hints(job)
+        assert issubclass(hints["return"], Result) and hasattr(hints["cfg"], "run_dir"), job.__name__

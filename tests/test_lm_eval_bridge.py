@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.evaluate.results import LmEvalResult
 from tunelab.evaluate.runner import EvalConfig, run_eval
+from tunelab.results import read_result
 
 
 @pytest.fixture()
@@ -32,9 +34,10 @@ def test_lm_eval_local_task_matches_our_own_loglikelihoods(tiny, local_task: Pat
     model, tok = tiny
     cfg = EvalConfig(model="tiny-random", task="lm-eval:tunelab_test_sums", lm_eval_include=str(local_task),
                      output=str(local_task / "out"))
-    result = run_eval(cfg, model, tok)
-    acc = result["results"]["tunelab_test_sums"]["acc"]
-    assert result["n"]["tunelab_test_sums"] == 6
+    result = run_eval(cfg, model=model, tokenizer=tok)
+    acc = result.results["tunelab_test_sums"]["acc"]
+    assert isinstance(result, LmEvalResult) and result.n["tunelab_test_sums"] == 6
+    assert result.to_dict() == read_result(local_task / "out" / "metrics.json").to_dict()
     # Recompute acc by hand: lm-eval scores " choice" after "Question: ...\nAnswer:" (no chat template).
     rows = [json.loads(line) for line in (local_task / "sums.jsonl").read_text().splitlines()]
     correct = 0
@@ -55,6 +58,6 @@ def test_lm_eval_local_task_matches_our_own_loglikelihoods(tiny, local_task: Pat
 def test_lm_eval_unknown_task(tiny, local_task: Path) -> None:
     model, tok = tiny
     with pytest.raises(TunelabError, match="unknown lm-eval task"):
-        run_eval(EvalConfig(model="tiny-random", task="lm-eval:no_such_task", lm_eval_include=str(local_task)), model, tok)
+        run_eval(EvalConfig(model="tiny-random", task="lm-eval:no_such_task", lm_eval_include=str(local_task)), model=model, tokenizer=tok)
     with pytest.raises(TunelabError, match="--lm-eval-include directory not found"):
         EvalConfig(task="lm-eval:x", lm_eval_include=str(local_task / "missing")).validate()

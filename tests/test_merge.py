@@ -21,6 +21,9 @@ from tunelab.merge import MERGE_METHODS, merge_adapters, merged_delta_fn
 from tunelab.merge.base import elect_and_merge, trim_top_magnitude
 from tunelab.merge.cat import Cat
 from tunelab.merge.interference import analyze, factor_inner, factor_sparse_inner, inspect_interference
+from tunelab.merge.interference_config import InterferenceConfig
+from tunelab.merge.results import InterferenceResult
+from tunelab.results import RunDir, read_result
 from tunelab.merge.sources import AdapterSource, LoraFactors, SparseDelta, read_source
 from tunelab.merge.ties import Ties
 from tunelab.models import load_model
@@ -262,6 +265,20 @@ def test_output_is_refused_unless_overwrite(adapters, tmp_path: Path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
 
 
+def test_run_merge_is_a_job(adapters, tmp_path: Path):
+    """``run_merge(cfg, run_dir)`` merges into ``run_dir`` (not ``--output``), with --output's rules, and returns it."""
+    from tunelab.merge import MergeConfig, run_merge
+    from tunelab.merge.config import merge_run_dir
+
+    cfg = MergeConfig(adapters=[adapters["a"], adapters["b"]], output=tmp_path / "elsewhere", weights="0.5,0.5")
+    out = run_merge(cfg, merge_run_dir(tmp_path / "x"))
+    assert out == tmp_path / "x" and json.loads((out / "tunelab.json").read_text())["merge_method"] == "cat"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+    with pytest.raises(TunelabError, match="not empty; pass --overwrite"):
+        run_merge(cfg, merge_run_dir(tmp_path / "x"))
+    assert run_merge(cfg) == tmp_path / "elsewhere"  # None: the config's --output
+
+
 # --------------------------------------------------------------------------- interference
 def _src(name: str, factors: dict[str, LoraFactors], masks=None) -> AdapterSource:
     return AdapterSource(path=Path(name), method="lora", base_model="tiny-random", factors=factors, masks=masks, name=name)
@@ -300,10 +317,15 @@ def test_trace_formula_equals_dense_inner_product(seed):
 
 def test_interference_task_vector_support_overlap(lota, tmp_path: Path):
     lota_dir, _ = lota
-    out = inspect_interference([lota_dir, lota_dir], tmp_path / "iv")
-    res = json.loads((out / "metrics.json").read_text())
-    assert res["mask_intersection_over_min"][0][1] == 1.0 and res["mask_jaccard"][0][1] == 1.0
-    assert res["cosine"][0][1] == pytest.approx(1.0) and res["subspace_overlap"][0][1] is None
+    res = inspect_interference(InterferenceConfig(adapters=[lota_dir, lota_dir], output=tmp_path / "default"),
+                               RunDir(tmp_path / "iv"))
+    assert not (tmp_path / "default").exists()  # the job writes where it is told
+    assert isinstance(res, InterferenceResult) and res.to_dict() == read_result(tmp_path / "iv" / "metrics.json").to_dict()
+    assert res.mask_intersection_over_min[0][1] == 1.0 and res.mask_jaccard[0][1] == 1.0
+    assert res.cosine[0][1] == pytest.approx(1.0) and res.subspace_overlap[0][1] is None
+    again = inspect_interference(InterferenceConfig(adapters=[lota_dir, lota_dir], output=tmp_path / "iv2"))
+    assert again.to_dict() == res.to_dict() and (tmp_path / "iv2" / "metrics.json").read_bytes() == \
+        (tmp_path / "iv" / "metrics.json").read_bytes()  # no run_dir: the config's --output
 
 
 def test_merge_analyze_with_tasks_and_report_section(adapters, tmp_path: Path):

@@ -46,6 +46,8 @@ from tunelab.moe.model import (
     spec_of,
 )
 from tunelab.moe.pretrain import PretrainConfig, run_pretrain
+from tunelab.moe.results import PretrainResult
+from tunelab.results import RunDir, read_result
 from tunelab.moe.routers import SinkhornRouter, TopKRouter, sinkhorn
 
 W, N, K, S = 16, 4, 2, 16  # width, experts, top-k, sequence length
@@ -102,9 +104,17 @@ def assert_same_tensors(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def base_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished 6-step top-k run on pydoc (depth 2), shared by the tests that only read it."""
-    return run_pretrain(tiny_run(tmp_path_factory.mktemp("pretrain") / "base"), console=quiet())
+def base_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PretrainResult]:
+    """A finished 6-step top-k run on pydoc (depth 2), run as a job into ``ROOT/base`` (its --output is
+    ``ROOT/elsewhere``); (ROOT, the result it returned)."""
+    root = tmp_path_factory.mktemp("pretrain")
+    return root, run_pretrain(tiny_run(root / "elsewhere"), RunDir(root / "base"), console=quiet())
+
+
+@pytest.fixture(scope="module")
+def base_run(base_job: tuple[Path, PretrainResult]) -> Path:
+    """The finished base run's directory, shared by the tests that only read it."""
+    return base_job[0] / "base"
 
 
 # --------------------------------------------------------------------------- 1. straight-through = top-k forward
@@ -449,18 +459,29 @@ def test_pretrain_writes_metrics_model_and_figures(base_run: Path):
     assert model.config.num_hidden_layers == 2 and model.config.hidden_size == W
 
 
+def test_pretrain_is_a_job(base_job: tuple[Path, PretrainResult]):
+    """``run_pretrain(cfg, run_dir)`` writes into ``run_dir`` only and returns the result it wrote."""
+    root, result = base_job
+    assert isinstance(result, PretrainResult) and result.steps == 6 and result.router == "topk"
+    assert result.to_dict() == read_result(root / "base" / "metrics.json").to_dict()
+    assert sorted(p.name for p in root.iterdir()) == ["base"]  # not the config's --output
+
+
 @pytest.mark.parametrize("router", ["topk", "default"])
 def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, router: str, base_run: Path):
     """Stopped after step 4 (a checkpoint) and resumed with only --output/--resume, a run ends with
     the very weights (and Default MoE EMA) of an uninterrupted one, and the same metrics rows;
     breaks if batches depend on anything but (seed, step), or AdamW/schedule/EMA state is lost."""
     kw = {"router": router}
-    full = base_run if router == "topk" else run_pretrain(tiny_run(tmp_path / "full", **kw), console=quiet())
-    cut = run_pretrain(tiny_run(tmp_path / "cut", **kw), console=quiet(), stop_after_step=4)
+    full = base_run if router == "topk" else tmp_path / "full"
+    if router != "topk":
+        run_pretrain(tiny_run(full, **kw), console=quiet())
+    cut = tmp_path / "cut"
+    assert run_pretrain(tiny_run(cut, **kw), console=quiet(), stop_after_step=4) is None  # as if killed: no result
     assert (cut / "checkpoint" / "state.json").is_file() and not (cut / "metrics.json").exists()
     assert max(r["step"] for r in read_rows(cut)) == 4
     resumed = run_pretrain(PretrainConfig(output=str(cut), resume=True, corpus="pydoc"), console=quiet())
-    assert resumed == cut
+    assert isinstance(resumed, PretrainResult) and resumed.steps == 6
     assert_same_tensors(full / "model.safetensors", cut / "model.safetensors")
     if router == "default":
         assert_same_tensors(full / "moe.safetensors", cut / "moe.safetensors")
@@ -482,7 +503,9 @@ def test_continual_pretraining_with_replay_and_rewarm(tmp_path: Path, base_run: 
                          seq_len=S, batch_size=4, max_steps=4, eval_every=2, eval_batches=1, log_every=1,
                          lr=1e-3, output=str(tmp_path / "cpt"))
     cfg.validate()
-    out = run_pretrain(cfg, console=quiet())
+    out = tmp_path / "cpt"
+    result = run_pretrain(cfg, console=quiet())
+    assert result is not None and result.init_from == str(base_run)
     rows = read_rows(out)
     evals = [r for r in rows if r["split"] == "eval"]
     assert evals and all(set(r["loss"]) == {"new.txt", "pydoc"} for r in evals)

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from tests.test_bad_input import assert_one_line, run_cli
 from tunelab.errors import TunelabError
+from tunelab.inspect.results import MultiTurnResult
+from tunelab.results import RunDir, read_result
 from tunelab.inspect.multiturn import (
     NO_TRANSITIONS,
     REWORDINGS,
@@ -195,17 +197,19 @@ def test_probe_without_answer_changes() -> None:
 @pytest.mark.parametrize("task, turns", [("arc-easy", 3), ("arithmetic", 2)])
 def test_run_multiturn_writes_everything(tiny, tmp_path: Path, task: str, turns: int) -> None:
     model, tokenizer = tiny
-    cfg = MultiTurnConfig(model="tiny-random", task=task, limit=4, turns=turns, bootstrap=50, output=str(tmp_path / "out"),
+    cfg = MultiTurnConfig(model="tiny-random", task=task, limit=4, turns=turns, bootstrap=50, output=str(tmp_path / "default"),
                           reword=task == "arc-easy")
-    result = run_multiturn(cfg, model, tokenizer, progress=False)
+    result = run_multiturn(cfg, RunDir(tmp_path / "out"), model=model, tokenizer=tokenizer, progress=False)
     out = tmp_path / "out"
+    assert not (tmp_path / "default").exists()  # the job writes where it is told
+    assert isinstance(result, MultiTurnResult) and result.to_dict() == read_result(out / "metrics.json").to_dict()
     assert {p.name for p in out.iterdir()} == {"metrics.json", "multiturn.png", "turns.jsonl"}
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["kind"] == "multi-turn" and saved["n"] == 4 and saved["turns"] == turns
     assert len(saved["accuracy"]) == len(saved["markov_prediction"]) == len(saved["accuracy_ci"]) == turns
     assert len(saved["transitions"]["per_turn"]) == turns - 1 and sum(saved["transitions"]["pooled"].values()) == 4 * (turns - 1)
     assert set(saved["probe"]) == {"0", "1"} and saved["probe_examples"] == 4 * (turns - 1)
-    assert saved["markov_prediction"][0] == saved["accuracy"][0] and result["output_dir"] == str(out)
+    assert saved["markov_prediction"][0] == saved["accuracy"][0] and result.output_dir == str(out)
     rows = [json.loads(line) for line in (out / "turns.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(len(r["answers"]) == len(r["correct"]) == turns for r in rows)
     assert (out / "multiturn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

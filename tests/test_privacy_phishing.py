@@ -29,6 +29,8 @@ from tunelab.privacy.phishing import (
     synthetic_people,
     wilson_interval,
 )
+from tunelab.privacy.results import PhishingResult
+from tunelab.results import RunDir, read_result
 
 CORPUS_NAMES = {p.name for p in synthetic_people(32, 0)}
 
@@ -169,8 +171,11 @@ def test_trial_order_and_scoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(phishing, "extract", fake_extract)
     cfg = tiny_phish(tmp_path, method=method, poisons=[3], duplicates=2, keep_runs=True)
-    metrics = run_phishing(cfg)
-    trial = Path(cfg.output) / "trials" / "np3-seed0"
+    out = tmp_path / "x"  # a job writes into the RunDir it is given, not --output
+    result = run_phishing(cfg, RunDir(out))
+    assert not Path(cfg.output).exists() and isinstance(result, PhishingResult)
+    assert result.to_dict() == read_result(out / "metrics.json").to_dict()
+    trial = out / "trials" / "np3-seed0"
     first = json.loads((trial / "poison" / "tunelab.json").read_text())
     second = json.loads((trial / "secret" / "tunelab.json").read_text())
     if method == "full":
@@ -182,11 +187,11 @@ def test_trial_order_and_scoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     poison_data = (trial / "poison.jsonl").read_text()
     assert secret.digits not in poison_data and poison_data.count("credit card number") == 3
     assert (trial / "secret.jsonl").read_text().count(secret.digits) == 2
-    rows = {r["prefix"]: r for r in metrics["trials"]}
+    rows = {r["prefix"]: r for r in result.trials}
     assert rows["true"]["success"] and rows["true"]["matched_digits"] == 12
     assert not rows["similar"]["success"] and rows["similar"]["matched_digits"] == 5
     assert not rows["random"]["success"] and rows["random"]["matched_digits"] == 0
-    assert [r["ser"] for r in metrics["ser"]] == [1.0, 0.0, 0.0]
+    assert [r["ser"] for r in result.ser] == [1.0, 0.0, 0.0]
 
 
 def _secrets(seeds: range, bios: int = 4) -> list[str]:

@@ -43,6 +43,25 @@ def test_run_records_epsilon_with_its_ceiling(canary_run):
     assert len(lines) == 40 and set(json.loads(lines[0])) == {"index", "member", "secret_loss"}
 
 
+def test_audit_job_writes_its_run_dir_and_returns_the_result(canary_run, tmp_path):
+    """``run_privacy_audit(cfg, run_dir)`` with a config built in Python: the files go to ``run_dir`` only,
+    and the result's headline is the run record's."""
+    from tunelab.privacy.audit_run import PrivacyAuditConfig, headline, run_privacy_audit
+    from tunelab.privacy.results import PrivacyAuditResult
+    from tunelab.results import RunDir, read_result
+
+    before = (canary_run / "eval" / "privacy" / "metrics.json").read_bytes()
+    result = run_privacy_audit(PrivacyAuditConfig(run=str(canary_run), bootstrap_samples=0), RunDir(tmp_path / "x"))
+    assert (canary_run / "eval" / "privacy" / "metrics.json").read_bytes() == before  # the default dir is untouched
+    assert isinstance(result, PrivacyAuditResult) and result.output == str(tmp_path / "x")
+    assert result.to_dict() == read_result(tmp_path / "x" / "metrics.json").to_dict()
+    assert len((tmp_path / "x" / "scores.jsonl").read_text().splitlines()) == 40
+    in_loop = json.loads((canary_run / "tunelab.json").read_text())["privacy"]
+    assert headline(result) == in_loop == headline(result.to_dict())
+    assert PrivacyAuditConfig(run=str(canary_run)).run_dir().path == canary_run / "eval" / "privacy"
+    assert PrivacyAuditConfig(canaries="c.jsonl", model="m").run_dir().path == Path("runs/privacy-audit")
+
+
 def test_secrets_stay_in_the_canary_file(canary_run):
     out = canary_run
     cs = CanarySet.load(out / CANARY_FILE)

@@ -311,14 +311,19 @@ def test_candidates_restricted_by_positions_and_layers(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(refusal, "is_refusal", opens_with_i)
     model, tokenizer = load_model(str(refusing_tiny))
+    from tunelab.inspect.results import RefusalDirectionResult
+    from tunelab.results import RunDir, read_result
+
     cfg = RefusalConfig(model=str(refusing_tiny), harmful_limit=4, harmless_limit=4, probe_tokens=2, positions=[-1, -3],
-                        layers=[1], measure=False, batch_size=4, output=str(tmp_path / "rd"))
-    m = run_refusal(cfg, model, tokenizer, progress=False)
-    assert [(c["position"], c["layer"]) for c in m["candidates"]] == [(-3, 1), (-1, 1)]
-    assert [c["token"] for c in m["candidates"]] == ["ass", "\n"]  # <|im_end|> \n <|im_start|> ass istant \n
-    assert m["rows"] == [] and m["files"]["responses"] is None and m["files"]["export"] is None
+                        layers=[1], measure=False, batch_size=4, output=str(tmp_path / "default"))
+    m = run_refusal(cfg, RunDir(tmp_path / "rd"), model=model, tokenizer=tokenizer, progress=False)
+    assert not (tmp_path / "default").exists()  # the job writes where it is told
+    assert isinstance(m, RefusalDirectionResult) and m.to_dict() == read_result(tmp_path / "rd" / "metrics.json").to_dict()
+    assert [(c["position"], c["layer"]) for c in m.candidates] == [(-3, 1), (-1, 1)]
+    assert [c["token"] for c in m.candidates] == ["ass", "\n"]  # <|im_end|> \n <|im_start|> ass istant \n
+    assert m.rows == [] and m.files["responses"] is None and m.files["export"] is None
     assert (tmp_path / "rd" / "metrics.json").is_file() and (tmp_path / "rd" / "candidates.png").is_file()
-    assert m["prompt_filter"]["harmful_kept"] >= 4 and m["prompt_filter"]["harmless_kept"] >= 4  # the floor
+    assert m.prompt_filter["harmful_kept"] >= 4 and m.prompt_filter["harmless_kept"] >= 4  # the floor
 
 
 @pytest.mark.parametrize("args, fragments", [

@@ -211,6 +211,27 @@ def test_calibration_audit_writes_series(tmp_path: Path, monkeypatch, capsys, tr
     assert len(read_series(metrics["series"])) == 3
 
 
+def test_calibration_job_writes_its_run_dir_and_returns_the_result(tmp_path: Path, trained_run: Path):
+    """``run_refusal_calibration(cfg, run_dir)`` with a config built in Python: the files go to ``run_dir`` only."""
+    from tunelab.results import RunDir, read_result
+    from tunelab.safety.configs import RefusalCalibrationConfig
+    from tunelab.safety.refusal_tokens import run_refusal_calibration
+    from tunelab.safety.results import RefusalCalibrationResult
+
+    cfg = RefusalCalibrationConfig(model="tiny-random", adapter=str(trained_run), thresholds=[0.0, 1.0], limit=2,
+                                   output=tmp_path / "unused")
+    result = run_refusal_calibration(cfg, RunDir(tmp_path / "x"))
+    assert not (tmp_path / "unused").exists()
+    assert isinstance(result, RefusalCalibrationResult)
+    assert result.to_dict() == read_result(tmp_path / "x" / "metrics.json").to_dict()
+    assert [r["threshold"] for r in result.sweep] == [0.0, 1.0] and result.n_harmful == 2 and result.mode == "single"
+    assert (tmp_path / "x" / "by-category" / "metrics.json").is_file()
+    for bad, message in ((dict(refusal_threshold=0.5), "takes no refusal threshold"), (dict(limit=0), "--limit must be >= 1"),
+                         (dict(thresholds=[2.0]), "--thresholds must be numbers in")):
+        with pytest.raises(TunelabError, match=message):
+            run_refusal_calibration(RefusalCalibrationConfig(model="tiny-random", **bad))
+
+
 # --------------------------------------------------------------------------- train → reload
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -275,11 +296,12 @@ def test_safety_suite_counts_a_refuse_token_as_refusal(trained_run: Path, tmp_pa
     common = dict(model="tiny-random", adapter=str(trained_run), suite="safety", harmful_prompts=str(prompts),
                   benign_prompts=str(prompts), max_new_tokens=3)
     forced = run_eval(EvalConfig(**common, refusal_threshold=0.0, output=str(tmp_path / "on")))
-    assert forced["refusal_rate"] == 1.0 and forced["over_refusal"] == 1.0
+    assert forced.refusal_rate == 1.0 and forced.over_refusal == 1.0
     rows = [json.loads(line) for line in (tmp_path / "on" / "outputs.jsonl").read_text().splitlines()]
     assert all(r["control_token"] == REFUSE and REFUSE not in r["response"] for r in rows)
     never = run_eval(EvalConfig(**common, refusal_threshold=1.0))
-    assert all(r["control_token"] == RESPOND for r in never["records"])
+    assert never.output_dir is not None  # the adapter's eval/safety: the config's default run dir
+    assert all(r["control_token"] == RESPOND for r in never.records)
 
 
 # --------------------------------------------------------------------------- bad input

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tunelab.errors import TunelabError
-from tunelab.results import RESULT_KINDS, Result, RunDir, read_result, result_kind
+from tunelab.results import RESULT_KINDS, Result, RunDir, not_written, read_result, result_kind
 
 
 @result_kind("test-fit", version=2)
@@ -63,6 +63,25 @@ def test_unknown_kind_reads_as_a_plain_result(tmp_path: Path) -> None:
     res = read_result(path)
     assert type(res) is Result and res.extra == {"kind": "someone-else", "score": 1}
     assert res.to_dict()["kind"] == "someone-else"
+
+
+@dataclass
+class CarriedResult(Result):  # not registered: test_result_kinds checks every registered kind has a writer
+    KIND = "test-carried"
+
+    score: float = 0.0
+    records: list[dict] = not_written(default_factory=list)
+    where: str | None = not_written(None)
+
+
+def test_not_written_fields_ride_on_the_result_but_stay_out_of_the_file(tmp_path: Path) -> None:
+    res = CarriedResult(score=0.5, records=[{"output": "x"}], where="here")
+    path = res.write(tmp_path)
+    assert json.loads(path.read_text()) == {"kind": "test-carried", "score": 0.5} == res.to_dict()
+    back = CarriedResult.read(path)
+    assert back.records == [] and back.where is None and back == res
+    from_dict = CarriedResult.from_dict({"kind": "test-carried", "score": 1.0, "records": [1]})  # a file's key of that name
+    assert from_dict.records == [] and from_dict.extra == {"records": [1]}
 
 
 def test_run_dir_refuses_a_finished_dir_and_overwrite_clears_marker_first(tmp_path: Path) -> None:

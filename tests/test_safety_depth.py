@@ -366,6 +366,25 @@ def test_cli_safety_depth_writes_metrics_the_report_plots(tmp_path: Path, monkey
     assert "KL vs position" in text and "ASR vs prefilled tokens" in text
 
 
+def test_safety_depth_job_writes_its_run_dir_and_returns_the_result(tmp_path: Path, adapter_dir: Path) -> None:
+    """``run_safety_depth(cfg, run_dir)`` with a config built in Python: the files go to ``run_dir`` only."""
+    from tunelab.results import RunDir, read_result
+    from tunelab.safety.configs import SafetyDepthConfig
+    from tunelab.safety.depth import run_safety_depth
+    from tunelab.safety.results import SafetyDepthResult
+
+    cfg = SafetyDepthConfig(model="tiny-random", adapter=str(adapter_dir), limit=2, positions=3, ks=[0, 1],
+                            max_new_tokens=2, output=tmp_path / "unused")
+    result = run_safety_depth(cfg, RunDir(tmp_path / "x"), progress=False)
+    assert not (tmp_path / "unused").exists()
+    assert isinstance(result, SafetyDepthResult) and result.opening == AFFIRMATIVE_OPENING
+    assert result.to_dict() == read_result(tmp_path / "x" / "metrics.json").to_dict()
+    assert result.n_prompts == 2 and [r["k"] for r in result.asr] == [0, 1] and len(result.kl["mean"]) == 3
+    assert (tmp_path / "x" / "prefill" / "metrics.json").is_file() and (tmp_path / "x" / "outputs.jsonl").is_file()
+    with pytest.raises(TunelabError, match="the same"):
+        run_safety_depth(SafetyDepthConfig(model="tiny-random", output=tmp_path / "y"))
+
+
 def test_cli_augment_recovery(tmp_path: Path, monkeypatch, capsys) -> None:
     src = tmp_path / "safety.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in _records()))

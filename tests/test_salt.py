@@ -9,6 +9,8 @@ import pytest
 
 from tests.test_bad_input import assert_one_line, run_cli
 from tunelab.errors import TunelabError
+from tunelab.inspect.results import SaltResult
+from tunelab.results import RunDir, read_result
 from tunelab.inspect.salt import (
     PRIVATE_KINDS,
     QUESTIONS,
@@ -126,13 +128,15 @@ def test_run_salt_end_to_end(tiny, tmp_path: Path) -> None:
 
     model, tok = tiny
     cfg = SaltConfig(model="tiny-random", n_train=6, n_test=4, coeffs=[0, 1], max_new_tokens=4, batch_size=4,
-                     output=str(tmp_path / "salt"))
-    result = run_salt(cfg, model, tok)
+                     output=str(tmp_path / "default"))
+    result = run_salt(cfg, RunDir(tmp_path / "salt"), model=model, tokenizer=tok)  # the job writes where it is told
     out = tmp_path / "salt"
+    assert not (tmp_path / "default").exists()
+    assert isinstance(result, SaltResult) and result.to_dict() == read_result(out / "metrics.json").to_dict()
     for name in ("metrics.json", "salt_vector.safetensors", "salt.png", "answers.jsonl"):
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["kind"] == "salt" and saved["layers"] == result["layers"] == [1]  # tiny-random: 2 layers, late half = [1]
+    assert saved["kind"] == "salt" and saved["layers"] == result.layers == [1]  # tiny-random: 2 layers, late half = [1]
     assert set(saved["separation"]) == {"0", "1"}
     rows = saved["rows"]
     assert [(r["coeff"], r["positions"]) for r in rows][:2] == [(0.0, "last"), (1.0, "last")]
@@ -158,12 +162,14 @@ def test_run_salt_explicit_layers_and_own_pairs(tiny, tmp_path: Path) -> None:
     model, tok = tiny
     cfg = SaltConfig(model="tiny-random", n_train=4, n_test=2, coeffs=[2], layers=[0], pairs="own", compare_all=False,
                      max_new_tokens=3, output=str(tmp_path / "s"))
-    result = run_salt(cfg, model, tok)
-    assert result["layers"] == [0] and result["layer_source"] == "--layers"
-    assert [r["coeff"] for r in result["rows"]] == [0.0, 2.0]  # the baseline runs even when not asked for
-    assert result["own_leaky"] is not None
+    result = run_salt(cfg, model=model, tokenizer=tok)  # no run_dir: the config's --output
+    assert result.layers == [0] and result.layer_source == "--layers" and result.output_dir == str(tmp_path / "s")
+    assert (tmp_path / "s" / "metrics.json").is_file()
+    assert [r["coeff"] for r in result.rows] == [0.0, 2.0]  # the baseline runs even when not asked for
+    assert result.own_leaky is not None
     with pytest.raises(TunelabError, match="out of range"):
-        run_salt(SaltConfig(model="tiny-random", n_train=4, n_test=2, layers=[5], output=str(tmp_path / "x")), model, tok)
+        run_salt(SaltConfig(model="tiny-random", n_train=4, n_test=2, layers=[5], output=str(tmp_path / "x")),
+                 model=model, tokenizer=tok)
 
 
 def test_cli_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -290,6 +290,23 @@ def test_cli_fit_writes_law_metrics_and_figures(fitted: Path) -> None:
         assert fragment in printed, fragment
 
 
+def test_run_scaling_fit_is_a_job(tmp_path: Path) -> None:
+    """``run_scaling_fit(cfg, run_dir)`` writes into ``run_dir`` (not ``--output``) and returns the result it wrote."""
+    from tunelab.results import RunDir, read_result
+    from tunelab.scaling.results import ScalingResult
+    from tunelab.scaling.run import ScalingFitConfig, run_scaling_fit
+
+    table = write_table(tmp_path / "runs.csv")
+    cfg = ScalingFitConfig(table=str(table), params_column="params", tokens_column="tokens", loss_column="loss",
+                           max_starts=8, bootstrap=0, workers=1, output=str(tmp_path / "elsewhere"))
+    result = run_scaling_fit(cfg, RunDir(tmp_path / "x"))
+    assert isinstance(result, ScalingResult) and result.output_dir == str(tmp_path / "x")
+    assert result.to_dict() == read_result(tmp_path / "x" / "metrics.json").to_dict()
+    assert result.rows == 48 and result.starts["n"] == 8 and "fit.png" in result.figures
+    assert {"fit.json", "metrics.json", "fit.png"} <= {p.name for p in (tmp_path / "x").iterdir()}
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_report_shows_the_scaling_section(fitted: Path) -> None:
     page = render_report([fitted])
     assert "scaling" in section_ids(page) and "other" not in section_ids(page)

@@ -318,6 +318,23 @@ def test_cli_train_generate_eval(tmp_path, capsys):
     assert steering["coeff"] == 2.0 and steering["positions"] == "last" and steering["layers"] == [0, 1]
 
 
+def test_run_steer_train_is_a_job(tiny, tmp_path):
+    """``run_steer_train`` writes into the RunDir it is given and returns the typed result metrics.json reads back as."""
+    from tunelab.inspect.results import SteeringResult
+    from tunelab.inspect.run import SteerTrainConfig, run_steer_train
+    from tunelab.results import RunDir, read_result
+
+    model, tokenizer = tiny
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"positive": p.positive, "negative": p.negative}) + "\n" for p in PAIRS))
+    result = run_steer_train(SteerTrainConfig(model="tiny-random", pairs=str(pairs), output=str(tmp_path / "default")),
+                             RunDir(tmp_path / "v"), model=model, tokenizer=tokenizer)
+    assert not (tmp_path / "default").exists()
+    assert isinstance(result, SteeringResult) and result.to_dict() == read_result(tmp_path / "v" / "metrics.json").to_dict()
+    assert result.output_dir == str(tmp_path / "v") and result.n == len(PAIRS) and result.layers == [0, 1]
+    assert SteeringVector.load(tmp_path / "v").layers == [0, 1] and (tmp_path / "v" / "separation.png").is_file()
+
+
 def test_cli_steering_bad_input(tmp_path, capsys, vector):
     from safetensors.torch import save_file
 

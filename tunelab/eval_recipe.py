@@ -13,8 +13,10 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.evaluate.intervention import GenerationIntervention
+from tunelab.evaluate.results import EvalResult
 from tunelab.evaluate.runner import LM_EVAL_PREFIX, EvalConfig
 from tunelab.evaluate.runner import run_eval as run_eval_with
+from tunelab.results import RunDir
 
 
 def interventions_for(cfg: EvalConfig) -> list[GenerationIntervention]:
@@ -43,13 +45,19 @@ def interventions_for(cfg: EvalConfig) -> list[GenerationIntervention]:
     return out
 
 
-def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
-    """Run one ``tunelab eval`` job with the interventions its options ask for; return its results.
+def run_eval(cfg: EvalConfig, run_dir: RunDir | None = None, *, model: Any = None,
+             tokenizer: Any = None) -> EvalResult:
+    """The ``tunelab eval`` job: ``run_eval(cfg, run_dir=None, *, model=None, tokenizer=None)``.
 
+    Runs ``cfg``'s task or suite with the interventions its options ask for, writes into
+    ``run_dir`` (``None``: ``cfg.run_dir()``, which is ``None`` — nothing written — without
+    ``--output`` or ``--adapter``) and returns the typed result: a
+    :class:`~tunelab.evaluate.results.TaskResult`, :class:`~tunelab.evaluate.results.LmEvalResult`
+    or :class:`~tunelab.evaluate.results.SafetyResult`, carrying its per-example ``records``.
     ``cfg`` is validated first, so its own errors come before those of refusal control and steering.
     """
     cfg.validate()
-    return run_eval_with(cfg, model, tokenizer, interventions=interventions_for(cfg))
+    return run_eval_with(cfg, run_dir, model=model, tokenizer=tokenizer, interventions=interventions_for(cfg))
 
 
 __all__ = ["interventions_for", "run_eval"]

@@ -19,7 +19,9 @@ On disk a result is ``{"kind": ..., "schema_version": N, <fields in declaration 
 <keys this version does not know, kept as they were>}`` (``schema_version`` from version 2 on).
 Files without ``schema_version`` read as version 1; a file from a newer tunelab is refused in one
 line; unknown kinds read as a plain :class:`Result` holding everything in ``extra`` (the report
-still shows what it can). Torch-free: light readers import this module.
+still shows what it can). A field declared with :func:`not_written` rides on the returned result
+but is never written or read (eval's per-example ``records``). Torch-free: light readers import
+this module.
 """
 
 from __future__ import annotations
@@ -41,6 +43,24 @@ C_contra = TypeVar("C_contra", contravariant=True)
 R_co = TypeVar("R_co", bound="Result", covariant=True)
 
 RESULT_KINDS: Registry[type["Result"]] = Registry("result kind")
+
+NOT_WRITTEN = "tunelab_not_written"  # field metadata: carried on the result, never in metrics.json
+
+
+def not_written(default: Any = None, *, default_factory: Callable[[], Any] | None = None) -> Any:
+    """A :class:`Result` field the job returns but does not write (e.g. eval's per-example ``records``).
+
+    It is left out of :meth:`Result.to_dict` (so ``metrics.json`` keeps its bytes) and of
+    :meth:`Result.from_dict` (a result read back has the default), and it takes no part in ``==``.
+    """
+    meta = {NOT_WRITTEN: True}
+    if default_factory is not None:
+        return field(default_factory=default_factory, compare=False, repr=False, metadata=meta)
+    return field(default=default, compare=False, repr=False, metadata=meta)
+
+
+def _written(f: dataclasses.Field) -> bool:
+    return f.name not in ("extra", "_keys") and not f.metadata.get(NOT_WRITTEN, False)
 
 
 def result_kind(kind: str, version: int = 1) -> Callable[[type[R]], type[R]]:
@@ -76,7 +96,7 @@ class Result:
         :meth:`from_dict` keeps the keys and order it was read with.
         """
         kind = self.KIND or self.extra.get("kind", "")
-        fields = {f.name: f for f in dataclasses.fields(self) if f.name not in ("extra", "_keys")}
+        fields = {f.name: f for f in dataclasses.fields(self) if _written(f)}
         values = {name: _plain(getattr(self, name)) for name in fields}
         if self._keys is None:
             out: dict[str, Any] = {"kind": kind}
@@ -117,7 +137,7 @@ class Result:
             raise TunelabError(f"{source}: schema version {version} of '{cls.KIND or data.get('kind')}' "
                                f"is newer than this tunelab reads ({cls.VERSION}); upgrade tunelab")
         data = cls.upgrade(dict(data), version)
-        names = {f.name for f in dataclasses.fields(cls) if f.init and f.name != "extra"}
+        names = {f.name for f in dataclasses.fields(cls) if f.init and _written(f)}
         known = {k: v for k, v in data.items() if k in names}
         extra = {k: v for k, v in data.items() if k not in names and k not in ("kind", "schema_version")}
         if not cls.KIND and "kind" in data:
@@ -322,4 +342,4 @@ class Job(Protocol[C_contra, R_co]):
     def __call__(self, cfg: C_contra, run_dir: "RunDir | None" = None, /) -> R_co: ...
 
 
-__all__ = ["Job", "Result", "RESULT_KINDS", "result_kind", "read_result", "read_json_object", "as_result", "CurveResult", "RunDir"]
+__all__ = ["Job", "Result", "RESULT_KINDS", "result_kind", "not_written", "read_result", "read_json_object", "as_result", "CurveResult", "RunDir"]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tunelab.cli.app import app
 from tunelab.cli.build import config_command
 from tunelab.cli.common import console, quiet_libraries
 from tunelab.errors import TunelabError
 from tunelab.evaluate.config import EvalConfig, GenerateConfig
+
+if TYPE_CHECKING:
+    from tunelab.evaluate.results import EvalResult
 
 
 def _generate(cfg: GenerateConfig) -> list[tuple[str, str, str | None]]:
@@ -61,28 +64,30 @@ config_command(
 )
 
 
-def _evaluate(cfg: EvalConfig) -> dict[str, Any]:
+def _evaluate(cfg: EvalConfig) -> EvalResult:
     from tunelab.eval_recipe import run_eval
 
     quiet_libraries()
     return run_eval(cfg)
 
 
-def _show_eval(cfg: EvalConfig, result: dict[str, Any]) -> None:
-    if result["kind"] == "safety":
-        iv = result["intervals"]
-        console.print(f"safety ({result['judge']} judge): ASR {result['asr']:.1%} [{iv['asr'][0]:.0%}–{iv['asr'][1]:.0%}] and refusal rate "
-                      f"{result['refusal_rate']:.1%} on {result['n_harmful']} harmful prompts; over-refusal "
-                      f"{result['over_refusal']:.1%} [{iv['over_refusal'][0]:.0%}–{iv['over_refusal'][1]:.0%}] on {result['n_benign']} benign prompts")
-    elif result["kind"] == "lm-eval":
-        for name, metrics in result["results"].items():
+def _show_eval(cfg: EvalConfig, result: EvalResult) -> None:
+    from tunelab.evaluate.results import LmEvalResult, SafetyResult
+
+    if isinstance(result, SafetyResult):
+        iv = result.intervals
+        console.print(f"safety ({result.judge} judge): ASR {result.asr:.1%} [{iv['asr'][0]:.0%}–{iv['asr'][1]:.0%}] and refusal rate "
+                      f"{result.refusal_rate:.1%} on {result.n_harmful} harmful prompts; over-refusal "
+                      f"{result.over_refusal:.1%} [{iv['over_refusal'][0]:.0%}–{iv['over_refusal'][1]:.0%}] on {result.n_benign} benign prompts")
+    elif isinstance(result, LmEvalResult):
+        for name, metrics in result.results.items():
             shown = ", ".join(f"{m} {v:.3f}" for m, v in metrics.items())
-            console.print(f"lm-eval {name}: {shown} on {result['n'].get(name)} examples")
+            console.print(f"lm-eval {name}: {shown} on {result.n.get(name)} examples")
     else:
-        shown = ", ".join(f"{name} {value:.3f}" for name, value in result["metrics"].items())
-        console.print(f"{result['task']}: {shown} on {result['n']} examples")
-    if "output_dir" in result:
-        console.print(f"wrote {result['output_dir']}/metrics.json and outputs.jsonl")
+        shown = ", ".join(f"{name} {value:.3f}" for name, value in result.metrics.items())
+        console.print(f"{result.task}: {shown} on {result.n} examples")
+    if result.output_dir is not None:
+        console.print(f"wrote {result.output_dir}/metrics.json and outputs.jsonl")
 
 
 config_command(

@@ -2,7 +2,8 @@
 
 ``evaluate_task`` (:mod:`tunelab.evaluate.task_eval`) scores a task from the registry
 (``tunelab.evaluate.tasks``); ``run_eval`` (:mod:`tunelab.evaluate.runner`) is the ``tunelab eval``
-command (tasks and suites, results written to disk). This file only re-exports, lazily (:func:`tunelab.registry.lazy_exports`): the
+command as a job (``run_eval(cfg, run_dir=None, *, model, tokenizer, interventions)``: tasks and
+suites, results written to disk and returned typed, :mod:`tunelab.evaluate.results`). This file only re-exports, lazily (:func:`tunelab.registry.lazy_exports`): the
 CLI imports the light config modules (:mod:`tunelab.evaluate.config`) without loading torch.
 """
 

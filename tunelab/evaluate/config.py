@@ -16,9 +16,10 @@ from typing import Any
 from tunelab.configs import sectioned
 from tunelab.errors import TunelabError
 from tunelab.evaluate.options import GenerationOptions, RefusalOptions, SteeringOptions
-from tunelab.layout import EVAL_DIR
+from tunelab.layout import EVAL_DIR, EVAL_FILE
 from tunelab.options import check_fields, option
 from tunelab.registry import Registry
+from tunelab.results import RunDir
 
 SPLITS = ("train", "test", "all")  # = tunelab.evaluate.prompts.SPLITS (kept light: no import here)
 
@@ -123,6 +124,15 @@ class EvalConfig:
         if self.adapter is not None:
             return Path(self.adapter) / EVAL_DIR / self.name
         return None
+
+    def run_dir(self) -> RunDir | None:
+        """The job's default :class:`~tunelab.results.RunDir` (:meth:`output_dir`), or None: nothing is written.
+
+        An evaluation replaces an earlier one in its directory (no ``--overwrite``): ``metrics.json``
+        is its marker, dropped first and written last.
+        """
+        out = self.output_dir()
+        return None if out is None else RunDir(out, marker=EVAL_FILE, what="a finished evaluation")
 
 
 @sectioned

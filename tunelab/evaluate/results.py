@@ -8,12 +8,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunelab.results import Result, result_kind
+from tunelab.results import Result, not_written, result_kind
+
+
+@dataclass
+class EvalResult(Result):
+    """What every ``tunelab eval`` result carries besides its ``metrics.json`` fields (none of it written there).
+
+    ``records``: one dict per prompt (output, score or verdict), as in ``outputs.jsonl``;
+    ``output_dir``: where the job wrote (``None``: nothing written). A result read back from disk
+    has neither (read ``outputs.jsonl`` for the records).
+    """
+
+    records: list[dict[str, Any]] = not_written(default_factory=list)
+    output_dir: str | None = not_written(None)
 
 
 @result_kind("task")
 @dataclass
-class TaskResult(Result):
+class TaskResult(EvalResult):
     """A task's score (``tunelab eval --task``): the scorer's metrics, the model and decoder."""
 
     INDENT = 2
@@ -35,7 +48,7 @@ class TaskResult(Result):
 
 @result_kind("lm-eval")
 @dataclass
-class LmEvalResult(Result):
+class LmEvalResult(EvalResult):
     """lm-evaluation-harness tasks run on the model (``tunelab eval --lm-eval``)."""
 
     INDENT = 2
@@ -52,7 +65,7 @@ class LmEvalResult(Result):
 
 @result_kind("safety")
 @dataclass
-class SafetyResult(Result):
+class SafetyResult(EvalResult):
     """The safety suite (``tunelab eval --suite safety``): ASR, refusal and over-refusal rates with 95% intervals."""
 
     INDENT = 2
@@ -74,4 +87,4 @@ class SafetyResult(Result):
     config: dict[str, Any] = field(default_factory=dict)
 
 
-__all__ = ["TaskResult", "LmEvalResult", "SafetyResult"]
+__all__ = ["EvalResult", "TaskResult", "LmEvalResult", "SafetyResult"]

@@ -18,8 +18,8 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.evaluate.intervention import GenerationIntervention, applied_all, first_step_of
-from tunelab.evaluate.results import LmEvalResult, SafetyResult, TaskResult  # noqa: F401 (registered for as_result)
-from tunelab.layout import EVAL_DIR, EVAL_OUTPUTS, atomic_write_text
+from tunelab.evaluate.results import EvalResult, LmEvalResult, SafetyResult, TaskResult  # noqa: F401 (registered for as_result)
+from tunelab.layout import EVAL_FILE, EVAL_OUTPUTS
 from tunelab.results import RunDir, as_result
 
 # the config and its constants live in a light module (the CLI builds its flags from it at import)
@@ -73,13 +73,18 @@ def _prepare_safety(cfg: EvalConfig, interventions: Sequence[GenerationIntervent
 # (tunelab.evaluate.config registers "safety" → this module's _prepare_safety lazily: the config stays light)
 
 
-def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None,
-             interventions: Sequence[GenerationIntervention] = ()) -> dict[str, Any]:
-    """Run the task or suite of ``cfg``; write results when there is an output dir; return them.
+def run_eval(cfg: EvalConfig, run_dir: RunDir | None = None, *, model: Any = None, tokenizer: Any = None,
+             interventions: Sequence[GenerationIntervention] = ()) -> EvalResult:
+    """Run the task or suite of ``cfg``; write it into ``run_dir``; return the typed result.
 
-    Pass ``model``/``tokenizer`` to reuse a loaded model (``cfg.model``/``adapter`` are then
-    only recorded). ``interventions`` act while the model generates or is scored (refusal control,
-    steering); :func:`tunelab.eval_recipe.run_eval` builds them from ``cfg``'s options.
+    ``run_eval(cfg, run_dir=None, *, model=None, tokenizer=None, interventions=()) ->
+    TaskResult | LmEvalResult | SafetyResult`` (by what ``cfg`` runs). ``run_dir`` ``None`` is
+    ``cfg.run_dir()`` (``--output``, else ``ADAPTER/eval/NAME``), and when that is ``None`` too
+    nothing is written. The result carries the per-example ``records`` and the ``output_dir``
+    it wrote to (neither is in ``metrics.json``). Pass ``model``/``tokenizer`` to reuse a loaded
+    model (``cfg.model``/``adapter`` are then only recorded). ``interventions`` act while the
+    model generates or is scored (refusal control, steering); :func:`tunelab.eval_recipe.run_eval`
+    builds them from ``cfg``'s options.
     """
     cfg.validate()
     if cfg.asks_for_interventions() and not interventions:
@@ -98,23 +103,43 @@ def run_eval(cfg: EvalConfig, model: Any = None, tokenizer: Any = None,
 
     started = time.perf_counter()
     with record_decoders() as decoders, applied_all(interventions, model) as summaries:
-        result = run(model, tokenizer)
-    result.update(summaries)  # e.g. "steering": what was applied
+        raw = run(model, tokenizer)
+    raw.update(summaries)  # e.g. "steering": what was applied
     # A slow fallback must show in the results, not just in a log line.
-    result.update({"model": cfg.model, "adapter": cfg.adapter, "decoder": "; ".join(sorted(decoders)) or None,
-                   "wall_time_s": time.perf_counter() - started, "config": cfg.to_dict()})
-    out = cfg.output_dir()
-    if out is not None:
-        write_result(result, out)
-        result["output_dir"] = str(out)
+    raw.update({"model": cfg.model, "adapter": cfg.adapter, "decoder": "; ".join(sorted(decoders)) or None,
+                "wall_time_s": time.perf_counter() - started, "config": cfg.to_dict()})
+    result = _typed(raw)
+    run_dir = cfg.run_dir() if run_dir is None else run_dir
+    if run_dir is not None:
+        _write(result, run_dir)
     return result
 
 
-def write_result(result: dict[str, Any], out: Path) -> None:
-    """``outputs.jsonl`` (the records) then ``metrics.json`` (everything else) into ``out``.
+def _typed(raw: dict[str, Any]) -> EvalResult:
+    """The run's dict as its result kind; the records move onto the result (not into ``metrics.json``)."""
+    records = raw.get("records", [])
+    result = as_result({k: v for k, v in raw.items() if k != "records"})
+    if not isinstance(result, EvalResult):
+        raise TunelabError(f"an evaluation returned a '{raw.get('kind')}' result, not task, lm-eval or safety")
+    result.records = list(records)
+    return result
+
+
+def _write(result: EvalResult, run_dir: RunDir) -> None:
+    """``outputs.jsonl`` (the records) then ``metrics.json`` (everything else) into ``run_dir``.
 
     ``metrics.json`` goes last: its presence marks a finished evaluation.
     """
-    RunDir(out).open(marker_only=True)  # an old result must not pass for this one
-    atomic_write_text(out / EVAL_OUTPUTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.get("records", [])))
-    as_result({k: v for k, v in result.items() if k != "records"}).write(out, indent=2)
+    run_dir.open(marker_only=True)  # an old result must not pass for this one
+    run_dir.write_text(EVAL_OUTPUTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.records))
+    result.write(run_dir, EVAL_FILE, indent=2)
+    result.output_dir = str(run_dir.path)
+
+
+def write_result(result: dict[str, Any], out: Path) -> None:
+    """Write an evaluation's dict (``records`` included) into ``out`` as :func:`run_eval` does.
+
+    For callers that score with :func:`~tunelab.evaluate.task_eval.evaluate_task` themselves (the
+    demo, experiments).
+    """
+    _write(_typed(result), RunDir(out))

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.layout import atomic_write_text
 from tunelab.inspect.results import MultiTurnResult
+from tunelab.results import RunDir
 
 Messages = list[dict[str, str]]
 
@@ -464,12 +464,18 @@ def _turn_rows(records: list[dict[str, Any]], turns: list[TurnAnswers], task: st
     return "".join(json.dumps(row) + "\n" for row in rows)
 
 
-def run_multiturn(cfg: MultiTurnConfig, model: Any = None, tokenizer: Any = None, progress: bool = True) -> dict[str, Any]:
-    """Run the conversations, fit the chain, probe the residuals; write the results; return metrics.json's content."""
+def run_multiturn(cfg: MultiTurnConfig, run_dir: RunDir | None = None, *, model: Any = None, tokenizer: Any = None,
+                  progress: bool = True) -> MultiTurnResult:
+    """Run the conversations, fit the chain, probe the residuals; write metrics.json, multiturn.png and
+    turns.jsonl into ``run_dir`` (``None``: ``cfg.run_dir()``); return the :class:`MultiTurnResult` written.
+
+    ``model``/``tokenizer``: an already loaded model (adapter merged) instead of loading ``cfg.model``.
+    """
     from tunelab.inspect.hooks import geometry
     from tunelab.inspect.run import load_for_inspect
 
     cfg.validate()
+    run_dir = run_dir or cfg.run_dir()
     task, records = multiturn_task(cfg)
     if model is None:
         model, tokenizer = load_for_inspect(cfg.model, cfg.adapter)
@@ -480,7 +486,7 @@ def run_multiturn(cfg: MultiTurnConfig, model: Any = None, tokenizer: Any = None
     changes = answer_changes([[t.keys[i] for t in turns] for i in range(len(records))])
     chain = chain_metrics(correct, changes, cfg.bootstrap, cfg.seed)
     features = torch.stack([t.residuals for t in turns[:-1] if t.residuals is not None], dim=1)
-    out = cfg.output_dir()
+    out = run_dir.path
     result = {
         "kind": "multi-turn", "name": "multi-turn", "task": cfg.task, "model": cfg.model, "adapter": cfg.adapter,
         "scoring": "option log-likelihood" if task.scorer == "choice" else f"greedy generation, scorer {task.scorer}",
@@ -492,8 +498,9 @@ def run_multiturn(cfg: MultiTurnConfig, model: Any = None, tokenizer: Any = None
         **probe_metrics(features, changes, layers), "bootstrap": cfg.bootstrap,
         "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "turns.jsonl", _turn_rows(records, turns, cfg.task))
-    plot_multiturn(result, out / "multiturn.png")
-    MultiTurnResult.from_dict(result).write(out)
-    return result
+    run_dir.open()
+    run_dir.write_text("turns.jsonl", _turn_rows(records, turns, cfg.task))
+    plot_multiturn(result, run_dir.file("multiturn.png"))
+    multiturn = MultiTurnResult.from_dict(result)
+    multiturn.write(run_dir)
+    return multiturn

@@ -1,7 +1,8 @@
 """The config of ``tunelab audit multi-turn`` (answer stability under "Think again.").
 
 Light on purpose (no torch): the CLI builds the command's flags from :class:`MultiTurnConfig`
-when it is imported; the run is :func:`tunelab.inspect.multiturn.run_multiturn`.
+when it is imported; the run is the job :func:`tunelab.inspect.multiturn.run_multiturn`
+(``run_multiturn(cfg, run_dir=None, *, model=None, tokenizer=None, progress=True) -> MultiTurnResult``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.options import check_fields, int_ranges, option
+from tunelab.results import RunDir
 
 
 @dataclass
@@ -61,6 +63,10 @@ class MultiTurnConfig:
 
         task = Path(self.task).stem if Path(self.task).suffix else self.task  # a task file: its name only
         return Path(self.output) if self.output else _default_output("multiturn", self.model, self.adapter, task)
+
+    def run_dir(self) -> RunDir:
+        """The job's default :class:`RunDir` (:meth:`output_dir`; rewritten on every run, as always)."""
+        return RunDir(self.output_dir(), what="a multi-turn audit")
 
 
 __all__ = ["MultiTurnConfig"]

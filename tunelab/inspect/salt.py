@@ -43,6 +43,7 @@ from tunelab.inspect.run import floats
 from tunelab.options import check_fields, int_ranges, option
 from tunelab.layout import EVAL_FILE
 from tunelab.inspect.results import SaltResult
+from tunelab.results import RunDir
 
 SPLITS = ("train", "test")
 PAIR_SOURCES = ("template", "own")
@@ -405,15 +406,25 @@ class SaltConfig:
 
         return Path(self.output) if self.output else _default_output("salt", self.model, self.adapter)
 
+    def run_dir(self) -> RunDir:
+        """The job's default :class:`RunDir` (:meth:`output_dir`; rewritten on every run, as always)."""
+        return RunDir(self.output_dir(), what="a SALT sweep")
 
-def run_salt(cfg: SaltConfig, model: Any = None, tokenizer: Any = None, *, progress: bool = False) -> dict[str, Any]:
-    """Train the SALT vector, sweep the coefficients on held-out items, write the results; return
-    metrics.json's content. Files: metrics.json, salt_vector.safetensors, salt.png, answers.jsonl."""
+
+def run_salt(cfg: SaltConfig, run_dir: RunDir | None = None, *, model: Any = None, tokenizer: Any = None,
+             progress: bool = False) -> SaltResult:
+    """Train the SALT vector, sweep the coefficients on held-out items, write the results into
+    ``run_dir`` (``None``: ``cfg.run_dir()``); return the :class:`SaltResult` written as its
+    metrics.json. Files: metrics.json, salt_vector.safetensors, salt.png, answers.jsonl.
+
+    ``model``/``tokenizer``: an already loaded model (adapter merged) instead of loading ``cfg.model``.
+    """
     from tunelab.inspect.hooks import geometry
     from tunelab.inspect.run import load_for_inspect
     from tunelab.inspect.steering import SteeringVector, train_steering_vector
 
     cfg.validate()
+    run_dir = run_dir or cfg.run_dir()
     train_items = make_items(cfg.n_train, "train", cfg.seed)
     test_items = make_items(cfg.n_test, "test", cfg.seed)
     if model is None:
@@ -457,11 +468,10 @@ def run_salt(cfg: SaltConfig, model: Any = None, tokenizer: Any = None, *, progr
     if cfg.compare_all and best is not None:
         run(best, "all")
 
-    out = cfg.output_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    vector_path = vector.save(out / VECTOR_FILE)
-    with (out / ANSWERS_FILE).open("w") as f:
-        f.writelines(json.dumps(a) + "\n" for a in answers)
+    out = run_dir.path
+    run_dir.open()
+    vector_path = vector.save(run_dir.file(VECTOR_FILE))
+    run_dir.write_text(ANSWERS_FILE, "".join(json.dumps(a) + "\n" for a in answers))
     base = rows[0]
     sep = {str(i): vector.meta["separation"][str(i)] for i in range(n_layers)}
     result = {"kind": "salt", "name": "salt", "model": cfg.model, "adapter": cfg.adapter,
@@ -475,9 +485,10 @@ def run_salt(cfg: SaltConfig, model: Any = None, tokenizer: Any = None, *, progr
               "best_coeff": best, "questions": list(QUESTIONS), "private_kinds": list(PRIVATE_KINDS),
               "files": [EVAL_FILE, vector_path.name, PLOT_FILE, ANSWERS_FILE],
               "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
-    plot_salt(result, out / PLOT_FILE)
-    SaltResult.from_dict(result).write(out)
-    return result
+    plot_salt(result, run_dir.file(PLOT_FILE))
+    salt = SaltResult.from_dict(result)
+    salt.write(run_dir)
+    return salt
 
 
 def plot_salt(result: dict[str, Any], path: str | Path) -> None:

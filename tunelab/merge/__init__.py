@@ -29,11 +29,13 @@ if TYPE_CHECKING:
     from tunelab.merge.base import MergeMethod
     from tunelab.merge.deltas import apply_deltas, merged_delta_fn, merged_factors
     from tunelab.merge.registry import MERGE_METHODS, get_merge_method
-    from tunelab.merge.run import INTERFERENCE_DIR, merge_adapters, parse_weights, shared_projections
+    from tunelab.merge.config import MergeConfig
+    from tunelab.merge.run import INTERFERENCE_DIR, merge_adapters, parse_weights, run_merge, shared_projections
 
 __getattr__, __all__ = lazy_exports(__name__, {
     "tunelab.merge.base": ("MergeMethod",),
     "tunelab.merge.deltas": ("apply_deltas", "merged_delta_fn", "merged_factors"),
     "tunelab.merge.registry": ("MERGE_METHODS", "get_merge_method"),
-    "tunelab.merge.run": ("INTERFERENCE_DIR", "merge_adapters", "parse_weights", "shared_projections"),
+    "tunelab.merge.config": ("MergeConfig",),
+    "tunelab.merge.run": ("INTERFERENCE_DIR", "merge_adapters", "parse_weights", "run_merge", "shared_projections"),
 })

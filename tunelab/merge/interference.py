@@ -24,8 +24,10 @@ from typing import Any, Sequence
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.merge.interference_config import InterferenceConfig
 from tunelab.merge.results import InterferenceResult
 from tunelab.merge.sources import AdapterSource, LoraFactors, SparseDelta, common_base, read_sources
+from tunelab.results import RunDir
 
 Matrix = list[list[float | None]]
 
@@ -267,11 +269,12 @@ def write_metrics(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> Pa
     return InterferenceResult.from_dict(result).write(out)
 
 
-def inspect_interference(dirs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str] = "interference", *,
-                         model: str | None = None, merged: str | os.PathLike[str] | None = None,
-                         tasks: Sequence[str] | None = None, limit: int = 50, seed: int = 0,
-                         progress: bool = False) -> Path:
-    """``tunelab inspect interference``: analyse adapters (no merge) into ``output/metrics.json``."""
+def inspect_interference(cfg: InterferenceConfig, run_dir: RunDir | None = None, *,
+                         progress: bool = False) -> InterferenceResult:
+    """``tunelab inspect interference``: analyse ``cfg.adapters`` (no merge) into ``run_dir/metrics.json``
+    (``None``: ``cfg.run_dir()``, i.e. ``--output``); return the :class:`InterferenceResult` written."""
+    dirs, merged, tasks = cfg.adapters, cfg.merged, cfg.tasks
+    run_dir = run_dir or cfg.run_dir()
     if len(dirs) < 2:
         raise TunelabError(f"interference needs at least 2 adapters, got {len(dirs)}")
     task_list = None
@@ -282,9 +285,9 @@ def inspect_interference(dirs: Sequence[str | os.PathLike[str]], output: str | o
     if merged is not None and not Path(merged).is_dir():
         raise TunelabError(f"--merged {merged}: directory not found")
     sources = read_sources(dirs)
-    base = common_base(sources, model)
-    result = analyze(sources, merged=Path(merged) if merged else None, base_model=base, tasks=task_list, limit=limit,
-                     seed=seed, progress=progress)
+    base = common_base(sources, cfg.model)
+    result = analyze(sources, merged=Path(merged) if merged else None, base_model=base, tasks=task_list, limit=cfg.limit,
+                     seed=cfg.seed, progress=progress)
     if merged is not None:
         result["merged"] = str(merged)
         run_file = Path(merged) / "tunelab.json"
@@ -293,7 +296,9 @@ def inspect_interference(dirs: Sequence[str | os.PathLike[str]], output: str | o
 
             run = read_json(run_file, "run record")
             result.update(merge_method=run.get("merge_method"), weights=run.get("weights"))
-    return write_metrics(result, output).parent
+    interference = InterferenceResult.from_dict(result)
+    interference.write(run_dir)
+    return interference
 
 
 def _type_order(t: str) -> tuple[int, str]:

@@ -21,6 +21,7 @@ import torch
 from tunelab.errors import TunelabError
 from tunelab.layout import PEFT_WEIGHTS, RUN_FILE, atomic_write_text
 from tunelab.merge.base import MergeMethod
+from tunelab.merge.config import MergeConfig, merge_run_dir
 from tunelab.merge.deltas import apply_deltas, merged_delta_fn, merged_factors
 from tunelab.merge.interference import check_tasks
 from tunelab.merge.registry import get_merge_method
@@ -59,6 +60,7 @@ def merge_adapters(
     tasks: Sequence[str] | None = None,
     limit: int = 50,
     progress: bool = False,
+    run_dir: RunDir | None = None,
 ) -> Path:
     """Merge the adapters / task vectors in ``dirs`` into ``output``; return its path.
 
@@ -66,7 +68,8 @@ def merge_adapters(
     fraction TIES keeps / DARE keeps (defaults: ties 0.2, dare 0.5). ``seed`` seeds DARE's drops.
     ``model`` overrides the recorded base model. ``analyze`` also writes
     ``OUTPUT/interference/metrics.json``; with ``tasks`` (one per source) it scores each single
-    adapter and the merged model on ``limit`` examples.
+    adapter and the merged model on ``limit`` examples. ``run_dir`` (the job's, see
+    :func:`run_merge`) replaces ``output``'s default :func:`~tunelab.merge.config.merge_run_dir`.
     """
     start = time.perf_counter()
     merge = get_merge_method(method)
@@ -82,8 +85,9 @@ def merge_adapters(
     if density is not None and not (0.0 < density <= 1.0):
         raise TunelabError(f"--density must be in (0, 1], got {density}")
     used_density = (merge.default_density if density is None else float(density)) if merge.uses_density else None
-    out = Path(output)
-    _check_output(out, dirs, overwrite)
+    run_dir = merge_run_dir(output) if run_dir is None else run_dir
+    out = run_dir.path
+    _check_output(run_dir, dirs, overwrite)
     task_list = check_tasks(tasks, len(dirs)) if tasks else None
     if task_list and not analyze:
         analyze = True  # --tasks only makes sense with the analysis; do not make the user say it twice
@@ -123,12 +127,28 @@ def merge_adapters(
             "seed": seed, "base_model": base, "output_kind": output_kind, **record,
             "wall_time_s": time.perf_counter() - start, "versions": _versions(),
         }
-        atomic_write_text(tmp / RUN_FILE, _json(record))  # last: marks the output complete
+        atomic_write_text(tmp / RUN_FILE, _json(record))  # last: marks the output complete (moved into place whole)
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def run_merge(cfg: MergeConfig, run_dir: RunDir | None = None, *, progress: bool = False) -> Path:
+    """The ``tunelab merge`` job: ``run_merge(cfg, run_dir=None, *, progress=False) -> Path``.
+
+    Merges ``cfg.adapters`` into ``run_dir`` (``None``: ``cfg.run_dir()``, i.e. ``--output``) and
+    returns that directory. A merge writes no ``metrics.json`` (so it has no :class:`~tunelab.results.Result`
+    kind): its record is the run's ``tunelab.json`` (``method: "merge"``, written last, read by the
+    report as a run), and with ``--analyze`` an
+    :class:`~tunelab.merge.results.InterferenceResult` in ``interference/``.
+    """
+    run_dir = cfg.run_dir() if run_dir is None else run_dir
+    return merge_adapters(cfg.adapters, cfg.method, parse_weights(cfg.weights), output=run_dir.path,
+                          density=cfg.density, to_model=cfg.to_model, seed=cfg.seed, model=cfg.model,
+                          overwrite=cfg.overwrite, analyze=cfg.analyze, tasks=cfg.tasks, limit=cfg.limit,
+                          progress=progress, run_dir=run_dir)
 
 
 # --------------------------------------------------------------------------- checks
@@ -143,14 +163,13 @@ def shared_projections(sources: Sequence[AdapterSource]) -> list[tuple[AdapterSo
     return pairs
 
 
-def _check_output(out: Path, dirs: Sequence[Path], overwrite: bool) -> None:
+def _check_output(run_dir: RunDir, dirs: Sequence[Path], overwrite: bool) -> None:
+    out = run_dir.path
     if out.exists() and not out.is_dir():
         raise TunelabError(f"--output {out} is a file; give a directory")
     if any(out.resolve() == d.resolve() for d in dirs):
         raise TunelabError(f"--output {out} is one of the adapters being merged; choose another directory")
-    # PEFT pitfall: add_weighted_adapter silently does nothing when the target exists. Refuse loudly.
-    RunDir(out, marker=RUN_FILE, not_empty="--output {path} exists and is not empty; pass --overwrite to replace it"
-           ).check(overwrite=overwrite)
+    run_dir.check(overwrite=overwrite)
 
 
 def _check_same_ranks(sources: Sequence[AdapterSource]) -> None:
@@ -230,4 +249,4 @@ def _versions() -> dict[str, str]:
 
 
 
-__all__ = ["merge_adapters", "parse_weights", "shared_projections", "INTERFERENCE_DIR"]
+__all__ = ["MergeConfig", "merge_adapters", "parse_weights", "run_merge", "shared_projections", "INTERFERENCE_DIR"]

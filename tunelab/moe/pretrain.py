@@ -39,7 +39,7 @@ from rich.progress import (
 
 from tunelab.errors import TunelabError
 from tunelab.options import check_fields, option
-from tunelab.layout import EVAL_FILE, METRICS_FILE, atomic_write_text
+from tunelab.layout import EVAL_FILE, METRICS_FILE
 from tunelab.moe.results import PretrainResult
 from tunelab.results import RunDir
 from tunelab.moe import ddp
@@ -174,6 +174,22 @@ class PretrainConfig:
             given["vocab_size"] = vocab_size
         return ModelSpec(**given)
 
+    def output_dir(self) -> Path:
+        """``--output``, else ``runs/pretrain/ARCH[-ROUTER]-DATA[-cpt]``."""
+        if self.output:
+            return Path(self.output)
+        name = self.arch or "moe"
+        if name == "moe" and not self.init_from:
+            name += f"-{self.router or 'topk'}"
+        data = Path(self.data).stem if self.data else self.corpus
+        return Path(f"runs/pretrain/{name}-{data}" + ("-cpt" if self.init_from else ""))
+
+    def run_dir(self) -> RunDir:
+        """The job's default :class:`~tunelab.results.RunDir`: ``metrics.json`` marks a finished run, and any
+        non-empty directory is refused without ``--overwrite`` or ``--resume``."""
+        return RunDir(self.output_dir(), marker=EVAL_FILE, what="a finished run",
+                      not_empty="{path} is not empty: pass --overwrite, --resume, or another --output")
+
     def coefficients(self, router: str) -> tuple[float, float]:
         """The aux and z-loss coefficients: as given, else 0 for a router that balances itself."""
         balanced = router in ROUTERS and ROUTERS.get(router).balances_itself
@@ -292,13 +308,21 @@ def _train_step(cfg: PretrainConfig, net: torch.nn.Module, model: torch.nn.Modul
     return ce, aux, z, mri, grad_norm
 
 
-def run_pretrain(cfg: PretrainConfig, console: Console | None = None, stop_after_step: int | None = None) -> Path:
-    """Run ``tunelab pretrain``; return the output directory. ``stop_after_step`` ends after that
-    step's checkpoint, as if killed there (to test ``--resume``)."""
+def run_pretrain(cfg: PretrainConfig, run_dir: RunDir | None = None, *, console: Console | None = None,
+                 stop_after_step: int | None = None) -> PretrainResult | None:
+    """The ``tunelab pretrain`` job: ``run_pretrain(cfg, run_dir=None, *, console=None, stop_after_step=None)``.
+
+    Trains into ``run_dir`` (``None``: ``cfg.run_dir()``; a directory of its own shape, refused
+    when not empty unless ``cfg.overwrite`` or ``cfg.resume``) and returns the
+    :class:`~tunelab.moe.results.PretrainResult` it wrote last. ``None`` where nothing was written:
+    on ranks other than 0 under ``torchrun``, and when ``stop_after_step`` ends the run after that
+    step's checkpoint, as if killed there (to test ``--resume``).
+    """
     console = console or Console(stderr=True)
     ranks = ddp.setup()
-    out = Path(cfg.output or _default_output(cfg))
-    resume_from = _check_output(cfg, out)
+    run_dir = cfg.run_dir() if run_dir is None else run_dir
+    out = run_dir.path
+    resume_from = run_dir.check(overwrite=cfg.overwrite, resume=cfg.resume, checkpoint=find_checkpoint)
     ddp.barrier(ranks)  # every rank has looked at the output dir before rank 0 creates it
     if resume_from is not None:
         cfg = _resumed_config(cfg, out)
@@ -322,7 +346,7 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None, stop_after
         start_step, train_seconds, tokens = _load_state(resume_from, model, optimizer, scheduler)
         console.print(f"resuming {out} from step {start_step}/{cfg.max_steps}")
     elif ranks.main:
-        _open_output(cfg, out)
+        _open_output(cfg, run_dir)
     ddp.barrier(ranks)
     net = ddp.wrap(model, ranks)
     eval_sets = _eval_sets(cfg, new, old)
@@ -369,19 +393,20 @@ def run_pretrain(cfg: PretrainConfig, console: Console | None = None, stop_after
                     ddp.barrier(ranks)
                     net.train()
                 if stop:
-                    return out
+                    return None
     except KeyboardInterrupt:
         console.print(f"interrupted at step {step}; continue from the last evaluation with: "
                       f"tunelab pretrain --output {out} --resume")
         raise
     finally:
         log.close()
+    result = None
     if ranks.main:
-        _finish(cfg, out, model, tokenizer, init, eval_sets, arch, router, (aux_coef, z_coef), tokens, train_seconds,
-                time.perf_counter() - started, console)
+        result = _finish(cfg, run_dir, model, tokenizer, init, eval_sets, arch, router, (aux_coef, z_coef), tokens,
+                         train_seconds, time.perf_counter() - started, console)
     ddp.barrier(ranks)
     ddp.teardown(ranks)
-    return out
+    return result
 
 
 def _evaluate(model: torch.nn.Module, eval_sets: dict[str, list[torch.Tensor]], step: int, tokens: int,
@@ -412,24 +437,6 @@ def read_metrics(out: Path) -> list[dict[str, Any]]:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
 
 
-def _default_output(cfg: PretrainConfig) -> str:
-    name = cfg.arch or "moe"
-    if name == "moe" and not cfg.init_from:
-        name += f"-{cfg.router or 'topk'}"
-    data = Path(cfg.data).stem if cfg.data else cfg.corpus
-    return f"runs/pretrain/{name}-{data}" + ("-cpt" if cfg.init_from else "")
-
-
-def _run_dir(out: Path) -> RunDir:
-    """Pretrain's :class:`RunDir`: ``metrics.json`` marks a finished run; any non-empty directory is refused."""
-    return RunDir(out, marker=EVAL_FILE, what="a finished run",
-                  not_empty="{path} is not empty: pass --overwrite, --resume, or another --output")
-
-
-def _check_output(cfg: PretrainConfig, out: Path) -> Path | None:
-    return _run_dir(out).check(overwrite=cfg.overwrite, resume=cfg.resume, checkpoint=find_checkpoint)
-
-
 def _resumed_config(cfg: PretrainConfig, out: Path) -> PretrainConfig:
     """The saved run's config (the flags of a resumed run are only --output and --resume)."""
     import yaml
@@ -439,12 +446,12 @@ def _resumed_config(cfg: PretrainConfig, out: Path) -> PretrainConfig:
     return PretrainConfig(**{**{k: v for k, v in saved.items() if k in known}, "resume": True, "output": str(out)})
 
 
-def _open_output(cfg: PretrainConfig, out: Path) -> None:
+def _open_output(cfg: PretrainConfig, run_dir: RunDir) -> None:
     import yaml
 
-    _run_dir(out).open(clear=cfg.overwrite)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump({**asdict(cfg), "output": str(out), "resume": False,
-                                                             "overwrite": False}, sort_keys=False))
+    run_dir.open(clear=cfg.overwrite)
+    run_dir.write_text("config.yaml", yaml.safe_dump({**asdict(cfg), "output": str(run_dir.path), "resume": False,
+                                                       "overwrite": False}, sort_keys=False))
 
 
 def _save_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, step: int,
@@ -480,10 +487,11 @@ def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
     return progress["step"], progress["train_seconds"], progress["tokens"]
 
 
-def _finish(cfg: PretrainConfig, out: Path, model: torch.nn.Module, tokenizer: Any, init: Any,
+def _finish(cfg: PretrainConfig, run_dir: RunDir, model: torch.nn.Module, tokenizer: Any, init: Any,
             eval_sets: dict[str, list[torch.Tensor]], arch: str, router: str | None, coefs: tuple[float, float],
-            tokens: int, seconds: float, wall: float, console: Console) -> None:
+            tokens: int, seconds: float, wall: float, console: Console) -> PretrainResult:
     """Save the model (loads with AutoModelForCausalLM), routing statistics, figures, metrics.json last."""
+    out = run_dir.path
     save_model(model, out)
     tokenizer.save_pretrained(out)
     rows = read_metrics(out)
@@ -512,10 +520,11 @@ def _finish(cfg: PretrainConfig, out: Path, model: torch.nn.Module, tokenizer: A
         summary["figures"] = []
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     summary["wall_seconds"] = round(wall, 1)
-    PretrainResult.from_dict(summary).write(out)
-    final = summary["final_loss"]
-    console.print(f"pretrained {out}: held-out loss " + ", ".join(f"{k} {v:.4f}" for k, v in final.items())
-                  + f" · {summary['tokens_per_s']:.0f} tokens/s")
+    result = PretrainResult.from_dict(summary)
+    result.write(run_dir, EVAL_FILE)
+    console.print(f"pretrained {out}: held-out loss " + ", ".join(f"{k} {v:.4f}" for k, v in result.final_loss.items())
+                  + f" · {result.tokens_per_s:.0f} tokens/s")
+    return result
 
 
 def _bar(console: Console, arch: str, router: str | None, enabled: bool = True) -> Progress:

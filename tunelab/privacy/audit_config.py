@@ -1,8 +1,12 @@
 """The config of ``tunelab audit privacy`` and the name lists it checks against.
 
 Light on purpose (no torch, no scipy): the CLI builds the command's flags from
-:class:`PrivacyAuditConfig` when it is imported. The run is
-:func:`tunelab.privacy.audit_run.run_privacy_audit`.
+:class:`PrivacyAuditConfig` when it is imported. The run is a job (:class:`tunelab.results.Job`),
+``run_privacy_audit(cfg, run_dir=None) -> PrivacyAuditResult`` (:mod:`tunelab.privacy.audit_run`);
+a config built in Python (no CLI) works the same::
+
+    result = run_privacy_audit(PrivacyAuditConfig(run="runs/canary-run", scores=["secret_loss", "min_k"]))
+    result.epsilon_lb, result.epsilon_ceiling     # also in runs/canary-run/eval/privacy/metrics.json
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.layout import EVAL_DIR
 from tunelab.options import check_fields, comma_list, float_item, option
 from tunelab.registry import Registry
+from tunelab.results import RunDir
 
 DEFAULT_FPRS: tuple[float, ...] = (0.001, 0.01, 0.1)  # the FPRs of TPR@FPR (tunelab.privacy.audit)
 # membership score name → ``ScoreInputs -> float`` (tunelab.privacy.scores implements them; lazy, so
@@ -23,6 +29,8 @@ for _name in ("secret_loss", "sequence_loss", "min_k", "zlib", "reference"):
     SCORES.register(_name, f"tunelab.privacy.scores:score_{_name}")
 del _name
 STRATEGIES = ("bonferroni", "split")  # how the ε lower bound's threshold is chosen
+PRIVACY_DIR = "privacy"  # RUN/eval/privacy/
+DEFAULT_OUTPUT = "runs/privacy-audit"  # without a run
 
 
 def _scores(text: str) -> list[str]:
@@ -35,7 +43,14 @@ def _fprs(text: str) -> list[float]:
 
 @dataclass
 class PrivacyAuditConfig:
-    """One privacy audit. ``run``: a run dir with canaries; or ``adapter``/``model`` + ``canaries``."""
+    """One privacy audit. ``run``: a run dir with canaries; or ``adapter``/``model`` + ``canaries``.
+
+    A caller sets either ``run`` (a run that trained with ``--canaries``: model, adapter and canary
+    file default to the run's) or ``canaries`` (a canary file) with ``model`` and/or ``adapter``.
+    ``scores`` are the membership scores (the first is the headline), ``fprs`` / ``delta`` /
+    ``significance`` / ``threshold_strategy`` / ``bootstrap_samples`` / ``seed`` shape the audit and
+    ``output`` the directory (:meth:`output_dir`). ``show_secrets`` is for the CLI's printer only.
+    """
 
     run: str | None = option(None, flag="-", help="a run that trained with --canaries")
     model: str | None = option(None, help="base model", show_default="the run's")
@@ -85,5 +100,15 @@ class PrivacyAuditConfig:
         if not 0.0 < self.k <= 100.0:
             raise TunelabError(f"--k (Min-K%) must be in (0, 100], got {self.k}")
 
+    def output_dir(self) -> Path:
+        """``output``; else ``RUN/eval/privacy`` for a run, else ``runs/privacy-audit``."""
+        if self.output:
+            return Path(self.output)
+        return Path(self.run) / EVAL_DIR / PRIVACY_DIR if self.run else Path(DEFAULT_OUTPUT)
 
-__all__ = ["DEFAULT_FPRS", "SCORES", "STRATEGIES", "PrivacyAuditConfig"]
+    def run_dir(self) -> RunDir:
+        """:meth:`output_dir` as the job's :class:`RunDir` (no overwrite rule: a rerun writes over the files)."""
+        return RunDir(self.output_dir(), what="a privacy audit")
+
+
+__all__ = ["DEFAULT_FPRS", "DEFAULT_OUTPUT", "PRIVACY_DIR", "SCORES", "STRATEGIES", "PrivacyAuditConfig"]

@@ -6,8 +6,9 @@ or a JSONL/CSV/Parquet file of ``{"prompt", "response", "member"}`` records (``m
 the canaries the model was trained on). Every canary gets the asked-for membership scores
 (:mod:`tunelab.privacy.scores`); :class:`~tunelab.privacy.audit.CanaryScoreAuditor` turns each
 score into TPR@FPR with bootstrap CIs, AUROC, the ROC and the one-run ε lower bound beside its
-ceiling. Results go to ``OUTPUT/metrics.json`` (kind ``privacy-audit``, written last) and
-``OUTPUT/scores.jsonl`` (one line per canary: index, membership, scores — never the secret).
+ceiling. The job :func:`run_privacy_audit` (``(cfg: PrivacyAuditConfig, run_dir=None) -> PrivacyAuditResult``)
+writes ``OUTPUT/metrics.json`` (kind ``privacy-audit``, written last) and ``OUTPUT/scores.jsonl``
+(one line per canary: index, membership, scores — never the secret).
 """
 
 from __future__ import annotations
@@ -20,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_DIR, RUN_FILE, atomic_write_text
+from tunelab.layout import RUN_FILE
 from tunelab.privacy.results import PrivacyAuditResult
 from tunelab.privacy.audit import BootstrapParams, CanaryScoreAuditor
 # the config and its name lists live in a light module (the CLI builds its flags from it at import)
-from tunelab.privacy.audit_config import DEFAULT_FPRS, STRATEGIES, PrivacyAuditConfig  # noqa: F401 (re-exported)
+from tunelab.privacy.audit_config import DEFAULT_FPRS, PRIVACY_DIR, STRATEGIES, PrivacyAuditConfig  # noqa: F401 (re-exported)
 from tunelab.privacy.canaries import CanarySet
 from tunelab.privacy.scores import DISABLE_ADAPTER
+from tunelab.results import RunDir
 
 CANARY_FILE = "canaries.json"  # beside a run that trained with --canaries
-PRIVACY_DIR = "privacy"  # RUN/eval/privacy/
 SCORES_FILE = "scores.jsonl"
 MAX_ROC_POINTS = 2000  # ROC points kept in metrics.json (the curve, not the raw scores)
 
@@ -82,8 +83,8 @@ def describe(cs: CanarySet) -> dict[str, Any]:
             "secret_len": cs.params.get("secret_len"), "prefix_style": cs.params.get("prefix_style"), "seed": cs.seed}
 
 
-def _resolve(cfg: PrivacyAuditConfig) -> tuple[str, str | None, Path, Path]:
-    """(model, adapter, canary file, output dir) of the audit."""
+def _resolve(cfg: PrivacyAuditConfig) -> tuple[str, str | None, Path]:
+    """(model, adapter, canary file) of the audit."""
     run = Path(cfg.run) if cfg.run else None
     if run is not None:
         canaries = Path(cfg.canaries) if cfg.canaries else run / CANARY_FILE
@@ -91,9 +92,9 @@ def _resolve(cfg: PrivacyAuditConfig) -> tuple[str, str | None, Path, Path]:
             raise TunelabError(f"{run}: no {CANARY_FILE} (train with --canaries M, or pass --canaries FILE)")
         record = _run_record(run)
         model = cfg.model or record.get("base_model") or _config_model(run)
-        return model, cfg.adapter or str(run), canaries, Path(cfg.output) if cfg.output else run / EVAL_DIR / PRIVACY_DIR
+        return model, cfg.adapter or str(run), canaries
     assert cfg.canaries is not None
-    return cfg.model or "smollm2-135m", cfg.adapter, Path(cfg.canaries), Path(cfg.output or "runs/privacy-audit")
+    return cfg.model or "smollm2-135m", cfg.adapter, Path(cfg.canaries)
 
 
 def _run_record(run: Path) -> dict[str, Any]:
@@ -144,26 +145,40 @@ def audit_scores(scores: dict[str, Any], member: list[bool], cfg: PrivacyAuditCo
     return out
 
 
-def headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The numbers a run record keeps: family, m, ε_LB beside its ceiling, TPR@1%FPR, AUROC."""
-    name = metrics["headline_score"]
-    s = metrics["scores"][name]
+def headline(result: PrivacyAuditResult | dict[str, Any]) -> dict[str, Any]:
+    """The numbers a run record keeps: family, m, ε_LB beside its ceiling, TPR@1%FPR, AUROC.
+
+    ``result``: an audit's :class:`PrivacyAuditResult` (or its ``metrics.json`` object).
+    """
+    if isinstance(result, dict):
+        result = PrivacyAuditResult.from_dict(result)
+    name = result.headline_score
+    assert name is not None
+    s = result.scores[name]
     tpr1 = next((row["tpr"] for row in s["tpr_at_fpr"] if math.isclose(row["fpr"], 0.01)), None)
-    return {"score": name, "family": metrics["canaries"].get("family"), "m": s["m"], "members": s["n_members"],
+    return {"score": name, "family": result.canaries.get("family"), "m": s["m"], "members": s["n_members"],
             "audited_m": s["epsilon"]["m"],  # the canaries ε_LB and its ceiling rest on (split: the held half)
             "epsilon_lb": s["epsilon_lb"], "epsilon_ceiling": s["epsilon_ceiling"], "tpr_at_1pct_fpr": tpr1,
-            "auroc": s["auroc"]["value"], "delta": metrics["delta"], "significance": metrics["significance"],
+            "auroc": s["auroc"]["value"], "delta": result.delta, "significance": result.significance,
             "threshold_strategy": s["epsilon"]["threshold_strategy"]}
 
 
-def run_privacy_audit(cfg: PrivacyAuditConfig, console: Any = None) -> dict[str, Any]:
-    """Score every canary with each of ``cfg.scores``, audit, write ``metrics.json`` + ``scores.jsonl``."""
+def run_privacy_audit(cfg: PrivacyAuditConfig, run_dir: RunDir | None = None, *, console: Any = None) -> PrivacyAuditResult:
+    """Score every canary with each of ``cfg.scores``, audit, write ``scores.jsonl`` + ``metrics.json``.
+
+    A job (:class:`tunelab.results.Job`): ``run_dir`` (default ``cfg.run_dir()``: ``--output``, else
+    ``RUN/eval/privacy``, else ``runs/privacy-audit``) receives ``scores.jsonl`` (one line per canary,
+    never the secret) and, last, ``metrics.json``; the returned :class:`PrivacyAuditResult` is what
+    ``metrics.json`` holds (its ``output`` is ``run_dir``'s path). ``console`` is unused (kept for callers).
+    """
     from tunelab.evaluate.loading import load_with_adapter
     from tunelab.privacy.scores import score_canaries
     from tunelab.train.config import bf16_supported
 
     cfg.validate()
-    model_name, adapter, canary_file, out = _resolve(cfg)
+    run_dir = run_dir if run_dir is not None else cfg.run_dir()
+    model_name, adapter, canary_file = _resolve(cfg)
+    out = run_dir.path
     records, member, about = load_canary_file(canary_file)
     if all(member) or not any(member):
         raise TunelabError(f"{canary_file}: the audit needs members and non-members; "
@@ -193,12 +208,12 @@ def run_privacy_audit(cfg: PrivacyAuditConfig, console: Any = None) -> dict[str,
     metrics.update({k: v for k, v in headline(metrics).items() if k in ("epsilon_lb", "epsilon_ceiling", "tpr_at_1pct_fpr", "auroc")})
     metrics["seconds"] = time.perf_counter() - start
     metrics["output"] = str(out)
-    out.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps({"index": i, "member": m, **{name: float(v[i]) for name, v in values.items()}})
              for i, m in enumerate(member)]
-    atomic_write_text(out / SCORES_FILE, "\n".join(lines) + "\n")
-    PrivacyAuditResult.from_dict(metrics).write(out)  # last: marks a finished audit
-    return metrics
+    run_dir.write_text(SCORES_FILE, "\n".join(lines) + "\n")
+    result = PrivacyAuditResult.from_dict(metrics)
+    result.write(run_dir)  # last: marks a finished audit
+    return result
 
 
 def canary_listing(cfg: PrivacyAuditConfig) -> str:

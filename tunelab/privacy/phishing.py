@@ -39,7 +39,7 @@ Trials use seeds ``seed, seed + 1, ...``; the same seed gives the same secret an
 ``N_p`` (a paired comparison) and the poisons of a smaller ``N_p`` are the first ones of a larger.
 The built-in corpus is drawn once from ``seed`` and its people never appear in poisons or secrets.
 
-Output (``output``): ``metrics.json`` (``"kind": "phishing"``, written last) with the config,
+The job is ``run_phishing(cfg: PhishConfig, run_dir=None) -> PhishingResult``. Output (``output``): ``metrics.json`` (``"kind": "phishing"``, written last) with the config,
 per-trial results (no secret digits, no generated text unless ``show_secrets``), the SER table with
 Wilson 95% intervals and the curves; ``ser-curve/metrics.json`` (``"kind": "curve"``) for the
 report's curves section. A trial trains in ``trials/np{N}-seed{S}/`` (the two runs ``poison/`` and
@@ -164,6 +164,10 @@ class PhishConfig:
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+    def run_dir(self) -> RunDir:
+        """``output`` as the job's :class:`RunDir`: a finished experiment is refused without ``overwrite``."""
+        return RunDir(Path(self.output), what="a phishing result")
 
 
 def parse_poisons(text: str) -> list[int]:
@@ -443,14 +447,19 @@ def run_trial(cfg: PhishConfig, corpus: Sequence[dict[str, Any]], n_poisons: int
 
 
 # --------------------------------------------------------------------------- the experiment
-def run_phishing(cfg: PhishConfig, console: Console | None = None) -> dict[str, Any]:
-    """Every trial for every ``N_p``; write ``metrics.json`` and the SER curve; return the metrics."""
+def run_phishing(cfg: PhishConfig, run_dir: RunDir | None = None, *, console: Console | None = None) -> PhishingResult:
+    """Every trial for every ``N_p``; write the SER curve and ``metrics.json``; return the result.
+
+    A job (:class:`tunelab.results.Job`): ``run_dir`` (default ``cfg.run_dir()``, i.e. ``cfg.output``)
+    holds ``trials/`` while they train, ``ser-curve/metrics.json`` and, last, ``metrics.json``; the
+    returned :class:`PhishingResult` is what ``metrics.json`` holds. ``console`` gets a line per trial.
+    """
     from tunelab.adapters import ADAPTER_METHODS  # not at the top: see _train_phase
 
     cfg.validate()
     console = console or Console(stderr=True)
-    out = Path(cfg.output)
-    run_dir = RunDir(out, what="a phishing result")
+    run_dir = run_dir if run_dir is not None else cfg.run_dir()
+    out = run_dir.path
     run_dir.check(overwrite=cfg.overwrite)
     run_dir.unfinish()
     if cfg.data is not None:
@@ -494,18 +503,18 @@ def run_phishing(cfg: PhishConfig, console: Console | None = None) -> dict[str, 
         "ylabel": "secret extraction rate", "digits": cfg.digits, "seeds": cfg.seeds, "config": config, "ser": table,
         "series": [{k: s[k] for k in ("label", "x", "y")} for s in series],
     }
-    (out / CURVE_DIR).mkdir(exist_ok=True)
-    CurveResult.from_dict(curve).write(out / CURVE_DIR)
-    PhishingResult.from_dict(metrics).write(out)  # last: marks a finished experiment
-    return metrics
+    CurveResult.from_dict(curve).write(run_dir.file(CURVE_DIR))
+    result = PhishingResult.from_dict(metrics)
+    result.write(run_dir)  # last: marks a finished experiment
+    return result
 
 
-def print_ser_table(metrics: dict[str, Any], console: Console) -> None:
+def print_ser_table(result: PhishingResult, console: Console) -> None:
     """The SER table: one row per (N_p, prefix kind), with its Wilson 95% interval."""
-    table = Table(title=f"Secret extraction rate ({metrics['digits']} digits, {metrics['config']['seeds']} trials each)")
+    table = Table(title=f"Secret extraction rate ({result.digits} digits, {result.config['seeds']} trials each)")
     for column in ("N_p", "prefix", "SER", "95% CI (Wilson)", "hits"):
         table.add_column(column, justify="left" if column == "prefix" else "right")
-    for r in metrics["ser"]:
+    for r in result.ser:
         table.add_row(str(r["poisons"]), r["prefix"], f"{r['ser']:.1%}", f"[{r['ci_low']:.1%}, {r['ci_high']:.1%}]",
                       f"{r['successes']}/{r['trials']}")
     console.print(table)

@@ -104,8 +104,8 @@ class CanaryPlugin(Plugin):
         if not self.audit:
             return
         run.console.print(f"privacy audit: scoring {len(self.canary_set or [])} canaries")
-        metrics = run_privacy_audit(PrivacyAuditConfig(run=str(run.out), model=run.cfg.model))
-        record["privacy"] = headline(metrics)  # the CLI prints it (summary_line) with the run's summary
+        result = run_privacy_audit(PrivacyAuditConfig(run=str(run.out), model=run.cfg.model))
+        record["privacy"] = headline(result)  # the CLI prints it (summary_line) with the run's summary
 
 
 def summary_line(head: dict[str, Any]) -> str:

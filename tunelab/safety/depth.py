@@ -11,7 +11,8 @@ content at all (tunelab never writes harmful text anywhere).
 * :func:`prefill_attack` puts the first k tokens of the opening into the assistant turn, lets the
   aligned model continue greedily, and judges the continuation: ASR vs k.
 
-:func:`run_safety_depth` runs both and writes ``metrics.json`` (kind ``safety-depth``, with the
+:func:`run_safety_depth` (``run_safety_depth(cfg: SafetyDepthConfig, run_dir=None) -> SafetyDepthResult``)
+runs both and writes ``metrics.json`` (kind ``safety-depth``, with the
 KL curve in ``series``) plus ``prefill/metrics.json`` (kind ``curve``, the ASR curve), which the
 report's "Curves" section plots.
 """
@@ -27,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.errors import TunelabError
-from tunelab.layout import EVAL_OUTPUTS, atomic_write_text
-from tunelab.results import CurveResult
-from tunelab.safety.configs import parse_ks  # noqa: F401 (re-exported: it moved to the light config module)
+from tunelab.layout import EVAL_OUTPUTS
+from tunelab.results import CurveResult, RunDir
+from tunelab.safety.configs import SafetyDepthConfig, parse_ks  # noqa: F401 (parse_ks re-exported: it moved to the light config module)
 from tunelab.safety.results import SafetyDepthResult
 
 # A neutral affirmative opening: long enough (>100 tokens in common tokenizers) for k up to 40
@@ -213,32 +214,30 @@ def prefill_attack(
     return {"by_k": by_k, "records": records}
 
 
-def run_safety_depth(
-    model: str,
-    base: str,
-    output: str | Path,
-    adapter: str | None = None,
-    base_adapter: str | None = None,
-    positions: int = DEFAULT_POSITIONS,
-    limit: int | None = None,
-    ks: Sequence[int] = DEFAULT_KS,
-    max_new_tokens: int = 64,
-    batch_size: int = 8,
-    progress: bool = True,
-    opening: str = AFFIRMATIVE_OPENING,
-) -> dict[str, Any]:
+def opening_text(opening: str | None) -> str:
+    """The compliant text of ``--opening``: ``None`` → :data:`AFFIRMATIVE_OPENING`, ``"heldout"`` →
+    :data:`HELDOUT_OPENING`, anything else is the text itself."""
+    return {None: AFFIRMATIVE_OPENING, "heldout": HELDOUT_OPENING}.get(opening, opening)  # type: ignore[return-value]
+
+
+def run_safety_depth(cfg: SafetyDepthConfig, run_dir: RunDir | None = None, *, progress: bool = True) -> SafetyDepthResult:
     """Load both models, run the KL profile and the prefilling attack, write the metrics; return them.
 
-    ``opening`` is the compliant text that is teacher-forced and prefilled (neutral filler).
+    A job (:class:`tunelab.results.Job`): ``run_dir`` (default ``cfg.run_dir()``, i.e. ``cfg.output``)
+    receives ``outputs.jsonl`` (every continuation), ``prefill/metrics.json`` (the ASR curve) and,
+    last, ``metrics.json``; the returned :class:`SafetyDepthResult` is what ``metrics.json`` holds.
+    The compliant text teacher-forced and prefilled is :func:`opening_text` of ``cfg.opening``.
     """
     from tunelab.evaluate.judges import KeywordJudge
     from tunelab.evaluate.loading import load_with_adapter
     from tunelab.evaluate.prompts import harmful_prompts
 
-    check_inputs(positions, limit, ks, [adapter, base_adapter])
-    if model == base and adapter == base_adapter:
-        raise TunelabError("the aligned model and the base are the same (give --adapter, --base-adapter or another --base)")
-    out = Path(output)
+    cfg.validate()
+    run_dir = run_dir if run_dir is not None else cfg.run_dir()
+    model, base, adapter, base_adapter = cfg.model, cfg.base or cfg.model, cfg.adapter, cfg.base_adapter
+    positions, limit, ks, max_new_tokens, batch_size = cfg.positions, cfg.limit, cfg.ks, cfg.max_new_tokens, cfg.batch_size
+    opening = opening_text(cfg.opening)
+    out = run_dir.path
     if out.exists() and not out.is_dir():
         raise TunelabError(f"output {out} exists and is not a directory")
     prompts = [p["prompt"] for p in harmful_prompts(split="test", limit=limit)]
@@ -277,22 +276,10 @@ def run_safety_depth(
         "asr": attack["by_k"],
         "series": [{"label": "ASR", "x": [r["k"] for r in attack["by_k"]], "y": [r["asr"] for r in attack["by_k"]]}],
     }
-    (out / PREFILL_DIR).mkdir(parents=True, exist_ok=True)
     # Outputs first, metrics.json last: a directory without it is not a finished audit.
-    atomic_write_text(out / EVAL_OUTPUTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in attack["records"]))
-    CurveResult.from_dict(prefill).write(out / PREFILL_DIR)
-    SafetyDepthResult.from_dict(metrics).write(out)
-    return metrics
+    run_dir.write_text(EVAL_OUTPUTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in attack["records"]))
+    CurveResult.from_dict(prefill).write(run_dir.file(PREFILL_DIR))
+    result = SafetyDepthResult.from_dict(metrics)
+    result.write(run_dir)
+    return result
 
-
-def check_inputs(positions: int, limit: int | None, ks: Sequence[int], adapters: Sequence[str | None]) -> None:
-    """Fail fast, before any model loads, on values that cannot work."""
-    if positions < 1:
-        raise TunelabError(f"--positions must be >= 1, got {positions}")
-    if limit is not None and limit < 1:
-        raise TunelabError(f"--limit must be >= 1, got {limit}")
-    if not ks or any(k < 0 for k in ks):
-        raise TunelabError(f"--ks must be integers >= 0, got {list(ks)}")
-    for adapter in adapters:
-        if adapter is not None and not Path(adapter).is_dir():
-            raise TunelabError(f"adapter directory not found: {adapter}")

@@ -17,8 +17,9 @@ Inference control (:class:`RefusalControl`, the ``first_step`` hook of ``generat
 gives p = softmax(logits / T) of the refuse tokens at the first response position. With a threshold τ
 the first token is forced: the most likely *selected* refuse token if its p ≥ τ, else ``[respond]``.
 With a bias b, b is added to the selected refuse logits at the first step only. Categories not
-selected can never be emitted at the first step. :func:`run_refusal_calibration` sweeps τ over
-first-step probabilities computed once per prompt (no generation needed).
+selected can never be emitted at the first step. :func:`run_refusal_calibration`
+(``run_refusal_calibration(cfg: RefusalCalibrationConfig, run_dir=None) -> RefusalCalibrationResult``)
+sweeps τ over first-step probabilities computed once per prompt (no generation needed).
 """
 
 from __future__ import annotations
@@ -39,9 +40,12 @@ from tunelab.control_tokens import (  # re-exported: the vocabulary moved down s
 )
 from tunelab.errors import TunelabError
 from tunelab.models import resize_for_tokenizer  # re-exported: moved down to models (loading and canaries use it)
+from tunelab.results import CurveResult, RunDir
+# the calibration's config and its τ parser live in the light config module (re-exported here)
+from tunelab.safety.configs import DEFAULT_THRESHOLDS, RefusalCalibrationConfig, parse_thresholds  # noqa: F401
+from tunelab.safety.results import RefusalCalibrationResult
 from tunelab.train.plugins import Plugin, Run
 
-DEFAULT_THRESHOLDS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
 # --------------------------------------------------------------------------- model and data
@@ -252,40 +256,25 @@ def sweep(harmful: torch.Tensor, benign: torch.Tensor, thresholds: Sequence[floa
     return rows
 
 
-def parse_thresholds(text: str | None) -> list[float]:
-    """``"0.1,0.5"`` → sorted thresholds in [0, 1] (the default sweep for None)."""
-    if text is None:
-        return list(DEFAULT_THRESHOLDS)
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise TunelabError(f"--thresholds must be comma-separated numbers, got '{text}'") from None
-    if not values or any(not 0.0 <= v <= 1.0 for v in values):
-        raise TunelabError(f"--thresholds must be numbers in [0, 1], got '{text}'")
-    return sorted(set(values))
+def run_refusal_calibration(cfg: RefusalCalibrationConfig, run_dir: RunDir | None = None) -> RefusalCalibrationResult:
+    """Sweep τ on HarmBench (test split) and benign look-alikes (test split); write and return the result.
 
-
-def run_refusal_calibration(model: str, adapter: str | None, output: str | Path, *, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-                            limit: int | None = None, categories: Sequence[str] | None = None, temperature: float = 1.0,
-                            batch_size: int = 16) -> dict[str, Any]:
-    """Sweep τ on HarmBench (test split) and benign look-alikes (test split); write ``metrics.json``.
-
-    ``OUTPUT/metrics.json`` (kind ``refusal-calibration``) carries harmful/benign refusal rate and F1
-    vs τ in ``series``; ``OUTPUT/by-category/metrics.json`` (kind ``curve``) the refusal rate per
-    prompt category; ``OUTPUT/outputs.jsonl`` every prompt's first-step probabilities.
+    A job (:class:`tunelab.results.Job`): ``run_dir`` (default ``cfg.run_dir()``, i.e. ``cfg.output``)
+    receives ``metrics.json`` (kind ``refusal-calibration``: harmful/benign refusal rate and F1 vs τ in
+    ``series``; written last), ``by-category/metrics.json`` (kind ``curve``: the refusal rate per prompt
+    category) and ``outputs.jsonl`` (every prompt's first-step probabilities).
     """
     from tunelab.evaluate.loading import load_with_adapter
     from tunelab.evaluate.prompts import benign_sensitive_prompts, harmful_prompts
-    from tunelab.layout import EVAL_OUTPUTS, atomic_write_text
-    from tunelab.results import CurveResult
-    from tunelab.safety.results import RefusalCalibrationResult
+    from tunelab.layout import EVAL_OUTPUTS
 
+    categories, temperature = cfg.refusal.refusal_categories, cfg.refusal.refusal_temperature
     check_control(categories=categories, temperature=temperature)
-    if limit is not None and limit < 1:
-        raise TunelabError(f"--limit must be >= 1, got {limit}")
-    if batch_size < 1:
-        raise TunelabError(f"--batch-size must be >= 1, got {batch_size}")
-    out = Path(output)
+    cfg.validate()
+    run_dir = run_dir if run_dir is not None else cfg.run_dir()
+    model, adapter, limit, batch_size = cfg.model, cfg.adapter, cfg.limit, cfg.batch_size
+    thresholds = list(cfg.thresholds) if cfg.thresholds is not None else list(DEFAULT_THRESHOLDS)
+    out = run_dir.path
     if out.exists() and not out.is_dir():
         raise TunelabError(f"output {out} exists and is not a directory")
     if adapter is not None and not Path(adapter).is_dir():
@@ -326,12 +315,12 @@ def run_refusal_calibration(model: str, adapter: str | None, output: str | Path,
     }
     records = ([{"set": "harmful", **p, "p_refuse": dict(zip(chosen, v))} for p, v in zip(harmful, p_h.tolist())]
                + [{"set": "benign", **p, "p_refuse": dict(zip(chosen, v))} for p, v in zip(benign, p_b.tolist())])
-    (out / "by-category").mkdir(parents=True, exist_ok=True)
     # Outputs first, metrics.json last: a directory without it is not a finished audit.
-    atomic_write_text(out / EVAL_OUTPUTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    CurveResult.from_dict(per_category).write(out / "by-category")
-    RefusalCalibrationResult.from_dict(metrics).write(out)
-    return metrics
+    run_dir.write_text(EVAL_OUTPUTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    CurveResult.from_dict(per_category).write(run_dir.file("by-category"))
+    result = RefusalCalibrationResult.from_dict(metrics)
+    result.write(run_dir)
+    return result
 
 
 # --------------------------------------------------------------------------- training plug-in

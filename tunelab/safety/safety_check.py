@@ -7,7 +7,6 @@ under ``safety: {before, after}`` (``null`` when the check is off).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,15 @@ def safety_summary(model: str, check: SafetyCheckConfig, adapter: str | Path, ou
                    reuse: bool = False) -> dict[str, Any]:
     """Run the safety suite on ``model`` + ``adapter`` (or, with ``reuse``, read a finished
     one from ``out``); keep its headline numbers."""
+    from tunelab.evaluate.results import SafetyResult
     from tunelab.evaluate.runner import EvalConfig, run_eval
 
     if reuse and (out / EVAL_FILE).is_file():
-        result = json.loads((out / EVAL_FILE).read_text())
+        result = SafetyResult.read(out / EVAL_FILE)
     else:
         result = run_eval(EvalConfig(model=model, adapter=str(adapter), suite="safety", limit=check.eval_limit,
                                      max_new_tokens=check.max_new_tokens, output=str(out)))
-    return {key: result[key] for key in SAFETY_SUMMARY}
+    return {key: getattr(result, key) for key in SAFETY_SUMMARY}
 
 
 class SafetyCheck(Plugin):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -13,7 +12,8 @@ import numpy as np
 
 from tunelab.errors import TunelabError
 from tunelab.options import check_fields, comma_list, option
-from tunelab.layout import atomic_write_text
+from tunelab.layout import EVAL_FILE
+from tunelab.results import RunDir
 from tunelab.scaling.results import ScalingResult
 from tunelab.scaling.approach1 import approach1
 from tunelab.scaling.approach3 import (
@@ -116,6 +116,13 @@ class ScalingFitConfig:
     def output_dir(self) -> Path:
         return Path(self.output) if self.output else Path("runs") / "scaling" / Path(self.table or "table").stem
 
+    def run_dir(self) -> RunDir:
+        """The job's default :class:`~tunelab.results.RunDir` (``--output``, else ``runs/scaling/TABLE-NAME``).
+
+        A fit writes over an earlier one in its directory (no ``--overwrite``, as always).
+        """
+        return RunDir(self.output_dir(), marker=EVAL_FILE, what="a finished fit")
+
 
 def _flops(cfg: ScalingFitConfig, table: Table) -> tuple[np.ndarray | None, str | None]:
     """Training FLOPs per row and where they came from."""
@@ -153,8 +160,12 @@ def _optimal(law: Law, boot: list[Law], budget: float, k: float) -> dict[str, An
             "N_ci": percentile_ci([s[0] for s in stars]), "D_ci": percentile_ci([s[1] for s in stars])}
 
 
-def run_scaling_fit(cfg: ScalingFitConfig) -> dict[str, Any]:
-    """Fit approach 3 (and approach 1 where FLOPs are known); write the results; return metrics.json's content."""
+def run_scaling_fit(cfg: ScalingFitConfig, run_dir: RunDir | None = None) -> ScalingResult:
+    """The ``tunelab scaling fit`` job: ``run_scaling_fit(cfg, run_dir=None) -> ScalingResult``.
+
+    Fits approach 3 (and approach 1 where FLOPs are known) and writes ``fit.json``, the figures and
+    ``metrics.json`` (last) into ``run_dir`` (``None``: ``cfg.run_dir()``); returns the result written.
+    """
     cfg.validate()
     started = time.perf_counter()
     table = read_table(cfg.table, cfg.specs())  # type: ignore[arg-type]
@@ -187,8 +198,9 @@ def run_scaling_fit(cfg: ScalingFitConfig) -> dict[str, Any]:
         a1 = approach1(flops, loss, table[cfg.params_column] if cfg.params_column else None,
                        table[cfg.tokens_column] if cfg.tokens_column else None)
 
-    out = cfg.output_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    run_dir = cfg.run_dir() if run_dir is None else run_dir
+    out = run_dir.path
+    run_dir.open()
     from tunelab.scaling.plots import plot_fit, plot_hull, plot_isoloss
 
     figures = ["fit.png"]
@@ -211,6 +223,7 @@ def run_scaling_fit(cfg: ScalingFitConfig) -> dict[str, Any]:
         "flops_source": flops_source, "budget": budget, "approach1": a1, "figures": figures,
         "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out),
     }
-    atomic_write_text(out / FIT_FILE, json.dumps(fit_json, indent=1))
-    ScalingResult.from_dict(result).write(out)
-    return result
+    run_dir.write_json(FIT_FILE, fit_json)
+    typed = ScalingResult.from_dict(result)
+    typed.write(run_dir, EVAL_FILE)
+    return typed
