@@ -88,7 +88,7 @@ def test_flags_override_the_file_and_presets_fill_defaults(tmp_path: Path) -> No
 # --------------------------------------------------------------------------- a real (tiny) study
 def _config(tmp_path: Path, arms: list, **over) -> StudyConfig:
     values = dict(model="tiny-random", task="reverse_words", n_train=24, arms=arms, seeds=[0, 1], max_steps=2,
-                  batch_size=4, max_length=48, utility_limit=4, forgetting="off", safety=True, safety_limit=2,
+                  batch_size=4, max_length=128, utility_limit=4, forgetting="off", safety=True, safety_limit=2,
                   max_new_tokens=4, prefill_k=[1], canaries=4, output=str(tmp_path / "study"))
     values.update(over)
     return StudyConfig(**values)

@@ -71,13 +71,13 @@ def _evaluate(model: Any, tokenizer: Any, job: Job, adapter: str | None, out: Pa
     """One ``tunelab eval`` job into ``out/eval/study-NAME`` (a finished one is read back)."""
     from tunelab.evaluate.config import EvalConfig
     from tunelab.eval_recipe import run_eval
-    from tunelab.results import as_result, read_result
+    from tunelab.results import RunDir, read_result
 
     where = out / EVAL_DIR / f"study-{name}"
     if (where / EVAL_FILE).is_file():
         return read_result(where / EVAL_FILE)
-    result = run_eval(EvalConfig(model=job.model, adapter=adapter, output=str(where), **options), model, tokenizer)
-    return as_result({k: v for k, v in result.items() if k != "records"}) if isinstance(result, dict) else result
+    cfg = EvalConfig(model=job.model, adapter=adapter, output=str(where), **options)
+    return run_eval(cfg, RunDir(where), model=model, tokenizer=tokenizer)
 
 
 def _prefill(model: Any, tokenizer: Any, job: Job, out: Path) -> dict[int, Measure]:
@@ -200,10 +200,11 @@ def run_job(job: Job, root: Path) -> RunRecord:
 
 
 def _write(record: RunRecord, out: Path) -> None:
-    from tunelab.layout import atomic_write_text
-    from tunelab.results import _plain
+    from dataclasses import asdict
 
-    atomic_write_text(out / ARM_RECORD, json.dumps(_plain(record), indent=1))
+    from tunelab.layout import atomic_write_text
+
+    atomic_write_text(out / ARM_RECORD, json.dumps(asdict(record), indent=1))
 
 
 def read_record(path: Path) -> RunRecord:
