@@ -193,3 +193,14 @@ def test_changed_footing_is_refused(tmp_path: Path, inline: list[str]) -> None:
     with pytest.raises(TunelabError, match="holds another test split"):
         run_study(_config(tmp_path, ["lora"], seeds=[0], safety=False, canaries=0, utility_limit=5))
     assert (tmp_path / "study" / ARM_RECORD).exists() is False
+
+
+def test_jobs_split_the_cores_never_oversubscribe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunelab.study.run as run
+
+    monkeypatch.setattr(run, "cores", lambda: 16)
+    assert run._Runner(tmp_path, [], 4, None)._env()["OMP_NUM_THREADS"] == "4"
+    monkeypatch.setattr(run, "cores", lambda: 2)
+    capped = run._Runner(tmp_path, [], 4, None)
+    assert capped.parallel == 2 and capped._env()["OMP_NUM_THREADS"] == "1"
+    assert run._Runner(tmp_path, [], 1, None)._env()["OMP_NUM_THREADS"] == "2"

@@ -94,8 +94,9 @@ class _Runner:
     """Runs pending jobs in worker processes, at most ``parallel`` at once, dependencies first."""
 
     def __init__(self, root: Path, jobs: list[Job], parallel: int, console: Console) -> None:
-        self.root, self.jobs, self.parallel, self.console = root, jobs, parallel, console
-        self.threads = max(1, cores() // parallel)
+        self.root, self.jobs, self.console = root, jobs, console
+        self.parallel = max(1, min(parallel, cores()))  # more workers than cores would oversubscribe them
+        self.threads = max(1, cores() // self.parallel)
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -236,8 +237,12 @@ def run_study(cfg: StudyConfig, run_dir: RunDir | None = None, *, console: Conso
     skipped = len(jobs) - len(pending)
     console.print(f"[bold]tunelab study[/] {root}: {len(arms)} arms + base × {len(cfg.seeds)} seeds = {len(jobs)} jobs"
                   + (f"; {skipped} already finished (skipped)" if skipped else "")
-                  + (f"; {cfg.jobs} at once, {max(1, cores() // cfg.jobs)} threads each" if cfg.jobs > 1 else ""))
-    _Runner(root, jobs, cfg.jobs, console).run(pending, skipped, len(jobs))
+                  )
+    runner = _Runner(root, jobs, cfg.jobs, console)
+    if cfg.jobs > 1:
+        capped = f" (--jobs {cfg.jobs} capped at the {cores()} cores)" if runner.parallel < cfg.jobs else ""
+        console.print(f"{runner.parallel} arms at once, {runner.threads} threads each{capped}")
+    runner.run(pending, skipped, len(jobs))
     runs = collect(cfg, jobs, root)
     names = [BASE_ARM, *(a.name for a in arms)]
     summary, paired = summarize(runs, names, cfg.reference)
