@@ -178,7 +178,10 @@ class SafetyMonitor(Plugin):
 
     def on_finish(self, run: Run, record: dict[str, Any]) -> None:
         total = sum(r["seconds"] for r in self.series)
-        in_loop = sum(r["seconds"] for r in self.series if r["step"] > 0)  # step 0 runs before the training clock
+        # The training clock (wall_time_s, read at the last step) ran through the measurements after
+        # steps 1 .. last-1; step 0's ran before it started and the last step's after it stopped.
+        last = record.get("steps") or 0
+        in_loop = sum(r["seconds"] for r in self.series if 0 < r["step"] < last)
         train_seconds = max(0.0, (record.get("wall_time_s") or 0.0) - in_loop)
         entry: dict[str, Any] = {
             "every": self.cfg.every, "prefill": self.cfg.prefill, "prefill_k": PREFILL_K if self.cfg.prefill else None,
@@ -218,10 +221,10 @@ class SafetyMonitor(Plugin):
             if run.cfg.save_every:  # a resumed run needs it (a run without checkpoints cannot resume)
                 _save_best(run.out / BEST_FILE, self.best)
         base = self.baseline
-        delta = "" if base is None or step == 0 else f" ({(row['refusal_rate'] - base['refusal_rate']) * 100:+.1f} pt)"
-        prefill = f", prefill ASR@{PREFILL_K} {row['prefill_asr']:.1%}" if "prefill_asr" in row else ""
-        run.console.print(f"monitor step {step}: refusal {row['refusal_rate']:.1%}{delta}, over-refusal "
-                          f"{row['over_refusal']:.1%}{prefill} · {row['seconds']:.1f} s", highlight=False)
+        delta = "" if base is None or step == 0 else f" ({(row['refusal_rate'] - base['refusal_rate']) * 100:+.0f} pt)"
+        prefill = f", prefill@{PREFILL_K} ASR {row['prefill_asr']:.0%}" if "prefill_asr" in row else ""
+        run.console.print(f"monitor step {step}: refusal {row['refusal_rate']:.0%}{delta}, over-refusal "
+                          f"{row['over_refusal']:.0%}{prefill} · {row['seconds']:.1f} s", highlight=False)
         return row
 
     def _load_best(self, run: Run, step: int) -> None:
