@@ -155,7 +155,8 @@ class SafetyMonitor(Plugin):
         if run.resumed:  # rows up to the checkpoint were kept in metrics.jsonl; measure only what is missing
             self.series = [{"step": r["step"], **r["monitor"]} for r in _rows(run.log.path) if "monitor" in r]
             self._load_best(run, step)
-        if not any(r["step"] == step for r in self.series):
+        due = step == 0 or step % self.cfg.every == 0  # a resumed run continues from any checkpointed step
+        if due and not any(r["step"] == step for r in self.series):
             self._measure(run, step)
 
     def on_step(self, run: Run, info: StepInfo) -> None:
