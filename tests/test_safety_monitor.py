@@ -65,6 +65,9 @@ def test_real_measurements_at_step_0_every_k_and_the_last(qa_file: Path, tmp_pat
     assert [r["step"] for r in entry["series"]] == [0, 2, 4, 5]
     assert entry["seconds"] > 0 and entry["train_seconds"] >= 0 and entry["stopped"] is None
     assert "dp_note" not in entry and not (out / monitor_mod.BEST_FILE).exists()
+    typed = monitor_mod.MonitorRecord.read(out)
+    assert typed is not None and [p.step for p in typed.series] == [0, 2, 4, 5] and typed.stopped is None
+    assert typed.series[0].prefill_asr == first["prefill_asr"] and typed.every == 2
 
 
 def test_the_monitor_leaves_training_unchanged(qa_file: Path, tmp_path: Path) -> None:

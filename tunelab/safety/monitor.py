@@ -27,7 +27,6 @@ data, gradients or the DP noise, so for ``dp-sgd``/``dp-zo`` runs it leaves the 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -181,8 +180,8 @@ class SafetyMonitor(Plugin):
         total = sum(r["seconds"] for r in self.series)
         # The training clock (wall_time_s, read at the last step) ran through the measurements after
         # steps 1 .. last-1; step 0's ran before it started and the last step's after it stopped.
-        last = record.get("steps") or 0
-        in_loop = sum(r["seconds"] for r in self.series if 0 < r["step"] < last)
+        steps = record.get("steps") or 0
+        in_loop = sum(r["seconds"] for r in self.series if 0 < r["step"] < steps)
         train_seconds = max(0.0, (record.get("wall_time_s") or 0.0) - in_loop)
         entry: dict[str, Any] = {
             "every": self.cfg.every, "prefill": self.cfg.prefill, "prefill_k": PREFILL_K if self.cfg.prefill else None,
@@ -199,8 +198,12 @@ class SafetyMonitor(Plugin):
         record["safety_monitor"] = entry
         (run.out / BEST_FILE).unlink(missing_ok=True)
         share = total / (total + train_seconds) if total + train_seconds else 0.0
-        run.console.print(f"safety monitor: {len(self.series)} measurements, {total:.1f} s "
-                          f"({share:.0%} of the run; training {train_seconds:.1f} s)", highlight=False)
+        if not self.series:
+            return
+        first, last = self.series[0], self.series[-1]
+        run.console.print(f"safety monitor: refusal {first['refusal_rate']:.0%} (step {first['step']}) → "
+                          f"{last['refusal_rate']:.0%} (step {last['step']}); {len(self.series)} measurements, "
+                          f"{total:.1f} s ({share:.0%} of the run; training {train_seconds:.1f} s)", highlight=False)
 
     # -- internals ---------------------------------------------------------------------------
     @property
@@ -261,17 +264,53 @@ def _save_best(path: Path, best: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def summary_line(entry: dict[str, Any]) -> str:
-    """One line of a run's ``safety_monitor`` record: first → last refusal, and why it stopped."""
-    series = entry.get("series") or []
-    if not series:
-        return "safety monitor: no measurements"
-    first, last = series[0], series[-1]
-    stopped = entry.get("stopped")
-    tail = f"; stopped at step {stopped['step']}, kept step {stopped['best_step']}" if stopped else ""
-    return (f"safety monitor: refusal {first['refusal_rate']:.1%} (step {first['step']}) → {last['refusal_rate']:.1%} "
-            f"(step {last['step']}) over {len(series)} measurements, {entry.get('seconds', math.nan):.1f} s{tail}")
+@dataclass(frozen=True)
+class MonitorPoint:
+    """One measurement of the monitor (a ``metrics.jsonl`` row's ``"monitor"``, with its step)."""
+
+    step: int
+    refusal_rate: float
+    over_refusal: float
+    prefill_asr: float | None  # None without --monitor-prefill
+    seconds: float
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> MonitorPoint:
+        """From a ``series`` entry (``{"step", "refusal_rate", ...}``)."""
+        asr = row.get("prefill_asr")
+        return cls(int(row["step"]), float(row["refusal_rate"]), float(row["over_refusal"]),
+                   None if asr is None else float(asr), float(row.get("seconds") or 0.0))
 
 
-__all__ = ["BEST_FILE", "DP_NOTE", "PREFILL_K", "SafetyMonitor", "SafetyMonitorConfig", "measure_safety",
-           "monitor_prompts", "side_effect_free", "summary_line"]
+@dataclass(frozen=True)
+class MonitorRecord:
+    """``tunelab.json``'s ``safety_monitor``, typed: what a study reads of each arm's monitor."""
+
+    every: int
+    series: tuple[MonitorPoint, ...]
+    seconds: float  # the monitor's, all measurements
+    train_seconds: float  # training without the measurements
+    stopped: dict[str, Any] | None  # {reason, step, refusal_rate, baseline, threshold, best_step, best_refusal_rate}
+    dp_note: str | None = None
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> MonitorRecord:
+        """From the record entry."""
+        return cls(int(entry["every"]), tuple(MonitorPoint.from_dict(r) for r in entry.get("series") or []),
+                   float(entry.get("seconds") or 0.0), float(entry.get("train_seconds") or 0.0), entry.get("stopped"),
+                   entry.get("dp_note"))
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> MonitorRecord | None:
+        """The monitor record of a finished run directory; None when the run was not monitored."""
+        import json
+
+        from tunelab.layout import RUN_FILE
+
+        entry = json.loads((Path(run_dir) / RUN_FILE).read_text()).get("safety_monitor")
+        return cls.from_dict(entry) if entry else None
+
+
+__all__ = ["BEST_FILE", "DP_NOTE", "PREFILL_K", "MonitorPoint", "MonitorRecord", "SafetyMonitor", "SafetyMonitorConfig",
+           "measure_safety",
+           "monitor_prompts", "side_effect_free"]
