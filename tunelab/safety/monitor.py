@@ -222,8 +222,7 @@ class SafetyMonitor(Plugin):
         run.log.write_row({"step": step, "monitor": {k: v for k, v in row.items() if k != "step"}})
         if self.cfg.stop_on_refusal_drop is not None and (self.best is None or row["refusal_rate"] >= self.best["refusal_rate"]):
             self.best = {"step": step, "refusal_rate": row["refusal_rate"], "weights": _trainable_copy(run)}
-            if run.cfg.save_every:  # a resumed run needs it (a run without checkpoints cannot resume)
-                _save_best(run.out / BEST_FILE, self.best)
+            _save_best(run.out / BEST_FILE, self.best)  # for a resumed run (Ctrl-C checkpoints even without --save-every)
         base = self.baseline
         delta = "" if base is None or step == 0 else f" ({(row['refusal_rate'] - base['refusal_rate']) * 100:+.0f} pt)"
         prefill = f", prefill@{PREFILL_K} ASR {row['prefill_asr']:.0%}" if "prefill_asr" in row else ""
