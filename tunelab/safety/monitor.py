@@ -173,7 +173,7 @@ class SafetyMonitor(Plugin):
                         "best_step": best["step"], "best_refusal_rate": best["refusal_rate"]}
         run.stop_reason = f"safety monitor: {self.stopped['reason']}"
         run.console.print(f"[yellow]stopping after step {info.step}[/]: refusal {row['refusal_rate']:.1%} is more than "
-                          f"{drop:.0%} below step 0's {base['refusal_rate']:.1%}; saving the weights of step "
+                          f"{drop * 100:g} points below step 0's {base['refusal_rate']:.1%}; saving the weights of step "
                           f"{best['step']} (refusal {best['refusal_rate']:.1%})", highlight=False)
 
     def on_finish(self, run: Run, record: dict[str, Any]) -> None:
