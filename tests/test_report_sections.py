@@ -29,7 +29,8 @@ def test_the_page_order_is_unchanged() -> None:
     # The order the report had before the sections moved into their rooms (issue 24); a study leads (issue 25).
     assert ORDER == ("study", "runs", "demo", "training", "tasks", "safety", "privacy", "phishing", "dp", "heads", "pruning",
                      "steering", "refusal-direction", "salt", "multi-turn", "pretrain", "moe-routing",
-                     "continual-pretraining", "scaling", "merge", "continual", "sizes", "curves", "other", "figures")
+                     "continual-pretraining", "scaling", "merge", "continual", "monitor", "sizes", "curves", "other",
+                     "figures")
 
 
 def test_sections_live_in_their_rooms() -> None:

@@ -23,6 +23,11 @@ YAML section       options (flat key / flag)                          room, plug
                    (``canary_family``, ...)
 ``safety_check``   ``eval_limit``, ``max_new_tokens``                 safety: ``SafetyCheck``
                    (``safety_eval_limit``, ``safety_max_new_tokens``)
+``monitor``        ``every``, ``prefill``, ``prompts``,               safety: ``SafetyMonitor``
+                   ``max_new_tokens``, ``stop_on_refusal_drop``
+                   (``monitor_safety``, ``monitor_prefill``,
+                   ``monitor_prompts``, ``monitor_max_new_tokens``,
+                   ``stop_on_refusal_drop``)
 ``dp``             ``noise``, ``clip``, ``target_epsilon``,           privacy: the update rules ``dp-zo``,
                    ``target_delta``, ``noise_multiplier``,            ``dp-sgd`` (see :data:`RULES`)
                    ``accountant``, ``physical_batch_size``,
@@ -46,6 +51,7 @@ from tunelab.configs import flat_name, sectioned
 from tunelab.options import meta, option
 from tunelab.privacy.train_config import CanaryConfig, DPConfig
 from tunelab.registry import Registry
+from tunelab.safety.monitor import SafetyMonitorConfig
 from tunelab.safety.train_config import ConstrainedConfig, RefusalTokensConfig, SafetyCheckConfig
 from tunelab.train import Plugin, fit
 from tunelab.train import TrainConfig as LoopConfig
@@ -95,6 +101,14 @@ def _safety_check_plugin(cfg: Any) -> Plugin | None:
     return SafetyCheck(cfg.safety_check)  # always given: its record entry is null when the check is off
 
 
+def _monitor_plugin(cfg: Any) -> Plugin | None:
+    if not cfg.monitor.every:
+        return None
+    from tunelab.safety.monitor import SafetyMonitor
+
+    return SafetyMonitor(cfg.monitor)
+
+
 # Section name (the YAML key and the config attribute) → its dataclass and plug-in, in hook order.
 # Every plug-in option belongs to a section, so every option has its plug-in by construction.
 SECTIONS: Registry[Section] = Registry("config section")
@@ -102,6 +116,7 @@ SECTIONS.register("refusal", Section(RefusalTokensConfig, _refusal_plugin))
 SECTIONS.register("constrained", Section(ConstrainedConfig, _constrained_plugin))
 SECTIONS.register("canary", Section(CanaryConfig, _canary_plugin))
 SECTIONS.register("safety_check", Section(SafetyCheckConfig, _safety_check_plugin))
+SECTIONS.register("monitor", Section(SafetyMonitorConfig, _monitor_plugin))
 SECTIONS.register("dp", Section(DPConfig))  # implemented by the dp-zo/dp-sgd update rules
 
 # --optimizer name → its update rule, imported only when used (opacus is heavy to import)

@@ -14,13 +14,14 @@ from tunelab.cli.lazy import lazy_config_command
 
 # The flags as `tunelab train --help` has always listed them (the sections' flags sit among the loop's).
 ORDER = ("model", "data", "method", "output", "mask_from", "sparsity", "mask_granularity", "init_from", "disjoint",
-         "calibration_fraction", "safety_eval_limit", "rank", "alpha", "dropout", "target_modules", "lr", "epochs",
+         "calibration_fraction", "safety_eval_limit", "monitor_safety", "monitor_prefill",
+         "stop_on_refusal_drop", "rank", "alpha", "dropout", "target_modules", "lr", "epochs",
          "max_steps", "batch_size", "grad_accum", "max_length", "scheduler", "warmup_steps", "weight_decay", "grad_clip",
          "bf16", "seed", "save_every", "fsdp", "resume", "overwrite", "trust_remote_code", "objective", "reference",
          "beta_first", "beta_early", "beta_early_until", "beta_late", "refusal_tokens", "canaries", "canary_family",
          "canary_secret_len", "canary_prefix", "canary_new_token_rows", "optimizer", "zo_eps", "noise", "clip",
          "target_epsilon", "target_delta", "noise_multiplier", "accountant", "physical_batch_size", "log_private_metrics")
-SWITCHES = ("disjoint", "fsdp", "resume", "overwrite", "trust_remote_code", "log_private_metrics")
+SWITCHES = ("disjoint", "monitor_prefill", "fsdp", "resume", "overwrite", "trust_remote_code", "log_private_metrics")
 
 
 def _target_modules(text: str) -> list[str] | None:
@@ -31,7 +32,7 @@ def _load() -> dict[str, Any]:
     from tunelab.finetune import TrainConfig, train
 
     return dict(config_cls=TrainConfig, run=train, show=_show, config="run.yaml; flags override it", order=ORDER,
-                skip=("log_every", "max_new_tokens"),  # YAML only (max_new_tokens: the safety check's)
+                skip=("log_every", "max_new_tokens", "prompts"),  # YAML only (the safety check's and the monitor's)
                 overrides={"target_modules": {"parse": _target_modules}})
 
 

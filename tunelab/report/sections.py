@@ -60,6 +60,7 @@ ORDER: tuple[str, ...] = (
     "scaling",                # tunelab/scaling/report.py: scaling laws
     "merge",                  # tunelab/merge/report.py: merging and interference
     "continual",              # tunelab/safety/report.py: safety before → after --init-from
+    "monitor",                # tunelab/safety/report.py: safety during training (--monitor-safety)
     "sizes",                  # here: parameters and adapter size
     "curves",                 # here: every "series" any metrics.json carries
     "other",                  # here: kinds no section claims

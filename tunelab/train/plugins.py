@@ -20,6 +20,13 @@ hook               when, and what it may do                                     
                    run evaluations
 =================  =====================================================================  ============
 
+Two attributes of :class:`Run` serve plug-ins during the loop: ``run.log`` is the run's
+:class:`~tunelab.train.run_dir.MetricsLog` (``run.log.write_row({"step": s, ...})`` adds a row to
+``metrics.jsonl``; resuming trims rows by their ``"step"``), and a plug-in that sets
+``run.stop_reason`` (a short text) in ``on_step`` ends training after that step: the run is then
+saved and finished as if it had reached its last step (set it alike on every rank).
+``run.total_steps`` is the number of optimizer steps the run plans.
+
 ``claims`` names the plug-in options (``option(plugin=True)``, by their flat names such as
 ``refusal_tokens``) a plug-in implements; ``fit`` refuses a config that sets a plug-in option no
 given plug-in claims, so an option can never be silently ignored. ``tunelab.finetune`` declares
@@ -77,6 +84,9 @@ class Run:
     settings: AdapterSettings | None = None
     examples: list[Example] = field(default_factory=list)
     prepared: PreparedModel | None = None
+    total_steps: int = 0  # optimizer steps planned (set before on_loop_start)
+    log: Any = None  # the metrics.jsonl log (MetricsLog), from on_loop_start on: log.write_row({"step": ..., ...})
+    stop_reason: str | None = None  # set by a plug-in in on_step: training ends after that step
 
 
 @dataclass
@@ -109,6 +119,10 @@ class Plugin:
 
     def on_start(self, run: Run) -> None:
         """The output directory holds the config; training starts (or resumes) next. Main process only."""
+
+    def on_loop_start(self, run: Run, step: int) -> None:
+        """The loop starts next, at optimizer step ``step`` (0, or where a resumed run continues);
+        the model is on its device and ``run.log`` is open. All processes."""
 
     def loss(self, run: Run, batch: dict[str, torch.Tensor], loss: torch.Tensor) -> torch.Tensor:
         """The micro-batch loss to backpropagate (``loss`` plus any terms of this plug-in)."""

@@ -77,10 +77,13 @@ def fit(cfg: TrainConfig, plugins: Sequence[Plugin] = (), rule: UpdateRule | Non
             _checkpoint(run, params, rule, progress)
 
     log = MetricsLog(run.out, progress["step"] if resume_from else None, accelerator.is_main_process)
+    run.log, run.total_steps = log, total_steps
     window = torch.zeros(4, dtype=torch.float64)  # loss sum, micro-batches, tokens, supervised tokens
-    start = time.perf_counter() - progress["train_seconds"]
-    net.train()
     try:
+        for plugin in plugins:
+            plugin.on_loop_start(run, progress["step"])
+        start = time.perf_counter() - progress["train_seconds"]
+        net.train()
         with _progress_bar(run) as bar:
             task = bar.add_task("train", total=total_steps, completed=progress["step"], loss="", tps=0.0,
                                 note=rule.progress_note())
@@ -98,6 +101,8 @@ def fit(cfg: TrainConfig, plugins: Sequence[Plugin] = (), rule: UpdateRule | Non
                     log.write(info)
                 for plugin in plugins:
                     plugin.on_step(run, info)
+                if run.stop_reason:  # a plug-in ended training after this step; the run finishes as usual
+                    break
                 if cfg.save_every and info.step % cfg.save_every == 0 and info.step < total_steps:
                     checkpoint()
                 if stop_after_step is not None and info.step >= stop_after_step:
