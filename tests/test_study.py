@@ -114,7 +114,7 @@ def inline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_study_end_to_end(tmp_path: Path, inline: list[str]) -> None:
     from tunelab.study.run import run_study
 
-    result = run_study(_config(tmp_path, ["lora", "full"]))
+    result = run_study(_config(tmp_path, ["lora", "full"], monitor_safety=1))
     root = tmp_path / "study"
     assert sorted(inline) == ["arms/base", "arms/full/seed0", "arms/full/seed1", "arms/lora/seed0", "arms/lora/seed1"]
 
@@ -143,19 +143,23 @@ def test_study_end_to_end(tmp_path: Path, inline: list[str]) -> None:
             records.append(record["canaries"]["insert_seed"])
     assert set(records) == {0}
 
+    # the safety monitor ran in every training arm (and its curve is in the run)
+    monitor = json.loads((root / "arms" / "full" / "seed1" / "tunelab.json").read_text())["safety_monitor"]
+    assert [p["step"] for p in monitor["series"]] == [0, 1, 2]
+
     # every arm × seed is an ordinary run dir the other commands read
     assert read_result(root / "arms" / "lora" / "seed0" / "eval" / "study-safety" / "metrics.json").KIND == "safety"
 
     # re-running skips everything; adding an arm runs only that arm
     inline.clear()
-    run_study(_config(tmp_path, ["lora", "full"]))
+    run_study(_config(tmp_path, ["lora", "full"], monitor_safety=1))
     assert inline == []
-    run_study(_config(tmp_path, ["lora", "full", "lori-d"], seeds=[0, 1]))
+    run_study(_config(tmp_path, ["lora", "full", "lori-d"], monitor_safety=1))
     assert sorted(inline) == ["arms/lori-d/seed0", "arms/lori-d/seed1"]
 
     # a changed arm is redone, the rest kept
     inline.clear()
-    run_study(_config(tmp_path, ["lora", {"name": "full", "method": "full", "lr": 1e-5}, "lori-d"]))
+    run_study(_config(tmp_path, ["lora", {"name": "full", "method": "full", "lr": 1e-5}, "lori-d"], monitor_safety=1))
     assert sorted(inline) == ["arms/full/seed0", "arms/full/seed1"]
 
 

@@ -189,8 +189,10 @@ def run_job(job: Job, root: Path) -> RunRecord:
         record.metrics.update(_cost(out, run, peak))
         privacy, record.flags = _privacy(out, run)
         record.metrics.update(privacy)
-        stopped = (run.get("safety_monitor") or {}).get("stopped")
-        record.stopped = stopped or None
+        if run.get("safety_monitor"):
+            from tunelab.safety.monitor import MonitorRecord
+
+            record.stopped = MonitorRecord.from_dict(run["safety_monitor"]).stopped
     else:
         adapter = job.adapter
     record.metrics = {**measure(job, out, adapter), **record.metrics}
