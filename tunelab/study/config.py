@@ -109,6 +109,9 @@ class StudyConfig:
     output: str = option("runs/study", show_default="runs/study", help="study directory")
     config_file: Path | None = option(None, hidden=True)  # set by the CLI: where the YAML came from (errors name it)
 
+    def __post_init__(self) -> None:
+        apply_preset(self)  # a preset fills the options left at their defaults (file and flags win)
+
     # ------------------------------------------------------------------ validation
     def where(self, name: str, at: tuple[int | str, ...] = ()) -> str:
         """``FILE:LINE: name…`` when ``name`` came from the YAML file, else ``--name``."""

@@ -190,8 +190,9 @@ def plan_jobs(cfg: StudyConfig, arms: list[ArmSpec], footing: Footing, root: Pat
             job.config_hash = _hash("before", cfg.model, job.adapter, measure, data_key)
             befores[str(init)] = job
             jobs.append(job)
+    # safety_eval_limit 0: the study measures safety itself (the init_from check would do it twice)
     shared = {"model": cfg.model, "data": str(footing.train), "max_steps": cfg.max_steps, "epochs": cfg.epochs,
-              "batch_size": cfg.batch_size, "max_length": cfg.max_length, "save_every": 10,
+              "batch_size": cfg.batch_size, "max_length": cfg.max_length, "save_every": 10, "safety_eval_limit": 0,
               "canaries": cfg.canaries, "canary_family": cfg.canary_family, **cfg.train}
     if cfg.monitor_safety:
         shared["monitor_safety"] = cfg.monitor_safety
@@ -206,14 +207,21 @@ def plan_jobs(cfg: StudyConfig, arms: list[ArmSpec], footing: Footing, root: Pat
                 # LoRI-S: the mask comes from a LoRI-D run of the same seed (an arm, or a run of its own)
                 mask_arm = next((a.name for a in arms if a.train.get("method") == source
                                  and set(a.train) <= {"method"}), None)
-                if mask_arm is None and (source, seed) not in masks:
-                    mdir = root / "arms" / f"_{source}-mask" / f"seed{seed}"
-                    mjob = Job(f"_{source}-mask", seed, str(mdir.relative_to(root)), "mask", cfg.model,
-                               {**shared, "method": source, "seed": seed, "output": str(mdir), "canaries": 0})
+                # (continuing from an init_from adapter: a LoRI-D run that continued from the same one)
+                start = settings.get("init_from")
+                if start is not None:
+                    mask_arm = None
+                key = (source, seed, str(start))
+                if mask_arm is None and key not in masks:
+                    label = f"_{source}-mask" + (f"-{Path(str(start)).name}" if start is not None else "")
+                    mdir = root / "arms" / label / f"seed{seed}"
+                    extra = {"init_from": start} if start is not None else {}
+                    mjob = Job(label, seed, str(mdir.relative_to(root)), "mask", cfg.model,
+                               {**shared, "method": source, "seed": seed, "output": str(mdir), "canaries": 0, **extra})
                     mjob.config_hash = _hash("mask", mjob.train, data_key)
                     train_jobs.append(mjob)
-                    masks[(source, seed)] = str(mdir)
-                settings["mask_from"] = (masks[(source, seed)] if mask_arm is None
+                    masks[key] = str(mdir)
+                settings["mask_from"] = (masks[key] if mask_arm is None
                                          else str(root / "arms" / mask_arm / f"seed{seed}"))
             init = settings.get("init_from")
             job = Job(arm.name, seed, f"arms/{arm.name}/seed{seed}", "train", cfg.model, settings, measure=measure,

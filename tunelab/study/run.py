@@ -23,7 +23,7 @@ from rich.console import Console
 from tunelab.errors import TunelabError
 from tunelab.layout import atomic_write_text
 from tunelab.results import RunDir
-from tunelab.study.config import BASE_ARM, StudyConfig, apply_preset
+from tunelab.study.config import BASE_ARM, StudyConfig
 from tunelab.study.plan import ARM_RECORD, Job, make_canary_set, plan_jobs, split_data
 from tunelab.study.results import STUDY_FILE, Measure, RunRecord, StudyResult
 
@@ -220,7 +220,6 @@ def run_study(cfg: StudyConfig, run_dir: RunDir | None = None, *, console: Conso
     from tunelab.study.summary import summarize
 
     console = console or Console()
-    apply_preset(cfg)
     cfg.validate()
     arms = cfg.arm_specs()
     run_dir = run_dir or study_dir(cfg)
