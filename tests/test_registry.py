@@ -151,7 +151,7 @@ def _rooms() -> dict[str, tuple[Registry, tuple[str, ...]]]:
     return {
         "adapters": (ADAPTER_METHODS, ("lora", "lori-d", "lori-s", "lota", "full")),
         "update rules": (RULES, ("adamw", "zo", "dp-zo", "dp-sgd")),
-        "config sections": (SECTIONS, ("refusal", "constrained", "canary", "safety_check", "dp")),
+        "config sections": (SECTIONS, ("refusal", "constrained", "canary", "safety_check", "monitor", "dp")),
         "merge": (MERGE_METHODS, ("cat", "linear", "task-arithmetic", "ties", "dare-linear", "dare-ties")),
         "pruning": (PRUNING_METHODS, ("dense", "pp", "wanda-sp", "aapp", "aapp-gate")),
         "steering": (STEERING_METHODS, ("mean-diff", "pca-diff", "pca-center", "logistic")),
