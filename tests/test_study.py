@@ -208,3 +208,16 @@ def test_jobs_split_the_cores_never_oversubscribe(tmp_path: Path, monkeypatch: p
     capped = run._Runner(tmp_path, [], 4, None)
     assert capped.parallel == 2 and capped._env()["OMP_NUM_THREADS"] == "1"
     assert run._Runner(tmp_path, [], 1, None)._env()["OMP_NUM_THREADS"] == "2"
+
+
+def test_safety_first_arms() -> None:
+    assert parse_arm("lora+safety").safety_first and parse_arm("lora+safety").train == {"method": "lora"}
+    lori = parse_arm("lori-s+safety")
+    assert lori.safety_first and lori.train == {"method": "lori-s", "disjoint": True}  # disjoint where supported
+    cfg = StudyConfig(task="reverse_words", arms=["lora", {"name": "mine", "method": "lori-s", "safety_first": True}])
+    assert [a.safety_first for a in cfg.arm_specs()] == [False, True]
+    with pytest.raises(TunelabError, match="safety recipe trains"):
+        StudyConfig(task="reverse_words", arms=["lota+safety"]).validate()
+    with pytest.raises(TunelabError, match="give one"):
+        StudyConfig(task="reverse_words", arms=[{"name": "x", "method": "lora", "safety_first": True,
+                                                 "init_from": "runs/x"}]).validate()

@@ -37,7 +37,7 @@ BASE_ARM = "base"
 FOOTING = ("model", "data", "output", "seed", "overwrite", "resume", "max_steps", "epochs", "batch_size",
            "max_length", "canaries", "canary_family", "canary_secret_len", "canary_prefix", "canary_seed",
            "canary_new_token_rows", "trust_remote_code", "fsdp")
-_ARM = re.compile(r"^(?P<name>[A-Za-z][\w.-]*?)(?:@(?P<eps>\d+(?:\.\d+)?))?$")
+_ARM = re.compile(r"^(?P<name>[A-Za-z][\w.-]*?)(?:@(?P<eps>\d+(?:\.\d+)?))?(?P<safety>\+safety)?$")
 SCORERS = ("numeric", "exact", "contains", "choice", "code")
 
 
@@ -76,8 +76,9 @@ class StudyConfig:
     n_train: int = option(600, min=1, show_default="600", help="--task: generated training examples")
     arms: list[Any] = option(default_factory=lambda: ["lora", "lori-s", "full"], parse=_split,
                              show_default="lora,lori-s,full", metavar="ARM,...",
-                             help="comma-separated: a method (lora, lori-d, lori-s, lota, full) or "
-                                  "an optimizer at ε (dp-sgd@4, dp-zo@4); YAML: mappings too")
+                             help="comma-separated: a method (lora, lori-d, lori-s, lota, full), an optimizer "
+                                  "at ε (dp-sgd@4, dp-zo@4), +safety to continue from tunelab's safety adapter "
+                                  "(lori-s+safety); YAML: mappings too")
     seeds: list[int] = option(default_factory=lambda: [0], parse=_seeds, show_default="0",
                               help="comma-separated training seeds, paired across arms")
     reference: str = option("lora", show_default="lora", help="the arm paired differences are taken against")
@@ -195,16 +196,29 @@ class StudyConfig:
                 if not isinstance(name, str) or not name:
                     raise TunelabError(f"{self.where('arms', (i,))}: an arm mapping needs a 'name'")
                 shorthand = parse_arm(name, where=self.where("arms", (i, "name")), strict=False)
+                safety_first = item.pop("safety_first", shorthand.safety_first)
+                if not isinstance(safety_first, bool):
+                    raise TunelabError(f"{self.where('arms', (i, 'safety_first'))}: expected true or false")
                 delta = {**shorthand.train, **{str(k).replace("-", "_"): v for k, v in item.items()}}
                 if "epsilon" in delta:  # `epsilon: 4` is target_epsilon
                     delta["target_epsilon"] = delta.pop("epsilon")
-                arm = ArmSpec(name, delta)
+                arm = ArmSpec(name, delta, safety_first)
             else:
                 raise TunelabError(f"{self.where('arms', (i,))}: an arm is a name (lora, dp-sgd@4) or a mapping")
             if any(a.name == arm.name for a in arms):
                 raise TunelabError(f"{self.where('arms', (i,))}: arm '{arm.name}' is given twice")
-            at = (i,) if isinstance(item, str) else (i,)
+            at = (i,)
             arm.train = self._check_train(arm.train, "arms", at)
+            if arm.safety_first:
+                from tunelab.safety.recipe import SAFETY_RECIPE
+
+                method = arm.train.get("method", self.train.get("method", "lora"))
+                if method not in SAFETY_RECIPE:
+                    raise TunelabError(f"{self.where('arms', at)}: arm '{arm.name}': tunelab's safety recipe trains "
+                                       f"{', '.join(SAFETY_RECIPE)}, not {method}")
+                if arm.train.get("init_from") is not None:
+                    raise TunelabError(f"{self.where('arms', at)}: arm '{arm.name}': safety_first and init_from "
+                                       "both say where to start; give one")
             optimizer = arm.train.get("optimizer", self.train.get("optimizer", "adamw"))
             if not RULES.get(optimizer).private and any(
                     arm.train.get(k) is not None for k in ("target_epsilon", "noise_multiplier")):
@@ -227,6 +241,7 @@ class ArmSpec:
 
     name: str
     train: dict[str, Any] = field(default_factory=dict)
+    safety_first: bool = False  # continue from tunelab's safety adapter of the arm's method (trained once)
 
     @property
     def epsilon(self) -> float | None:
@@ -260,7 +275,13 @@ def parse_arm(text: str, *, where: str = "--arms", strict: bool = True) -> ArmSp
         if "optimizer" not in train or not RULES.get(train["optimizer"]).private:
             raise TunelabError(f"{where}: '{text}': @ε goes with a private optimizer (dp-sgd@4, dp-zo@4)")
         train["target_epsilon"] = float(eps)
-    return ArmSpec(text.strip(), train)
+    arm = ArmSpec(text.strip(), train)
+    if match["safety"]:
+        arm.safety_first = True
+        method = train.get("method", "lora")
+        if ADAPTER_METHODS.get(method).supports_disjoint:
+            train["disjoint"] = True  # LoRI-S, LoTA: the task's updates kept off the safety adapter's
+    return arm
 
 
 # --------------------------------------------------------------------------- presets
@@ -274,8 +295,10 @@ class Preset:
 
 PRESETS: Registry[Preset] = Registry("study preset")
 PRESETS.register("quick", Preset(
-    "smollm2-135m on reverse_words: lora, lori-s, full, dp-sgd@8; one seed; small evaluation sets (≤ 30 min on 2 CPU cores)",
-    dict(task="reverse_words", n_train=320, arms=["lora", "lori-s", "full", "dp-sgd@8"], seeds=[0], max_steps=40,
+    "smollm2-135m on reverse_words: lora, lori-s, full, dp-sgd@8 and the safety-first pair lora+safety, "
+    "lori-s+safety; one seed; small evaluation sets (≤ 30 min on 2 CPU cores)",
+    dict(task="reverse_words", n_train=320, arms=["lora", "lori-s", "full", "dp-sgd@8", "lora+safety", "lori-s+safety"],
+         seeds=[0], max_steps=40,
          batch_size=8, max_length=128, utility_limit=60, forgetting_limit=60, safety_limit=24, max_new_tokens=48,
          prefill_k=[5], canaries=24, train={"rank": 16, "alpha": 32.0}, output="runs/study-quick")))
 

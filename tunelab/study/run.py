@@ -228,6 +228,9 @@ def run_study(cfg: StudyConfig, run_dir: RunDir | None = None, *, console: Conso
     root.mkdir(parents=True, exist_ok=True)
     footing = split_data(cfg, root)
     footing.canaries = make_canary_set(cfg, root, footing)
+    for arm in arms:
+        if arm.safety_first:
+            arm.train["init_from"] = str(_safety_adapter(cfg, root, arm.train.get("method", "lora"), console))
     jobs = plan_jobs(cfg, arms, footing, root)
     for job in jobs:
         if job.kind == "mask":
@@ -264,6 +267,18 @@ def run_study(cfg: StudyConfig, run_dir: RunDir | None = None, *, console: Conso
     result.write(run_dir, STUDY_FILE)
     _plots(result, root, console)
     return result
+
+
+def _safety_adapter(cfg: StudyConfig, root: Path, method: str, console: Console) -> Path:
+    """tunelab's safety adapter of ``method`` (``tunelab.safety.recipe``), trained once into ``STUDY/safety/``."""
+    from tunelab.layout import RUN_FILE
+    from tunelab.safety.recipe import train_safety_adapter
+
+    out = root / "safety" / method
+    if not (out / RUN_FILE).is_file():
+        console.rule(f"safety adapter ({method}): tunelab's refusal recipe, trained once for the safety-first arms")
+        train_safety_adapter(method, out, model=cfg.model, seed=0)
+    return out
 
 
 def _canaries(path: Path | None) -> dict[str, Any] | None:
