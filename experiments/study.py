@@ -1,13 +1,13 @@
 """One study on smollm2-135m: every method scored on utility × safety drift × privacy leakage × cost.
 
 Arms (issue 25, point 9): lora, lori-d, lori-s, lota, full, dp-sgd@ε=4, dp-zo@ε=4, and a
-safety-first pair — LoRA and LoRI-S ``--disjoint`` continued from their safety adapters
-(``tunelab.safety.recipe``, trained first and reused) — on the built-in ``reverse_words`` task,
+safety-first pair — LoRA and LoRI-S ``--disjoint`` continued from tunelab's safety adapters
+(``lora+safety``, ``lori-s+safety``: the study trains them once) — on the built-in ``reverse_words`` task,
 3 paired seeds, one shared canary set in every arm, the safety-drift monitor in every arm.
 
 Run:  python experiments/study.py [--quick] [--seeds 0,1,2] [--jobs 2] [--output runs/exp-study]
 
-Everything lands under ``--output``: the two safety adapters, the study directory (``study/``:
+Everything lands under ``--output``: the study directory (``study/``: the two safety adapters,
 ``study.json``, every arm × seed as a run dir, ``pareto.png``, ``bars.png``), ``results.md`` (the
 docs table) and ``report.html``. Finished work is reused: an interrupted experiment continues.
 """
@@ -22,7 +22,6 @@ from pathlib import Path
 from _finish import finish  # experiments/ is on sys.path when a script runs
 from rich.console import Console
 
-from tunelab.safety.recipe import train_safety_adapter
 from tunelab.study.config import StudyConfig
 from tunelab.study.results import StudyResult, higher_is_better, metric_label
 from tunelab.study.run import run_study
@@ -100,20 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     root = args.output
     quick = args.quick
-    safety = {}
-    for method in ("lora", "lori-s"):
-        out = root / "safety" / method
-        console.rule(f"safety adapter: {method}")
-        train_safety_adapter(method, out, model=args.model, steps=4 if quick else None)
-        safety[method] = out
     arms = [*ARMS,
-            {"name": "safe-lora", "method": "lora", "lr": 1e-3, "init_from": str(safety["lora"])},
-            {"name": "safe-lori-s", "method": "lori-s", "lr": 1e-2, "init_from": str(safety["lori-s"]), "disjoint": True}]
+            {"name": "lora+safety", "lr": 1e-3},        # LoRA continued from tunelab's LoRA safety adapter
+            {"name": "lori-s+safety", "lr": 1e-2}]      # LoRI-S --disjoint from the LoRI-S safety adapter
     cfg = StudyConfig(
         model=args.model, task="reverse_words", n_train=80 if quick else 600, arms=arms,
         seeds=[int(s) for s in args.seeds.split(",")], reference="lora", max_steps=4 if quick else 40, batch_size=8,
-        max_length=128, utility_limit=10 if quick else 100, forgetting_limit=10 if quick else 100,
-        safety_limit=6 if quick else 32, max_new_tokens=16 if quick else 48, prefill_k=[5], canaries=8 if quick else 32,
+        max_length=128, utility_limit=10 if quick else 80, forgetting_limit=10 if quick else 80,
+        safety_limit=6 if quick else 24, max_new_tokens=16 if quick else 48, prefill_k=[5], canaries=8 if quick else 32,
         monitor_safety=2 if quick else 20, train={"rank": 16, "alpha": 32.0}, jobs=args.jobs, output=str(root / "study"))
     result = run_study(cfg, console=console)
     md = (f"tunelab study on {args.model}, task reverse_words ({cfg.n_train} train / {cfg.utility_limit} held-out), "

@@ -56,6 +56,9 @@ from tunelab.safety.train_config import ConstrainedConfig, RefusalTokensConfig, 
 from tunelab.train import Plugin, fit
 from tunelab.train import TrainConfig as LoopConfig
 from tunelab.train.objectives import BetaSchedule
+from tunelab.layout import RUN_FILE
+from tunelab.results import RunDir
+from tunelab.train.record import TrainRecord
 from tunelab.train.run_dir import resumed_config
 from tunelab.train.update_rules import UpdateRule
 
@@ -200,4 +203,14 @@ def train(cfg: Any, *, stop_after_step: int | None = None, console: Console | No
     return fit(cfg, plugins, rule, stop_after_step=stop_after_step, console=console)
 
 
-__all__ = ["RULES", "SECTIONS", "Section", "TrainConfig", "plugins_for", "recipe", "rule_for", "train"]
+def run_train(cfg: Any, run_dir: RunDir | None = None, *, stop_after_step: int | None = None,
+              console: Console | None = None) -> TrainRecord | None:
+    """The ``tunelab train`` job: train into ``run_dir`` (``None``: ``--output``) and return the typed
+    record it wrote (``tunelab.json``); ``None`` when ``stop_after_step`` ended it before the end."""
+    if run_dir is not None:
+        cfg = dataclasses.replace(cfg, output=str(run_dir.path))
+    out = train(cfg, stop_after_step=stop_after_step, console=console)
+    return TrainRecord.read(out) if (out / RUN_FILE).is_file() else None
+
+
+__all__ = ["RULES", "SECTIONS", "Section", "TrainConfig", "plugins_for", "recipe", "rule_for", "run_train", "train"]

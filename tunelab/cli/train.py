@@ -3,7 +3,6 @@ the loop's (``tunelab.train.config``) and, flat, those of the plug-ins' sections
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -29,14 +28,14 @@ def _target_modules(text: str) -> list[str] | None:
 
 
 def _load() -> dict[str, Any]:
-    from tunelab.finetune import TrainConfig, train
+    from tunelab.finetune import TrainConfig, run_train
 
-    return dict(config_cls=TrainConfig, run=train, show=_show, config="run.yaml; flags override it", order=ORDER,
+    return dict(config_cls=TrainConfig, run=run_train, show=_show, config="run.yaml; flags override it", order=ORDER,
                 skip=("log_every", "max_new_tokens", "prompts"),  # YAML only (the safety check's and the monitor's)
                 overrides={"target_modules": {"parse": _target_modules}})
 
 
-def _around(values: dict[str, Any], proceed: Callable[[dict[str, Any]], Any]) -> Path:
+def _around(values: dict[str, Any], proceed: Callable[[dict[str, Any]], Any]) -> Any:
     """Build, check and run the config as ``TrainConfig.from_sources`` always has.
 
     ``--resume --output DIR`` without ``--config`` reads DIR's saved config (flags still override
@@ -45,7 +44,7 @@ def _around(values: dict[str, Any], proceed: Callable[[dict[str, Any]], Any]) ->
     (``proceed``) is not used here.
     """
     from tunelab.cli.build import build_config
-    from tunelab.finetune import TrainConfig, train
+    from tunelab.finetune import TrainConfig, run_train
     from tunelab.layout import CONFIG_FILE
 
     quiet_libraries()
@@ -56,29 +55,28 @@ def _around(values: dict[str, Any], proceed: Callable[[dict[str, Any]], Any]) ->
         config = Path(output) / CONFIG_FILE
     cfg = build_config(TrainConfig, given, config)
     cfg.validate()
-    out = train(cfg)
-    _show(cfg, out)
-    return out
+    record = run_train(cfg)
+    _show(cfg, record)
+    return record
 
 
-def _show(cfg: Any, out: Path) -> None:
+def _show(cfg: Any, run: Any) -> None:
     """One summary line per run (from rank 0 under torchrun / accelerate launch), then DP, audit and safety."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    if int(os.environ.get("RANK", "0")) != 0 or run is None:
         return
-    run = json.loads((out / "tunelab.json").read_text())
-    loss = f"final loss {run['losses'][-1]:.4f}, " if run["losses"] else ""
-    console.print(f"[green]done[/] {out}: {run['steps']} steps, {loss}"
-                  f"{run['trainable_params']:,} trainable params, {run['tokens_per_s']:.0f} tokens/s")
-    if run.get("dp"):
+    loss = f"final loss {run.losses[-1]:.4f}, " if run.losses else ""
+    console.print(f"[green]done[/] {run.output_dir}: {run.steps} steps, {loss}"
+                  f"{run.trainable_params:,} trainable params, {run.tokens_per_s:.0f} tokens/s")
+    if run.dp:
         from tunelab.privacy.dp import ledger_line
 
-        console.print(ledger_line(run["dp"]), highlight=False)
-    if run.get("privacy"):
+        console.print(ledger_line(run.dp), highlight=False)
+    if run.privacy:
         from tunelab.privacy.plugin import summary_line
 
-        console.print(summary_line(run["privacy"]), highlight=False)
-    if run.get("safety"):
-        before, after = run["safety"]["before"], run["safety"]["after"]
+        console.print(summary_line(run.privacy), highlight=False)
+    if run.safety:
+        before, after = run.safety["before"], run.safety["after"]
         shown = f"{before['asr']:.1%} → " if before else ""
         console.print(f"safety: ASR {shown}{after['asr']:.1%}, over-refusal "
                       f"{(before['over_refusal'] if before else float('nan')):.1%} → {after['over_refusal']:.1%}")

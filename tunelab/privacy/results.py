@@ -5,7 +5,7 @@ older run directories (missing a later key) still load. Torch-free: the report i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tunelab.results import Result, result_kind
@@ -62,4 +62,29 @@ class PhishingResult(Result):
     trial_seconds: list[float] = field(default_factory=list)
 
 
-__all__ = ["PrivacyAuditResult", "PhishingResult"]
+
+
+@dataclass
+class PrivacyHeadline:
+    """The canary audit's headline a run record keeps (``tunelab.json``: ``privacy``), typed for readers."""
+
+    score: str
+    family: str | None
+    m: int
+    members: int
+    epsilon_lb: float
+    epsilon_ceiling: float
+    auroc: float
+    delta: float
+    tpr_at_1pct_fpr: float | None = None  # None: too few non-members for a 1% FPR
+    audited_m: int | None = None
+    significance: float | None = None
+    threshold_strategy: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PrivacyHeadline":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+__all__ = ["PrivacyAuditResult", "PhishingResult", "PrivacyHeadline"]

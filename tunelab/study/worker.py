@@ -20,6 +20,7 @@ from tunelab.errors import TunelabError
 from tunelab.layout import EVAL_DIR, EVAL_FILE, RUN_FILE
 from tunelab.study.plan import ARM_RECORD, Job
 from tunelab.study.results import Measure, RunRecord, prefill_metric
+from tunelab.train.record import TrainRecord
 
 PRIVACY_EVAL = "privacy"  # the canary plug-in's audit: RUN/eval/privacy/metrics.json
 
@@ -131,32 +132,33 @@ def measure(job: Job, out: Path, adapter: str | None) -> dict[str, Measure]:
     return metrics
 
 
-def _privacy(out: Path, record: dict[str, Any]) -> tuple[dict[str, Measure], list[str]]:
+def _privacy(record: TrainRecord) -> tuple[dict[str, Measure], list[str]]:
     """ε_LB (with its ceiling), TPR@1%FPR, AUROC from the run's canary audit; the ledger's ε for DP runs."""
+    from tunelab.privacy.accounting import Ledger
+    from tunelab.privacy.results import PrivacyHeadline
+
     metrics: dict[str, Measure] = {}
     flags: list[str] = []
-    head = record.get("privacy")
-    if head:
-        metrics["epsilon_lb"] = Measure(head["epsilon_lb"], n=head.get("audited_m", head.get("m")),
-                                        ceiling=head.get("epsilon_ceiling"))
-        if head.get("tpr_at_1pct_fpr") is not None:
-            metrics["tpr_at_1pct_fpr"] = Measure(head["tpr_at_1pct_fpr"], n=head.get("m"))
-        metrics["auroc"] = Measure(head["auroc"], n=head.get("m"))
-    dp = record.get("dp")
-    if dp and dp.get("epsilon") is not None:
-        metrics["epsilon"] = Measure(float(dp["epsilon"]))
+    if record.privacy:
+        head = PrivacyHeadline.from_dict(record.privacy)
+        metrics["epsilon_lb"] = Measure(head.epsilon_lb, n=head.audited_m or head.m, ceiling=head.epsilon_ceiling)
+        if head.tpr_at_1pct_fpr is not None:
+            metrics["tpr_at_1pct_fpr"] = Measure(head.tpr_at_1pct_fpr, n=head.m)
+        metrics["auroc"] = Measure(head.auroc, n=head.m)
+    if record.dp:
+        ledger = Ledger(**record.dp)
+        metrics["epsilon"] = Measure(float(ledger.epsilon))
         lb = metrics.get("epsilon_lb")
-        if lb is not None and lb.value is not None and lb.value > float(dp["epsilon"]):
-            flags.append(f"ε_LB {lb.value:.2f} > ε {float(dp['epsilon']):.2f}: the audit contradicts the ledger")
+        if lb is not None and lb.value is not None and lb.value > ledger.epsilon:
+            flags.append(f"ε_LB {lb.value:.2f} > ε {ledger.epsilon:.2f}: the audit contradicts the ledger")
     return metrics, flags
 
 
-def _cost(out: Path, record: dict[str, Any], peak_rss: float) -> dict[str, Measure]:
+def _cost(out: Path, record: TrainRecord, peak_rss: float) -> dict[str, Measure]:
     from tunelab.adapters.storage import COMPACT_FILE, PEFT_WEIGHTS
 
-    metrics = {"wall_time_s": Measure(record.get("wall_time_s")), "tokens_per_s": Measure(record.get("tokens_per_s")),
-               "peak_rss_mb": Measure(round(peak_rss, 1)),
-               "trainable_params": Measure(record.get("trainable_params"))}
+    metrics = {"wall_time_s": Measure(record.wall_time_s), "tokens_per_s": Measure(record.tokens_per_s),
+               "peak_rss_mb": Measure(round(peak_rss, 1)), "trainable_params": Measure(record.trainable_params)}
     files = [out / COMPACT_FILE] if (out / COMPACT_FILE).is_file() else [out / PEFT_WEIGHTS]
     if not files[0].is_file():  # full fine-tuning: the model's weights
         files = sorted(out.glob("*.safetensors"))
@@ -180,19 +182,19 @@ def run_job(job: Job, root: Path) -> RunRecord:
     if job.train is not None:
         train_arm(job, out)
         peak = _rss_mb()
-        run = json.loads((out / RUN_FILE).read_text())
+        run = TrainRecord.read(out)
         adapter: str | None = str(out)
         if job.kind == "mask":  # a LoRI-D run only a LoRI-S arm needs: not measured
             record.status = "done"
             _write(record, out)
             return record
         record.metrics.update(_cost(out, run, peak))
-        privacy, record.flags = _privacy(out, run)
+        privacy, record.flags = _privacy(run)
         record.metrics.update(privacy)
-        if run.get("safety_monitor"):
+        if run.safety_monitor:
             from tunelab.safety.monitor import MonitorRecord
 
-            record.stopped = MonitorRecord.from_dict(run["safety_monitor"]).stopped
+            record.stopped = MonitorRecord.from_dict(run.safety_monitor).stopped
     else:
         adapter = job.adapter
     record.metrics = {**measure(job, out, adapter), **record.metrics}
