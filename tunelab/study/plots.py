@@ -88,15 +88,18 @@ def pareto_figure(result: StudyResult) -> Figure | None:
         cmap = matplotlib.colormaps["viridis"]
         norm = matplotlib.colors.Normalize(vmin=min(eps_lbs, default=0.0), vmax=max(max(eps_lbs, default=1.0),
                                                                                        min(eps_lbs, default=0.0) + 1e-6))
+        seen: dict[tuple[float, float], int] = {}  # arms at the same point: their labels stacked, not overprinted
         for arm, x, xerr, y, yerr, eps_lb in points:
             base = arm == BASE_ARM
+            stack = seen.get((round(x, 4), round(y, 4)), 0)
+            seen[(round(x, 4), round(y, 4))] = stack + 1
             ax.errorbar(x, y, xerr=[[xerr[0]], [xerr[1]]], yerr=[[yerr[0]], [yerr[1]]], fmt="none", ecolor="#999999", elinewidth=1, capsize=3,
                         zorder=1)
             face = BASE_COLOR if base else ("white" if eps_lb is None else cmap(norm(eps_lb)))
             ax.scatter([x], [y], s=90, marker="s" if base else "o", c=[face], edgecolors="#333333", linewidths=1.2, zorder=2)
             eps = _epsilon(result, arm)
             label = arm + (f"  (ε={eps:g})" if eps is not None else "")
-            ax.annotate(label, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=8.5,
+            ax.annotate(label, (x, y), xytext=(6, 5 + 11 * stack), textcoords="offset points", fontsize=8.5,
                         fontweight="bold" if eps is not None or base else "normal")
         if eps_lbs:
             sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
