@@ -150,6 +150,12 @@ def test_study_end_to_end(tmp_path: Path, inline: list[str]) -> None:
     # every arm × seed is an ordinary run dir the other commands read
     assert read_result(root / "arms" / "lora" / "seed0" / "eval" / "study-safety" / "metrics.json").KIND == "safety"
 
+    # the report leads with the study and draws every arm's monitor curve
+    from tunelab.report import build_report
+
+    html = build_report([root], tmp_path / "report.html").read_text()
+    assert html.index("<h2>Study") < html.index("<h2>Runs") and "<h2>Safety during training" in html
+
     # re-running skips everything; adding an arm runs only that arm
     inline.clear()
     run_study(_config(tmp_path, ["lora", "full"], monitor_safety=1))
