@@ -84,6 +84,14 @@ def _ready_dir(job: Job, root: Path) -> None:
     atomic_write_text(mark, job.config_hash)
 
 
+def write_job(job: Job, root: Path) -> Path:
+    """``STUDY/jobs/NAME.json``: what a worker runs (``python -m tunelab.study.worker FILE``)."""
+    path = root / "jobs" / f"{job.name().replace(':', '-')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, job.to_json())
+    return path
+
+
 def _deps(job: Job, jobs: list[Job], root: Path) -> list[Job]:
     """The jobs whose run this one reads (a LoRI-S arm: its LoRI-D mask run)."""
     mask = (job.train or {}).get("mask_from")
@@ -107,9 +115,7 @@ class _Runner:
 
     def _start(self, job: Job) -> subprocess.Popen | _Done:
         _ready_dir(job, self.root)
-        path = self.root / "jobs" / f"{job.name().replace(':', '-')}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, job.to_json())
+        path = write_job(job, self.root)
         if os.environ.get(INLINE_ENV) == "1":  # tests and debugging: no process per job (peak RSS is then the study's)
             from tunelab.study.worker import main
 
@@ -235,6 +241,8 @@ def run_study(cfg: StudyConfig, run_dir: RunDir | None = None, *, console: Conso
     for job in jobs:
         if job.kind == "mask":
             console.print(f"{job.arm}: a LoRI-D run for the LoRI-S arms' mask (seed {job.seed}; not an arm, not measured)")
+    for job in jobs:  # all of them up front: a worker can also be started by hand (one per GPU)
+        write_job(job, root)
     pending = [j for j in jobs if _finished(j, root) is None]
     skipped = len(jobs) - len(pending)
     console.print(f"[bold]tunelab study[/] {root}: {len(arms)} arms + base × {len(cfg.seeds)} seeds = {len(jobs)} jobs"
