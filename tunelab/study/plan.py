@@ -30,6 +30,7 @@ from tunelab.layout import atomic_write_text
 from tunelab.study.config import BASE_ARM, ArmSpec, StudyConfig
 
 ARM_RECORD = "study-arm.json"  # a job's RunRecord, written last in its directory
+HASH_FILE = ".study-hash"      # in a job's dir: the config hash it was started with
 CANARIES = "canaries.json"
 
 
@@ -238,5 +239,5 @@ def plan_jobs(cfg: StudyConfig, arms: list[ArmSpec], footing: Footing, root: Pat
     return jobs
 
 
-__all__ = ["ARM_RECORD", "CANARIES", "Footing", "Job", "split_data", "make_canary_set", "measure_spec", "plan_jobs",
+__all__ = ["ARM_RECORD", "CANARIES", "HASH_FILE", "Footing", "Job", "split_data", "make_canary_set", "measure_spec", "plan_jobs",
            "sha256_of"]

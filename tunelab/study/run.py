@@ -24,10 +24,9 @@ from tunelab.errors import TunelabError
 from tunelab.layout import atomic_write_text
 from tunelab.results import RunDir
 from tunelab.study.config import BASE_ARM, StudyConfig
-from tunelab.study.plan import ARM_RECORD, Job, make_canary_set, plan_jobs, split_data
+from tunelab.study.plan import ARM_RECORD, HASH_FILE, Job, make_canary_set, plan_jobs, split_data
 from tunelab.study.results import STUDY_FILE, Measure, RunRecord, StudyResult
 
-HASH_FILE = ".study-hash"  # in a job's dir: the config hash it was started with
 LOG_FILE = "study.log"     # a worker's output when several run at once
 INLINE_ENV = "TUNELAB_STUDY_INLINE"  # "1": run each job in this process (tests, debugging)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.layout import EVAL_DIR, EVAL_FILE, RUN_FILE
-from tunelab.study.plan import ARM_RECORD, Job
+from tunelab.study.plan import ARM_RECORD, HASH_FILE, Job
 from tunelab.study.results import Measure, RunRecord, prefill_metric
 from tunelab.train.record import TrainRecord
 
@@ -179,6 +179,9 @@ def run_job(job: Job, root: Path) -> RunRecord:
     record = RunRecord(job.arm, job.seed, job.dir, "pending", job.config_hash)
     out.mkdir(parents=True, exist_ok=True)
     (out / ARM_RECORD).unlink(missing_ok=True)
+    from tunelab.layout import atomic_write_text
+
+    atomic_write_text(out / HASH_FILE, job.config_hash)  # a worker started by hand resumes as the study's would
     if job.train is not None:
         train_arm(job, out)
         peak = _rss_mb()
