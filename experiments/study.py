@@ -88,6 +88,41 @@ def table(result: StudyResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def monitor_figure(result: StudyResult, root: Path, path: Path) -> Path | None:
+    """Refusal rate vs step for every training arm (mean over seeds), from each run's safety monitor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tunelab.safety.monitor import MonitorRecord
+    from tunelab.train.record import TrainRecord
+
+    curves: dict[str, dict[int, list[float]]] = {}
+    for run in result.runs:
+        if run.dir is None or run.arm == "base" or run.status != "done":
+            continue
+        record = TrainRecord.read(root / run.dir)
+        if not record.safety_monitor:
+            continue
+        for point in MonitorRecord.from_dict(record.safety_monitor).series:
+            curves.setdefault(run.arm, {}).setdefault(point.step, []).append(point.refusal_rate)
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
+    for arm, by_step in curves.items():
+        steps = sorted(by_step)
+        ax.plot(steps, [100 * sum(by_step[s]) / len(by_step[s]) for s in steps], marker="o", label=arm)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("refusal on 16 held-out HarmBench prompts (%)")
+    ax.set_title("safety-drift monitor: refusal during training (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
@@ -114,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{cfg.safety_limit} held-out HarmBench + {cfg.safety_limit} benign prompts, monitor every {cfg.monitor_safety} steps, "
           f"--jobs {cfg.jobs}\n\n" + table(result))
     figures = [root / "study" / "pareto.png", root / "study" / "bars.png"]
+    monitor = monitor_figure(result, root / "study", root / "study" / "monitor.png")
+    figures += [monitor] if monitor else []
     return finish(root, {"study": str(root / "study" / "study.json")}, md, figures,
                   f"tunelab study — {args.model}", started, console)
 
