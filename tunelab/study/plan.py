@@ -78,21 +78,13 @@ class Job:
         return cls(**read_json_object(path, "study job"))
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def split_data(cfg: StudyConfig, root: Path) -> Footing:
     """Write (once) the split every arm uses; a study dir split differently is refused."""
-    from tunelab.data import read_rows
+    from tunelab.data import data_sha256, read_rows
 
     data_dir = root / "data"
     train, test = data_dir / "train.jsonl", data_dir / "test.jsonl"
@@ -127,8 +119,8 @@ def split_data(cfg: StudyConfig, root: Path) -> Footing:
         if not path.is_file():
             data_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, text[split])
-    return Footing(train, test, scorer, name, len(rows["train"]), len(rows["test"]), sha256_of(train),
-                   sha256_of(test), None)
+    return Footing(train, test, scorer, name, len(rows["train"]), len(rows["test"]), data_sha256(train),
+                   data_sha256(test), None)
 
 
 def make_canary_set(cfg: StudyConfig, root: Path, footing: Footing) -> Path | None:
@@ -172,6 +164,7 @@ def measure_spec(cfg: StudyConfig, footing: Footing) -> dict[str, Any]:
 def plan_jobs(cfg: StudyConfig, arms: list[ArmSpec], footing: Footing, root: Path) -> list[Job]:
     """The jobs in the order they run: base, the "before" of each init_from, masks, then arm × seed."""
     from tunelab.adapters import ADAPTER_METHODS
+    from tunelab.data import data_sha256
 
     measure = measure_spec(cfg, footing)
     data_key = (footing.train_sha256, footing.test_sha256)
@@ -180,7 +173,6 @@ def plan_jobs(cfg: StudyConfig, arms: list[ArmSpec], footing: Footing, root: Pat
     jobs = [base]
     befores: dict[str, Job] = {}
     masks: dict[tuple[str, int], str] = {}
-    by_name = {a.name: a for a in arms}
     for arm in arms:
         init = arm.train.get("init_from", cfg.train.get("init_from"))
         if init is not None and str(init) not in befores:
@@ -197,6 +189,7 @@ def plan_jobs(cfg: StudyConfig, arms: list[ArmSpec], footing: Footing, root: Pat
               "canaries": cfg.canaries, "canary_family": cfg.canary_family, **cfg.train}
     if cfg.monitor_safety:
         shared["monitor_safety"] = cfg.monitor_safety
+    canary_hash = data_sha256(footing.canaries) if footing.canaries else None
     train_jobs: list[Job] = []
     for seed in cfg.seeds:
         for arm in arms:
@@ -229,15 +222,13 @@ def plan_jobs(cfg: StudyConfig, arms: list[ArmSpec], footing: Footing, root: Pat
                       canaries=str(footing.canaries) if footing.canaries else None,
                       before=befores[str(init)].dir if init is not None else base.dir)
             job.config_hash = _hash("train", settings, measure, data_key,
-                                    sha256_of(footing.canaries) if footing.canaries else None)
+                                    canary_hash)
             train_jobs.append(job)
     # masks and the LoRI-D arms they come from run before the LoRI-S arms that read them
     needed = {j.train["mask_from"] for j in train_jobs if j.train and j.train.get("mask_from")}
     first = [j for j in train_jobs if j.train and j.train["output"] in needed]
     jobs += first + [j for j in train_jobs if j not in first]
-    del by_name
     return jobs
 
 
-__all__ = ["ARM_RECORD", "CANARIES", "HASH_FILE", "Footing", "Job", "split_data", "make_canary_set", "measure_spec", "plan_jobs",
-           "sha256_of"]
+__all__ = ["ARM_RECORD", "CANARIES", "HASH_FILE", "Footing", "Job", "split_data", "make_canary_set", "measure_spec", "plan_jobs"]

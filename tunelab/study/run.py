@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ def write_job(job: Job, root: Path) -> Path:
     return path
 
 
-def _deps(job: Job, jobs: list[Job], root: Path) -> list[Job]:
+def _deps(job: Job, jobs: list[Job]) -> list[Job]:
     """The jobs whose run this one reads (a LoRI-S arm: its LoRI-D mask run)."""
     mask = (job.train or {}).get("mask_from")
     return [j for j in jobs if mask is not None and j.train and j.train.get("output") == mask]
@@ -136,7 +137,7 @@ class _Runner:
                 for job in list(waiting):
                     if len(running) >= self.parallel:
                         break
-                    deps = _deps(job, self.jobs, self.root)
+                    deps = _deps(job, self.jobs)
                     if any(d.dir in failed for d in deps):
                         waiting.remove(job)
                         failed.add(job.dir)
@@ -255,8 +256,6 @@ def run_study(cfg: StudyConfig, run_dir: RunDir | None = None, *, console: Conso
     runs = collect(cfg, jobs, root)
     names = [BASE_ARM, *(a.name for a in arms)]
     summary, paired = summarize(runs, names, cfg.reference)
-    from dataclasses import asdict
-
     result = StudyResult(
         name=root.name, model=cfg.model, task=footing.task, scorer=footing.scorer,
         data={"train": str(footing.train.relative_to(root)), "test": str(footing.test.relative_to(root)),
@@ -292,11 +291,11 @@ def _canaries(path: Path | None) -> dict[str, Any] | None:
     if path is None:
         return None
     from tunelab.privacy.canaries import CanarySet
-    from tunelab.study.plan import sha256_of
+    from tunelab.data import data_sha256
 
     cs = CanarySet.load(path)
     return {"file": path.name, "count": len(cs), "members": len(cs.members), "family": cs.family,
-            "sha256": sha256_of(path)}
+            "sha256": data_sha256(path)}
 
 
 def _plots(result: StudyResult, root: Path, console: Console) -> None:
