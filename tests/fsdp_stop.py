@@ -14,7 +14,8 @@ _train = tunelab.finetune.train
 
 
 def _stopped_train(cfg: Any, **kwargs: Any) -> None:
-    _train(cfg, stop_after_step=2, **kwargs)
+    kwargs["stop_after_step"] = 2  # run_train passes its own (None); this one wins
+    _train(cfg, **kwargs)
     raise SystemExit(0)  # like a killed process: the CLI's summary of a finished run never comes
 
 
