@@ -58,6 +58,25 @@ def test_pick_choice_normalization() -> None:
     assert pick_choice([-3.0, -4.0], ["ab", "abcdefgh"], normalize=True) == 1
 
 
+def test_acc_norm_divides_by_the_choice_without_its_delimiter() -> None:
+    # lm-eval scores " " + choice but divides by len(choice): -2.1/2 < -4.1/4 picks the long one;
+    # dividing by the scored text (3 and 5 characters) would pick the short one
+    assert pick_choice([-2.1, -4.1], [" ab", " abcd"], normalize=True) == 1
+    assert pick_choice([-2.1, -4.1], [" ab", " abcd"], normalize=True, delimiter="") == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(-50, -0.01), st.text(alphabet="abc xyz", min_size=1, max_size=12)),
+                min_size=2, max_size=5))
+def test_acc_norm_matches_lm_eval_argmax(rows: list[tuple[float, str]]) -> None:
+    import numpy as np
+
+    lls = [ll for ll, _ in rows]
+    choices = [c for _, c in rows]  # as the task lists them; tunelab scores " " + choice, like lm-eval
+    expected = int(np.argmax(np.array(lls) / np.array([float(len(c)) for c in choices])))
+    assert pick_choice(lls, [" " + c for c in choices], normalize=True) == expected
+
+
 def test_file_tasks_validate_every_record(tmp_path: Path) -> None:
     good = _write_jsonl(tmp_path / "mc.jsonl", [{"prompt": "2+2?", "choices": ["3", "4"], "answer": "4"},
                                                  {"prompt": "1+1?", "choices": ["2", "5"], "answer": 0}])

@@ -178,8 +178,18 @@ def nest_pair_scores(pairs: Sequence[ChoicePair], flat: Sequence[float],
     return scores
 
 
-def pick_choice(loglikelihoods: Sequence[float], options: Sequence[str], normalize: bool = False) -> int:
-    """Index of the best option; ``normalize`` divides by the option's length in characters (acc_norm)."""
+def option_length(option: str, delimiter: str = " ") -> int:
+    """acc_norm's length of an option: its characters without the one leading ``delimiter`` the
+    context/option join adds (lm-evaluation-harness divides by ``len(choice)``, the choice as the task
+    lists it, while it scores ``delimiter + choice``)."""
+    text = option[len(delimiter):] if delimiter and option.startswith(delimiter) else option
+    return max(len(text), 1)
+
+
+def pick_choice(loglikelihoods: Sequence[float], options: Sequence[str], normalize: bool = False,
+                delimiter: str = " ") -> int:
+    """Index of the best option (the first on ties, as ``np.argmax``); ``normalize`` divides each
+    log-likelihood by :func:`option_length` (acc_norm)."""
     if normalize:
-        return max(range(len(options)), key=lambda j: loglikelihoods[j] / max(len(options[j]), 1))
+        return max(range(len(options)), key=lambda j: loglikelihoods[j] / option_length(options[j], delimiter))
     return max(range(len(options)), key=lambda j: loglikelihoods[j])
