@@ -237,7 +237,7 @@ def test_cli_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path):
     (["--poisons", ""], ["--poisons is empty"]),
     (["--poisons", "a,b"], ["integers"]),
     (["--seeds", "0"], ["--seeds must be >= 1"]),
-    (["--duplicates", "0"], ["--duplicates must be >= 1"]),
+    (["--duplicates", "-1"], ["--duplicates must be >= 0"]),
     (["--poison-prefix", "sometimes"], ["unknown --poison-prefix 'sometimes'"]),
     (["--method", "lota"], ["--method lota"]),
     (["--lr", "0"], ["--lr must be > 0"]),

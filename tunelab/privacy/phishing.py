@@ -123,7 +123,9 @@ class PhishConfig:
     seeds: int = option(5, min=1, help="trials (fresh secret each) per N_p")
     seed: int = option(0, help="first trial seed (also the built-in corpus's)")  # trials: seed, seed + 1, ...
     digits: int = option(12, min=1, help="secret length D")
-    duplicates: int = option(1, min=1, help="copies d of the secret in the training data")
+    # 0 is the control: the same two phases with the secret never inserted, so SER must be 0
+    duplicates: int = option(1, min=0, help="copies d of the secret in the training data (0: the control run, "
+                                            "secret never inserted)")
     poison_prefix: str = option("random", help="random (a new bio and wording per poison) or fixed (one prefix repeated)")
     is_not: bool = option(False, flag="--is-not", help="poisons say 'credit card number is not: <digits>'")
     epochs: int = option(1, min=1, help="epochs per training phase")
