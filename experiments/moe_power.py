@@ -8,7 +8,7 @@ power and the seeds needed for a range of effect sizes (the paper's size at this
 
 from __future__ import annotations
 
-from scipy import stats
+from scipy import optimize, stats
 
 RECORDED = {"(a) straight-through": 0.0153, "(a') forward, renormalised": 0.0241}  # sd of paired Δ, nats/byte
 ALPHA, POWER = 0.05, 0.80
@@ -18,7 +18,8 @@ def power(effect: float, sd: float, n: int) -> float:
     """Power of the two-sided paired t-test with n pairs (noncentral t)."""
     df, nc = n - 1, effect / sd * n**0.5
     crit = stats.t.ppf(1 - ALPHA / 2, df)
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    # lower tail P(T < -crit; nc) written as P(T > crit; -nc): scipy's nct.cdf returns NaN there for some nc
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc))
 
 
 def seeds_needed(effect: float, sd: float) -> int:
@@ -29,12 +30,8 @@ def seeds_needed(effect: float, sd: float) -> int:
 
 
 def mde(sd: float, n: int) -> float:
-    """Smallest effect with 80% power at n pairs (bisection on the effect)."""
-    lo, hi = 0.0, 100 * sd
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if power(mid, sd, n) < POWER else (lo, mid)
-    return hi
+    """Smallest effect with 80% power at n pairs (the root of power(effect) = 80%)."""
+    return float(optimize.brentq(lambda effect: power(effect, sd, n) - POWER, 0.0, 100 * sd, xtol=1e-12))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,18 @@ def logit_grad(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor,
     return block.last_logits.grad.detach().clone(), block.last_indices.clone()
 
 
+def block_input(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The MoE layer's input [T, W] on one forward of ``ids`` (in the model's current train/eval mode)."""
+    (block,) = moe_blocks(model)
+    seen: list[torch.Tensor] = []
+    handle = block.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().reshape(-1, W)))
+    try:
+        model(input_ids=ids[:, :-1])
+    finally:
+        handle.remove()
+    return seen[0]
+
+
 # --------------------------------------------------------------------------- 1. gradient from unpicked experts
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10_000))
@@ -92,17 +104,13 @@ def test_ema_is_the_mean_raw_output_over_each_experts_routed_tokens(beta: float)
     the tokens routed to e — and leave unhit experts at d₀. An eval forward must change nothing."""
     _, model = model_pair(3, renormalize=False, beta=beta)
     (block,) = moe_blocks(model)
-    captured: list[torch.Tensor] = []
-    handle = block.register_forward_hook(lambda m, args, out: captured.append(args[0].detach().reshape(-1, W)))
     d0 = torch.randn(N, W, generator=torch.Generator().manual_seed(9))
     block.defaults = d0.clone()
     model.eval()
     model(input_ids=windows(4)[:, :-1])
     assert torch.equal(block.defaults, d0)  # evaluation never moves the EMA
     model.train()
-    model(input_ids=windows(4)[:, :-1])
-    handle.remove()
-    x, picked = captured[-1], block.last_indices
+    x, picked = block_input(model, windows(4)), block.last_indices
     with torch.no_grad():
         for e in range(N):
             routed = (picked == e).any(dim=1)
@@ -118,13 +126,9 @@ def test_ema_is_the_mean_raw_output_over_each_experts_routed_tokens(beta: float)
 def exact_defaults(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Every expert's output on the MoE layer's input, which is one vector when every token is equal."""
     (block,) = moe_blocks(model)
-    seen: list[torch.Tensor] = []
-    handle = block.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().reshape(-1, W)))
+    model.eval()
     with torch.no_grad():
-        model.eval()
-        model(input_ids=ids[:, :-1])
-    handle.remove()
-    x = seen[0]
+        x = block_input(model, ids)
     # identical tokens → identical values in every position, so attention returns the same vector everywhere
     torch.testing.assert_close(x, x[:1].expand_as(x), rtol=0, atol=1e-5)
     with torch.no_grad():

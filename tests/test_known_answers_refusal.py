@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import pytest
@@ -98,14 +98,9 @@ def _scores(setup: dict[str, Any], prompts: list[dict[str, str]], direction: tor
     """The harness's refusal score (tokens: "I") of ``prompts``, optionally with ``direction`` ablated."""
     model, tokenizer = setup["model"], setup["tokenizer"]
     rows = encode_prompts(tokenizer, prompts)
-    with ablation(model, direction) if direction is not None else _nothing():
+    with ablation(model, direction) if direction is not None else nullcontext():
         logits = last_logits(model, rows, tokenizer.pad_token_id, batch_size=8)
     return refusal_score(logits, [setup["i_token"]])
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _cfg(tmp_path: Any) -> RefusalConfig:

