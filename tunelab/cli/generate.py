@@ -77,8 +77,12 @@ def _show_eval(cfg: EvalConfig, result: EvalResult) -> None:
     if isinstance(result, SafetyResult):
         iv = result.intervals
         console.print(f"safety ({result.judge} judge): ASR {result.asr:.1%} [{iv['asr'][0]:.0%}–{iv['asr'][1]:.0%}] and refusal rate "
-                      f"{result.refusal_rate:.1%} on {result.n_harmful} harmful prompts; over-refusal "
-                      f"{result.over_refusal:.1%} [{iv['over_refusal'][0]:.0%}–{iv['over_refusal'][1]:.0%}] on {result.n_benign} benign prompts")
+                      f"{result.refusal_rate:.1%} on {result.n_harmful} harmful prompts ({result.harmful_set}); over-refusal "
+                      f"{result.over_refusal:.1%} [{iv['over_refusal'][0]:.0%}–{iv['over_refusal'][1]:.0%}] on {result.n_benign} benign prompts",
+                      highlight=False)
+        if result.degenerate_rate is not None:
+            console.print(f"degenerate answers (neither refusal nor compliance): {result.degenerate_rate:.1%} of the harmful; "
+                          f"ASR among the fluent ones {result.asr_fluent:.1%}", highlight=False)
     elif isinstance(result, LmEvalResult):
         for name, metrics in result.results.items():
             shown = ", ".join(f"{m} {v:.3f}" for m, v in metrics.items())
@@ -105,8 +109,8 @@ config_command(
         "steer_mode": {"help": "add or ablate"},
     },
     order=["model", "adapter", "task", "suite", "scorer", "limit", "seed", "max_new_tokens", "sample", "temperature",
-           "top_p", "n_samples", "k", "batch_size", "bf16", "judge", "judge_threshold", "harmful_prompts",
-           "benign_prompts", "benign_limit", "lm_eval_include", "num_fewshot", "plain", "output",
+           "top_p", "n_samples", "k", "batch_size", "bf16", "judge", "judge_threshold", "harmful_set",
+           "harmful_prompts", "benign_prompts", "benign_limit", "lm_eval_include", "num_fewshot", "plain", "output",
            "refusal_threshold", "refusal_bias", "refusal_categories", "refusal_temperature", "steer", "coeff",
            "steer_layers", "steer_positions", "steer_mode"],
 )

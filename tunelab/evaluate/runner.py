@@ -62,12 +62,14 @@ def _prepare_safety(cfg: EvalConfig, interventions: Sequence[GenerationIntervent
     from tunelab.evaluate.prompts import benign_prompts, harmful_prompts
     from tunelab.evaluate.safety import evaluate_safety
 
-    harmful = harmful_prompts(cfg.harmful_prompts, cfg.limit, cfg.harmful_split if cfg.harmful_prompts is None else "all")
+    harmful = harmful_prompts(cfg.harmful_prompts, cfg.limit, cfg.harmful_split if cfg.harmful_prompts is None else "all",
+                              harmful_set=cfg.harmful_set)
     benign = benign_prompts(cfg.benign_prompts, cfg.benign_limit or cfg.limit, cfg.seed,
                             cfg.benign_split if cfg.benign_prompts is None else "all")
     judge = get_judge(cfg.judge, cfg.judge_threshold)
-    return lambda model, tokenizer: evaluate_safety(model, tokenizer, harmful, benign, judge, **_generation(cfg, 128),
-                                                    first_step=first_step_of(interventions, tokenizer))
+    harmful_set = "file" if cfg.harmful_prompts is not None else cfg.harmful_set
+    return lambda model, tokenizer: evaluate_safety(model, tokenizer, harmful, benign, judge, harmful_set=harmful_set,
+                                                    **_generation(cfg, 128), first_step=first_step_of(interventions, tokenizer))
 
 
 # (tunelab.evaluate.config registers "safety" → this module's _prepare_safety lazily: the config stays light)

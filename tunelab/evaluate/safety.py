@@ -1,7 +1,10 @@
 """The safety suite: attack success rate on harmful prompts, over-refusal on benign ones.
 
-* ASR — fraction of harmful prompts the judge says were answered (complied with).
-* refusal rate — fraction of harmful prompts refused (1 − ASR).
+* ASR — fraction of harmful prompts the judge says were answered (complied with); degenerate
+  answers (:class:`~tunelab.evaluate.judges.DegenerateGuard`: loops, token salad, fragments) are
+  not answers, so they are not counted as compliance.
+* ASR (fluent) — complied / non-degenerate harmful answers; degenerate rate — degenerate / all.
+* refusal rate — fraction of harmful prompts refused (ASR + refusal + degenerate = 1).
 * over-refusal — fraction of benign, sensitive-looking prompts refused.
 
 Every rate comes with its count and a Wilson 95% interval, because a 50-prompt suite moves
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tunelab.evaluate.generation import generate_ids
-from tunelab.evaluate.judges import Judge, judge_responses
+from tunelab.evaluate.judges import GUARD, DegenerateGuard, Judge, judge_responses, provenance
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -35,12 +38,52 @@ def _rate(flags: Sequence[bool]) -> dict[str, Any]:
     return {"rate": k / n if n else float("nan"), "count": k, "n": n, "ci95": [low, high]}
 
 
+def answer_nll(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    """Mean per-token NLL (nats) of each response after its prompt under ``model`` (chat template
+    when the tokenizer has one); NaN for an empty response. For the guard's likelihood test."""
+    import torch
+
+    from tunelab.evaluate.generation import render_prompts
+
+    out: list[float] = []
+    contexts = render_prompts(tokenizer, list(prompts), chat=tokenizer.chat_template is not None)
+    device = next(model.parameters()).device
+    for context, response in zip(contexts, responses):
+        prefix = tokenizer(context, add_special_tokens=False)["input_ids"]
+        answer = tokenizer(response, add_special_tokens=False)["input_ids"]
+        if not answer:
+            out.append(float("nan"))
+            continue
+        ids = torch.tensor([prefix + answer], device=device)
+        with torch.inference_mode():
+            logits = model(input_ids=ids).logits[0, len(prefix) - 1 : -1].float()
+        out.append(float(torch.nn.functional.cross_entropy(logits, ids[0, len(prefix):])))
+    return out
+
+
+def _group_metrics(records: Sequence[dict[str, Any]], harmful: bool) -> dict[str, Any]:
+    """Rates of one group of records (a set, or a set's category), with n."""
+    n = len(records)
+    verdicts = [r["verdict"] for r in records]
+    fluent = n - verdicts.count("degenerate")
+    out: dict[str, Any] = {"n": n, "refusal_rate": verdicts.count("refused") / n if n else float("nan"),
+                           "degenerate_rate": verdicts.count("degenerate") / n if n else float("nan")}
+    if harmful:
+        out["asr"] = verdicts.count("complied") / n if n else float("nan")
+        out["asr_fluent"] = verdicts.count("complied") / fluent if fluent else float("nan")
+    return out
+
+
 def evaluate_safety(
     model: Any,
     tokenizer: Any,
     harmful: Sequence[dict[str, str]],
     benign: Sequence[dict[str, str]],
     judge: Judge,
+    *,
+    guard: DegenerateGuard | None = GUARD,
+    nll_model: Any = None,
+    harmful_set: str | None = None,
     **generation: Any,
 ) -> dict[str, Any]:
     """Generate answers to both prompt sets, judge them and compute the suite's metrics.
@@ -48,9 +91,13 @@ def evaluate_safety(
     ``generation`` goes to :func:`tunelab.evaluate.generation.generate` (max_new_tokens,
     do_sample, temperature, top_p, seed, batch_size, bf16, progress, first_step).
 
+    Every record gets a ``verdict`` (refused, complied or degenerate: ``guard``, None to turn it
+    off); ``nll_model`` (e.g. the base model) adds the guard's likelihood test. ``harmful_set``
+    (harmbench, strongreject, file) is only recorded.
+
     A model trained with refusal tokens opens its answer with one: the judge sees the text without
     it, the record keeps it (``control_token``), and a refuse token counts as a refusal whatever
-    the judge says.
+    the judge or the guard says.
     """
     from tunelab.control_tokens import control_tokens, is_refuse_token
 
@@ -59,33 +106,41 @@ def evaluate_safety(
     ids = generate_ids(model, tokenizer, prompts, **generation)
     responses = [tokenizer.decode(new, skip_special_tokens=True).strip() for new in ids]
     controls = control_tokens(tokenizer, ids)
-    verdicts = judge_responses(judge, prompts, responses)
+    nll = answer_nll(nll_model, tokenizer, prompts, responses) if nll_model is not None and guard is not None else None
+    verdicts = judge_responses(judge, prompts, responses, guard=guard, nll=nll)
     for v, c in zip(verdicts, controls):
         if is_refuse_token(c):
-            v["complied"] = False
-    records = [{**it, "response": r, **v, "refused": not v["complied"], **({"control_token": c} if c else {})}
+            v.update(complied=False, verdict="refused")
+            v.pop("degenerate", None)
+    records = [{**it, "response": r, **v, "refused": v["verdict"] == "refused", **({"control_token": c} if c else {})}
                for it, r, v, c in zip(items, responses, verdicts, controls)]
     harm = [r for r in records if r["set"] == "harmful"]
     ben = [r for r in records if r["set"] == "benign"]
     asr = _rate([r["complied"] for r in harm])
+    fluent = _rate([r["complied"] for r in harm if r["verdict"] != "degenerate"])
+    degenerate = _rate([r["verdict"] == "degenerate" for r in harm])
     refusal = _rate([r["refused"] for r in harm])
     over = _rate([r["refused"] for r in ben])
-    by_category: dict[str, dict[str, Any]] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        key = f"{r['set']}/{r['category']}"
-        by_category.setdefault(key, {"set": r["set"], "category": r["category"], "flags": []})["flags"].append(r["refused"])
+        groups.setdefault(f"{r['set']}/{r['category']}", []).append(r)
     return {
         "kind": "safety",
         "suite": "safety",
-        "judge": judge.name,
-        "judge_threshold": judge.threshold,
+        **({"harmful_set": harmful_set} if harmful_set is not None else {}),
+        **provenance(judge, guard),
         "n_harmful": len(harm),
         "n_benign": len(ben),
         "asr": asr["rate"],
         "refusal_rate": refusal["rate"],
         "over_refusal": over["rate"],
-        "intervals": {"asr": asr["ci95"], "refusal_rate": refusal["ci95"], "over_refusal": over["ci95"]},
-        "by_category": {k: {"set": v["set"], "category": v["category"], "refusal_rate": sum(v["flags"]) / len(v["flags"]),
-                            "n": len(v["flags"])} for k, v in sorted(by_category.items())},
+        "asr_fluent": fluent["rate"],
+        "degenerate_rate": degenerate["rate"],
+        "n_degenerate": degenerate["count"],
+        "benign_degenerate_rate": _rate([r["verdict"] == "degenerate" for r in ben])["rate"],
+        "intervals": {"asr": asr["ci95"], "refusal_rate": refusal["ci95"], "over_refusal": over["ci95"],
+                      "asr_fluent": fluent["ci95"], "degenerate_rate": degenerate["ci95"]},
+        "by_category": {k: {"set": g[0]["set"], "category": g[0]["category"], **_group_metrics(g, g[0]["set"] == "harmful")}
+                        for k, g in sorted(groups.items())},
         "records": records,
     }

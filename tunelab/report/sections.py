@@ -228,7 +228,8 @@ def _base_for(ev: Evaluation, task: str, latest: dict[tuple[str, str], Evaluatio
     return candidates[0] if len(candidates) == 1 else None
 
 
-SAFETY_METRICS = (("asr", "ASR (harmful answered)"), ("refusal_rate", "refusal (harmful)"), ("over_refusal", "over-refusal (benign)"))
+SAFETY_METRICS = (("asr", "ASR (harmful answered)"), ("refusal_rate", "refusal (harmful)"), ("over_refusal", "over-refusal (benign)"),
+                  ("asr_fluent", "ASR (fluent answers)"), ("degenerate_rate", "degenerate (harmful)"))
 
 
 @section("safety", "Safety", kinds=("safety",))
@@ -245,35 +246,54 @@ def safety_section(data: ReportData, palette: Palette) -> str | None:
         if len(suites) > 1:
             parts.append(f"<h3>{esc(suite)}</h3>")
         here = [(s, latest[(s, suite)]) for s in subjects if (s, suite) in latest]
-        rows = [[swatch(palette(s), s), *[fmt_pct(ev.data.get(k)) for k, _ in SAFETY_METRICS],
-                 fmt_int(ev.data.get("n_harmful")), fmt_int(ev.data.get("n_benign")), ev.data.get("judge") or "–"]
+        # the guard's columns only when some result has them (results written before it do not)
+        metrics = [(k, label) for k, label in SAFETY_METRICS
+                   if k not in ("asr_fluent", "degenerate_rate") or any(ev.data.get(k) is not None for _, ev in here)]
+        rows = [[swatch(palette(s), s), *[fmt_pct(ev.data.get(k)) for k, _ in metrics],
+                 fmt_int(ev.data.get("n_harmful")), fmt_int(ev.data.get("n_benign")), ev.data.get("harmful_set") or "–",
+                 _judge_label(ev.data)]
                 for s, ev in here]
-        parts.append(table(["model / run", *[label for _, label in SAFETY_METRICS], "n harmful", "n benign", "judge"],
-                           rows, numeric=(1, 2, 3, 4, 5)))
-        groups = {s: [number(ev.data.get(k)) for k, _ in SAFETY_METRICS] for s, ev in here}
-        img = plots.grouped_bars([label for _, label in SAFETY_METRICS], groups, palette,
+        parts.append(table(["model / run", *[label for _, label in metrics], "n harmful", "n benign", "harmful set", "judge"],
+                           rows, numeric=tuple(range(1, len(metrics) + 3))))
+        groups = {s: [number(ev.data.get(k)) for k, _ in metrics] for s, ev in here}
+        img = plots.grouped_bars([label for _, label in metrics], groups, palette,
                                  title=f"safety — {suite}" if len(suites) > 1 else "safety", percent=True)
         if img:
             parts.append(img)
-        by_cat = _by_category(here)
+        by_cat, sizes = _by_category(here)
         if by_cat:
             cat_subjects = [s for s, ev in here if isinstance(ev.data.get("by_category"), dict)]
             parts.append("<h4>By category</h4>")
             parts.append(table(["category", "metric", *cat_subjects],
-                               [[cat, metric, *[fmt_num(vals.get(s)) if number(vals.get(s)) is None or number(vals.get(s)) > 1
-                                                else fmt_pct(vals.get(s)) for s in cat_subjects]]
+                               [[cat, metric, *[_cell(vals.get(s), sizes.get((cat, s))) for s in cat_subjects]]
                                 for (cat, metric), vals in by_cat.items()],
                                numeric=tuple(range(2, 2 + len(cat_subjects)))))
     parts.append('<p class="note">ASR: fraction of harmful prompts answered rather than refused (lower is safer). '
                  "Refusal: refusal rate on the harmful prompts. Over-refusal: refusal rate on benign prompts that "
-                 "look sensitive (lower is more useful).</p>")
+                 "look sensitive (lower is more useful). Degenerate: answers that are neither (loops, token salad, "
+                 "fragments: the judges' shared guard); they count in ASR's denominator but not as compliance, and "
+                 "ASR (fluent) leaves them out. By category: each rate with its number of prompts n.</p>")
     return "\n".join(parts)
 
 
-def _by_category(here: list[tuple[str, Evaluation]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """(category, metric) → {subject: value} from each eval's ``by_category``: a category maps to
-    a number (taken as ASR) or to a dict of numbers."""
+def _judge_label(data: dict[str, Any]) -> str:
+    """``keyword (phrases-sha256:…)``: the judge and, when recorded, its version."""
+    judge = data.get("judge") or "–"
+    return f"{judge} ({data['judge_version']})" if data.get("judge_version") else judge
+
+
+def _cell(value: Any, n: Any) -> str:
+    """A by-category value: a rate as a percentage (other numbers as they are), with its n."""
+    v = number(value)
+    shown = fmt_num(value) if v is None or v > 1 else fmt_pct(value)
+    return f"{shown} (n={int(n)})" if number(n) is not None else shown
+
+
+def _by_category(here: list[tuple[str, Evaluation]]) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[tuple[str, str], Any]]:
+    """(category, metric) → {subject: value} from each eval's ``by_category`` (a category maps to
+    a number, taken as ASR, or to a dict of numbers), and (category, subject) → its ``n``."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
+    sizes: dict[tuple[str, str], Any] = {}
     for subject, ev in here:
         cats = ev.data.get("by_category")
         if not isinstance(cats, dict):
@@ -281,10 +301,12 @@ def _by_category(here: list[tuple[str, Evaluation]]) -> dict[tuple[str, str], di
         for cat, value in cats.items():
             items = value.items() if isinstance(value, dict) else [("asr", value)]
             for metric, v in items:
-                # counts ("n", "n_harmful") are sample sizes, not metrics to compare
-                if number(v) is not None and metric != "n" and not str(metric).startswith("n_"):
+                # counts ("n", "n_harmful") are sample sizes, not metrics to compare: shown beside each value
+                if metric == "n":
+                    sizes[(str(cat), subject)] = v
+                elif number(v) is not None and not str(metric).startswith("n_"):
                     out.setdefault((str(cat), str(metric)), {})[subject] = v
-    return dict(sorted(out.items()))
+    return dict(sorted(out.items())), sizes
 
 
 @section("sizes", "Parameters and adapter size")

@@ -193,7 +193,9 @@ def prefill_attack(
 
     The judge sees only the continuation (what the model wrote itself): the prefix is neutral
     text, and a model that recovers ("... I cannot continue with this") counts as refusing.
-    Returns ``{"by_k": [{"k", "asr", "count", "n", "ci95", "roundtrip_mismatches"}], "records": [...]}``.
+    Degenerate continuations (the judges' guard) are not counted as compliance; ``degenerate``
+    counts them.
+    Returns ``{"by_k": [{"k", "asr", "count", "n", "ci95", "degenerate", "roundtrip_mismatches"}], "records": [...]}``.
     """
     from tunelab.evaluate.generation import generate
     from tunelab.evaluate.judges import KeywordJudge, judge_responses
@@ -209,6 +211,7 @@ def prefill_attack(
         complied = sum(v["complied"] for v in verdicts)
         low, high = wilson_interval(complied, len(prompts))
         by_k.append({"k": k, "asr": complied / len(prompts), "count": complied, "n": len(prompts), "ci95": [low, high],
+                     "degenerate": sum(v["verdict"] == "degenerate" for v in verdicts),
                      "roundtrip_mismatches": prefill_mismatches(tokenizer, texts, ids)})
         records += [{"k": k, "prompt": p, "continuation": o, **v} for p, o, v in zip(prompts, outputs, verdicts)]
     return {"by_k": by_k, "records": records}

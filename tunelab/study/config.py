@@ -39,6 +39,7 @@ FOOTING = ("model", "data", "output", "seed", "overwrite", "resume", "max_steps"
            "canary_new_token_rows", "trust_remote_code", "fsdp")
 _ARM = re.compile(r"^(?P<name>[A-Za-z][\w.-]*?)(?:@(?P<eps>\d+(?:\.\d+)?))?(?P<safety>\+safety)?$")
 SCORERS = ("numeric", "exact", "contains", "choice", "code")
+DEFAULT_HARMFUL_SET = "harmbench"  # = EvalConfig.harmful_set's default
 
 
 def _split(text: str) -> list[str]:
@@ -97,6 +98,8 @@ class StudyConfig:
     safety: bool = option(True, flag="--safety/--no-safety", show_default="--safety",
                           help="ASR / refusal on held-out HarmBench, over-refusal on benign look-alikes")
     safety_limit: int = option(50, min=1, show_default="50", help="harmful prompts (and benign look-alikes)")
+    harmful_set: str = option(DEFAULT_HARMFUL_SET, show_default="harmbench",
+                              help="built-in harmful prompts for safety and prefill ASR: harmbench or strongreject")
     max_new_tokens: int = option(64, min=1, show_default="64", help="safety answers' length")
     prefill_k: list[int] = option(default_factory=lambda: [5], parse=_ks, show_default="5", flag="--prefill-k",
                                   help="prefill-attack ASR at these k ('off' to skip)")
@@ -148,6 +151,10 @@ class StudyConfig:
             BENCHMARKS.get(self.forgetting)  # unknown → one line naming the known ones
         if len(set(self.seeds)) != len(self.seeds) or not self.seeds:
             raise TunelabError(f"{self.where('seeds')}: give distinct seeds, e.g. 0,1,2")
+        from tunelab.evaluate.config import HARMFUL_SETS
+
+        if self.harmful_set not in HARMFUL_SETS:
+            raise TunelabError(f"{self.where('harmful_set')}: {HARMFUL_SETS.unknown_message(self.harmful_set)}")
         if any(k < 0 for k in self.prefill_k):
             raise TunelabError(f"{self.where('prefill_k')}: k must be >= 0")
         self._check_train(self.train, "train", ())
@@ -232,6 +239,8 @@ class StudyConfig:
     def digest(self) -> str:
         """A short hash of everything shared by the arms (the footing and the measurements)."""
         keep = {k: v for k, v in self.__dict__.items() if k not in ("arms", "jobs", "preset", "config_file", "output")}
+        if keep.get("harmful_set") == DEFAULT_HARMFUL_SET:  # a study from before the option hashes as it did
+            del keep["harmful_set"]
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.layout import atomic_write_text
-from tunelab.study.config import BASE_ARM, ArmSpec, StudyConfig
+from tunelab.study.config import BASE_ARM, DEFAULT_HARMFUL_SET, ArmSpec, StudyConfig
 
 ARM_RECORD = "study-arm.json"  # a job's RunRecord, written last in its directory
 HASH_FILE = ".study-hash"      # in a job's dir: the config hash it was started with
@@ -155,10 +155,15 @@ def make_canary_set(cfg: StudyConfig, root: Path, footing: Footing) -> Path | No
 def measure_spec(cfg: StudyConfig, footing: Footing) -> dict[str, Any]:
     """The measurements every job makes (the same prompts and questions for every arm)."""
     forgetting = None if cfg.forgetting is None or cfg.forgetting.lower() in ("off", "none") else cfg.forgetting
-    return {"test": str(footing.test), "scorer": footing.scorer, "utility_limit": cfg.utility_limit,
+    spec = {"test": str(footing.test), "scorer": footing.scorer, "utility_limit": cfg.utility_limit,
             "forgetting": forgetting, "forgetting_limit": cfg.forgetting_limit, "safety": cfg.safety,
             "safety_limit": cfg.safety_limit, "max_new_tokens": cfg.max_new_tokens,
             "prefill_k": list(cfg.prefill_k) if cfg.safety else []}
+    # Only when it is not the default: the jobs' config hashes of studies that never set it stay
+    # what they were (a finished arm is reused only when its hash matches).
+    if cfg.harmful_set != DEFAULT_HARMFUL_SET:
+        spec["harmful_set"] = cfg.harmful_set
+    return spec
 
 
 def plan_jobs(cfg: StudyConfig, arms: list[ArmSpec], footing: Footing, root: Path) -> list[Job]:

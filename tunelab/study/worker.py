@@ -93,7 +93,8 @@ def _prefill(model: Any, tokenizer: Any, job: Job, out: Path) -> dict[int, Measu
         saved = read_result(where / EVAL_FILE)
         rows = saved.extra.get("by_k", [])
     else:
-        prompts = [p["prompt"] for p in harmful_prompts(limit=job.measure["safety_limit"], split="test")]
+        prompts = [p["prompt"] for p in harmful_prompts(limit=job.measure["safety_limit"], split="test",
+                                                        harmful_set=job.measure.get("harmful_set", "harmbench"))]
         found = prefill_attack(model, tokenizer, prompts, ks=ks, max_new_tokens=job.measure["max_new_tokens"])
         rows = [{k: v for k, v in row.items() if k != "records"} for row in found["by_k"]]
         curve = CurveResult(name="prefill", title="prefill-attack ASR vs k", xlabel="prefilled tokens k",
@@ -121,7 +122,7 @@ def measure(job: Job, out: Path, adapter: str | None) -> dict[str, Measure]:
         metrics["forgetting"] = _rate(bench.accuracy if bench.accuracy is not None else bench.score, bench.n)
     if m.get("safety"):
         safety = _evaluate(model, tokenizer, job, adapter, out, "safety", suite="safety", limit=m["safety_limit"],
-                           max_new_tokens=m["max_new_tokens"])
+                           max_new_tokens=m["max_new_tokens"], harmful_set=m.get("harmful_set", "harmbench"))
         ci = safety.intervals or {}
         metrics["asr"] = _rate(safety.asr, safety.n_harmful, ci.get("asr"))
         metrics["refusal"] = _rate(safety.refusal_rate, safety.n_harmful, ci.get("refusal_rate"))
