@@ -268,3 +268,16 @@ def test_study_refuses_an_unknown_harmful_set() -> None:
         StudyConfig(task="reverse_words", arms=["lora"], harmful_set="nosuch").validate()
     assert str(info.value) == ("--harmful-set: unknown harmful prompt set 'nosuch'; built-in sets: harmbench, "
                                "strongreject")
+
+
+def test_model_judge_version_is_its_revision_or_weights_hash(tmp_path: Path) -> None:
+    from tunelab.evaluate.judges import model_version
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"weights one")
+    first = model_version(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"weights two")
+    assert first.startswith("weights-sha256:") and model_version(tmp_path / "m") != first
+    snapshot = tmp_path / "snapshots" / ("ab" * 20)
+    snapshot.mkdir(parents=True)
+    assert model_version(snapshot) == "hf-revision:" + "ab" * 20
