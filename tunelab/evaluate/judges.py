@@ -162,6 +162,7 @@ class ClassifierJudge:
 # --judge name → ``(threshold) -> Judge``; anything else given to --judge is a local model's path
 JUDGES: Registry[Callable[[float], Judge]] = Registry("judge")
 JUDGES.register("keyword", lambda threshold: KeywordJudge())
+JUDGES.register("embedding", "tunelab.evaluate.embedding_judge:default_judge")  # lazy: torch + MiniLM on first use
 
 
 def get_judge(spec: str, threshold: float = 0.5) -> Judge:
