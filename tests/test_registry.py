@@ -157,7 +157,7 @@ def _rooms() -> dict[str, tuple[Registry, tuple[str, ...]]]:
         "steering": (STEERING_METHODS, ("mean-diff", "pca-diff", "pca-center", "logistic")),
         "routers": (ROUTERS, ("topk", "sinkhorn", "default")),
         "membership scores": (SCORES, ("secret_loss", "sequence_loss", "min_k", "zlib", "reference")),
-        "judges": (JUDGES, ("keyword",)),
+        "judges": (JUDGES, ("keyword", "embedding")),
         "built-in tasks": (TASKS, ("arithmetic", "reverse_words")),
         "text scorers": (TEXT_SCORERS, ("numeric", "exact", "contains")),
         "scorers": (SCORERS, ("numeric", "exact", "contains", "choice", "code")),

@@ -14,7 +14,7 @@ from tunelab.report.registry import REPORT_SECTIONS, section
 from tunelab.report.sections import ORDER, SECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
-ROOMS = ("inspect", "merge", "moe", "privacy", "safety", "scaling")
+ROOMS = ("evaluate", "inspect", "merge", "moe", "privacy", "safety", "scaling")
 
 
 def test_order_names_every_registered_section_and_nothing_else() -> None:
@@ -26,8 +26,9 @@ def test_order_names_every_registered_section_and_nothing_else() -> None:
 
 
 def test_the_page_order_is_unchanged() -> None:
-    # The order the report had before the sections moved into their rooms (issue 24); a study leads (issue 25).
-    assert ORDER == ("study", "runs", "demo", "training", "tasks", "safety", "privacy", "phishing", "dp", "heads", "pruning",
+    # The order the report had before the sections moved into their rooms (issue 24); a study leads (issue 25);
+    # judges follow the safety suite whose answers they grade (issue 27).
+    assert ORDER == ("study", "runs", "demo", "training", "tasks", "safety", "judges", "privacy", "phishing", "dp", "heads", "pruning",
                      "steering", "refusal-direction", "salt", "multi-turn", "pretrain", "moe-routing",
                      "continual-pretraining", "scaling", "merge", "continual", "monitor", "sizes", "curves", "other",
                      "figures")
@@ -41,6 +42,7 @@ def test_sections_live_in_their_rooms() -> None:
     assert homes["privacy"] == "tunelab.privacy.report" and homes["merge"] == "tunelab.merge.report"
     assert homes["scaling"] == "tunelab.scaling.report" and homes["pretrain"] == "tunelab.moe.report"
     assert homes["heads"] == "tunelab.inspect.report" and homes["continual"] == "tunelab.safety.report"
+    assert homes["judges"] == "tunelab.evaluate.report"
 
 
 def test_a_key_registers_once() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from tunelab.cli import train, generate, unpack, demo, study, report, merge, pretrain, tasks, data, inspect, audit, attack, scaling  # noqa: F401  (registers the commands)
+from tunelab.cli import train, generate, unpack, demo, study, report, merge, pretrain, tasks, data, inspect, audit, attack, scaling, judge  # noqa: F401  (registers the commands)
 from tunelab.cli.app import app
 from tunelab.cli.common import err
 from tunelab.errors import TunelabError

@@ -19,3 +19,5 @@ attack_app = typer.Typer(no_args_is_help=True, help="Attack a safety adapter: fi
 app.add_typer(attack_app, name="attack")
 scaling_app = typer.Typer(no_args_is_help=True, help="Scaling laws: fit L = E + A/N^α + B/D^β (and approach 1's hull) to a table of runs.")
 app.add_typer(scaling_app, name="scaling")
+judge_app = typer.Typer(no_args_is_help=True, help="Refusal judges: train the embedding judge, compare judges on the same answers.")
+app.add_typer(judge_app, name="judge")

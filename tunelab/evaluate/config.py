@@ -15,7 +15,7 @@ from typing import Any
 
 from tunelab.configs import sectioned
 from tunelab.errors import TunelabError
-from tunelab.evaluate.judges import JUDGES
+from tunelab.evaluate.judges import JUDGE_CARD, JUDGES
 from tunelab.evaluate.options import GenerationOptions, RefusalOptions, SteeringOptions
 from tunelab.layout import EVAL_DIR, EVAL_FILE
 from tunelab.options import check_fields, option
@@ -99,7 +99,7 @@ class EvalConfig:
             raise TunelabError(f"pass@k needs 1 <= k <= --n-samples ({self.n_samples}), got k = {self.ks}")
         if self.sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
             raise TunelabError("sampling needs --temperature > 0 and 0 < --top-p <= 1")
-        if self.judge not in JUDGES and not (Path(self.judge) / "config.json").is_file():
+        if self.judge not in JUDGES and not any((Path(self.judge) / f).is_file() for f in ("config.json", JUDGE_CARD)):
             if "/" in self.judge or Path(self.judge).exists():  # meant as a model directory
                 raise TunelabError(f"judge model not found: {self.judge} (use a registered judge, {JUDGES.help()}, "
                                    "or a local HF model directory)")

@@ -16,7 +16,7 @@ complied when its score reaches the judge's threshold. Two judges:
 More judges come from other modules through :data:`JUDGES`: one line here, lazy, so config
 validation (``tunelab.evaluate.config``) knows the name without importing the judge::
 
-    JUDGES.register("embedding", "tunelab.evaluate.embedding_judge:EmbeddingJudge")
+    JUDGES.register("embedding", "tunelab.evaluate.embedding_judge:default_judge")
 
 The target is called with the judge threshold (``target(threshold) -> Judge``).
 
@@ -208,12 +208,21 @@ def model_version(path: str | Path) -> str:
 # --judge name → ``(threshold) -> Judge``; anything else given to --judge is a local model's path
 JUDGES: Registry[Callable[[float], Judge]] = Registry("judge")
 JUDGES.register("keyword", lambda threshold: KeywordJudge())
+JUDGES.register("embedding", "tunelab.evaluate.embedding_judge:default_judge")  # lazy: torch + MiniLM on first use
+
+
+# A trained judge directory (``tunelab judge train``) holds this card; an HF judge model, config.json.
+JUDGE_CARD = "judge_card.json"
 
 
 def get_judge(spec: str, threshold: float = 0.5) -> Judge:
-    """A registered judge (``keyword``) or the path of a local judge model."""
+    """A registered judge, a trained judge directory (has a judge card) or a local HF judge model."""
     if spec in JUDGES:
         return JUDGES.get(spec)(threshold)
+    if (Path(spec) / JUDGE_CARD).is_file():
+        from tunelab.evaluate.embedding_judge import EmbeddingJudge
+
+        return EmbeddingJudge(spec, threshold)
     return ClassifierJudge(spec, threshold=threshold)
 
 

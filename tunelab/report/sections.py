@@ -22,6 +22,7 @@ import math
 from typing import Any
 
 # Each room's report module registers its sections when imported; ORDER below places them.
+import tunelab.evaluate.report  # noqa: F401
 import tunelab.inspect.report  # noqa: F401
 import tunelab.merge.report  # noqa: F401
 import tunelab.moe.report  # noqa: F401
@@ -45,6 +46,7 @@ ORDER: tuple[str, ...] = (
     "training",               # here: loss, learning rate, gradient norm
     "tasks",                  # here: task scores
     "safety",                 # here: the safety suite
+    "judges",                 # tunelab/evaluate/report.py: judge comparison and training
     "privacy",                # tunelab/privacy/report.py: canary audits
     "phishing",               # tunelab/privacy/report.py: neural phishing
     "dp",                     # tunelab/privacy/report.py: private training
