@@ -11,6 +11,9 @@ the file. An **arm** is a name plus a delta over ``tunelab train``'s config::
         method: lori-s
         init_from: runs/safety-adapter
         disjoint: true
+      - name: full-4gpu             # trained under torchrun, 4 processes with --fsdp (measured in one)
+        method: full
+        nproc_per_node: 4
 
 The shared footing (model, data, seed, output, the budget, the canaries) is the study's, not an
 arm's: setting it in an arm is an error, as are unknown keys, duplicate names, an ε on an arm whose
@@ -109,6 +112,9 @@ class StudyConfig:
     monitor_safety: int = option(0, min=0, show_default="0 (off)", help="safety-drift monitor every K steps in every arm")
     # running
     jobs: int = option(1, min=1, show_default="1", help="arms run at once (subprocesses; the cores are split)")
+    nproc_per_node: int = option(1, min=1, show_default="1 (in the worker's process)",
+                                 help="train every arm under torchrun with N processes (--fsdp; an arm's "
+                                      "own nproc_per_node wins); the batch is split over them")
     preset: str | None = option(None, help="a preset study: quick")
     output: str = option("runs/study", show_default="runs/study", help="study directory")
     config_file: Path | None = option(None, hidden=True)  # set by the CLI: where the YAML came from (errors name it)
@@ -206,10 +212,14 @@ class StudyConfig:
                 safety_first = item.pop("safety_first", shorthand.safety_first)
                 if not isinstance(safety_first, bool):
                     raise TunelabError(f"{self.where('arms', (i, 'safety_first'))}: expected true or false")
+                nproc = item.pop("nproc_per_node", item.pop("nproc-per-node", None))
+                if nproc is not None and (isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1):
+                    raise TunelabError(f"{self.where('arms', (i, 'nproc_per_node'))}: expected an integer >= 1 "
+                                       f"(processes training the arm), got {nproc!r}")
                 delta = {**shorthand.train, **{str(k).replace("-", "_"): v for k, v in item.items()}}
                 if "epsilon" in delta:  # `epsilon: 4` is target_epsilon
                     delta["target_epsilon"] = delta.pop("epsilon")
-                arm = ArmSpec(name, delta, safety_first)
+                arm = ArmSpec(name, delta, safety_first, own_nproc=nproc)
             else:
                 raise TunelabError(f"{self.where('arms', (i,))}: an arm is a name (lora, dp-sgd@4) or a mapping")
             if any(a.name == arm.name for a in arms):
@@ -231,14 +241,41 @@ class StudyConfig:
                     arm.train.get(k) is not None for k in ("target_epsilon", "noise_multiplier")):
                 raise TunelabError(f"{self.where('arms', at)}: arm '{arm.name}' sets ε but its optimizer "
                                    f"'{optimizer}' is not private (dp-sgd, dp-zo)")
+            arm.nproc_per_node = self.nproc_per_node if arm.own_nproc is None else arm.own_nproc
+            if arm.nproc_per_node > 1:
+                self._check_distributed(arm, (i, "nproc_per_node") if arm.own_nproc is not None else None)
             arms.append(arm)
         if not arms:
             raise TunelabError(f"{self.where('arms')}: give at least one arm")
         return arms
 
+    def _check_distributed(self, arm: "ArmSpec", at: tuple[int | str, ...] | None) -> None:
+        """An arm trained in N > 1 processes: the study's batch splits over them, and `tunelab train
+        --fsdp` takes the arm's options (what it refuses is said here, before anything is trained)."""
+        from tunelab.finetune import TrainConfig
+
+        n = arm.nproc_per_node
+        where = self.where("arms", at) if at is not None else self.where("nproc_per_node")
+        what = f"arm '{arm.name}' in {n} processes"
+        if self.batch_size % n:
+            raise TunelabError(f"{where}: {what}: batch_size {self.batch_size} does not split over {n} processes "
+                               "(each takes batch_size / N examples, so a step sees the study's batch)")
+        settings = {"data": "-", "output": "-", **self.train, **arm.train, "batch_size": self.batch_size // n}
+        if self.monitor_safety:
+            settings["monitor_safety"] = self.monitor_safety
+        try:
+            TrainConfig(**settings).validate()
+        except (TunelabError, TypeError):
+            return  # wrong in one process too: that is said where it always was, not here
+        try:
+            TrainConfig(**{**settings, "fsdp": True}).validate()
+        except TunelabError as exc:
+            raise TunelabError(f"{where}: {what} trains with --fsdp under torchrun, and {exc}") from None
+
     def digest(self) -> str:
         """A short hash of everything shared by the arms (the footing and the measurements)."""
-        keep = {k: v for k, v in self.__dict__.items() if k not in ("arms", "jobs", "preset", "config_file", "output")}
+        skip = ("arms", "jobs", "nproc_per_node", "preset", "config_file", "output")
+        keep = {k: v for k, v in self.__dict__.items() if k not in skip}
         if keep.get("harmful_set") == DEFAULT_HARMFUL_SET:  # a study from before the option hashes as it did
             del keep["harmful_set"]
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -251,6 +288,8 @@ class ArmSpec:
     name: str
     train: dict[str, Any] = field(default_factory=dict)
     safety_first: bool = False  # continue from tunelab's safety adapter of the arm's method (trained once)
+    own_nproc: int | None = None  # the arm's own nproc_per_node (None: the study's)
+    nproc_per_node: int = 1       # processes that train it (> 1: under torchrun with --fsdp)
 
     @property
     def epsilon(self) -> float | None:

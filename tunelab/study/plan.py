@@ -64,6 +64,7 @@ class Job:
     measure: dict[str, Any] = field(default_factory=dict)
     canaries: str | None = None    # the shared canary file (absolute)
     config_hash: str = ""
+    nproc_per_node: int = 1        # > 1: trained under torchrun in this many processes (then measured in one)
 
     def name(self) -> str:
         return f"{self.arm}-s{self.seed}" if self.kind in ("train", "mask") else self.arm
@@ -76,6 +77,11 @@ class Job:
         from tunelab.results import read_json_object
 
         return cls(**read_json_object(path, "study job"))
+
+
+def job_file(job: Job, root: Path) -> Path:
+    """``STUDY/jobs/NAME.json``: where a job's worker reads it."""
+    return root / "jobs" / f"{job.name().replace(':', '-')}.json"
 
 
 def _hash(*parts: Any) -> str:
@@ -199,6 +205,8 @@ def plan_jobs(cfg: StudyConfig, arms: list[ArmSpec], footing: Footing, root: Pat
     for seed in cfg.seeds:
         for arm in arms:
             settings = {**shared, **arm.train, "seed": seed, "output": str(root / "arms" / arm.name / f"seed{seed}")}
+            if arm.nproc_per_node > 1:  # FSDP over N processes, each taking its share of the study's batch
+                settings.update(fsdp=True, batch_size=cfg.batch_size // arm.nproc_per_node)
             method = settings.get("method", "lora")
             spec = ADAPTER_METHODS.get(method)
             source = spec.mask_source if spec.needs_mask_from else None
@@ -225,9 +233,12 @@ def plan_jobs(cfg: StudyConfig, arms: list[ArmSpec], footing: Footing, root: Pat
             init = settings.get("init_from")
             job = Job(arm.name, seed, f"arms/{arm.name}/seed{seed}", "train", cfg.model, settings, measure=measure,
                       canaries=str(footing.canaries) if footing.canaries else None,
-                      before=befores[str(init)].dir if init is not None else base.dir)
-            job.config_hash = _hash("train", settings, measure, data_key,
-                                    canary_hash)
+                      before=befores[str(init)].dir if init is not None else base.dir,
+                      nproc_per_node=arm.nproc_per_node)
+            # an arm in one process hashes exactly as before nproc_per_node existed (a study's finished
+            # arms stay finished); N processes are part of the hash only when N > 1
+            spread = ({"nproc_per_node": arm.nproc_per_node},) if arm.nproc_per_node > 1 else ()
+            job.config_hash = _hash("train", settings, measure, data_key, canary_hash, *spread)
             train_jobs.append(job)
     # masks and the LoRI-D arms they come from run before the LoRI-S arms that read them
     needed = {j.train["mask_from"] for j in train_jobs if j.train and j.train.get("mask_from")}
@@ -236,4 +247,4 @@ def plan_jobs(cfg: StudyConfig, arms: list[ArmSpec], footing: Footing, root: Pat
     return jobs
 
 
-__all__ = ["ARM_RECORD", "CANARIES", "HASH_FILE", "Footing", "Job", "split_data", "make_canary_set", "measure_spec", "plan_jobs"]
+__all__ = ["ARM_RECORD", "CANARIES", "HASH_FILE", "Footing", "Job", "job_file", "split_data", "make_canary_set", "measure_spec", "plan_jobs"]

@@ -5,7 +5,8 @@ whose directory holds a finished record with the same config hash is skipped, an
 resumes from its checkpoint, a changed one is redone, and adding an arm runs only that arm.
 ``study.json`` is written last and atomically, so Ctrl-C or ``kill -9`` never leaves half of one.
 ``--jobs N`` runs N workers at once, each with ``OMP_NUM_THREADS = cores / N`` (never more threads
-than cores); one arm can itself be a ``torchrun`` job on a GPU machine (docs/study.md).
+than cores); an arm with ``nproc_per_node: P`` trains under ``torchrun`` in P processes, which share
+its worker's cores (``cores / (N·P)`` threads each) — one arm across P GPUs (docs/study.md).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tunelab.errors import TunelabError
 from tunelab.layout import atomic_write_text
 from tunelab.results import RunDir
 from tunelab.study.config import BASE_ARM, StudyConfig
-from tunelab.study.plan import ARM_RECORD, HASH_FILE, Job, make_canary_set, plan_jobs, split_data
+from tunelab.study.plan import ARM_RECORD, HASH_FILE, Job, job_file, make_canary_set, plan_jobs, split_data
 from tunelab.study.results import STUDY_FILE, Measure, RunRecord, StudyResult
 
 LOG_FILE = "study.log"     # a worker's output when several run at once
@@ -86,7 +87,7 @@ def _ready_dir(job: Job, root: Path) -> None:
 
 def write_job(job: Job, root: Path) -> Path:
     """``STUDY/jobs/NAME.json``: what a worker runs (``python -m tunelab.study.worker FILE``)."""
-    path = root / "jobs" / f"{job.name().replace(':', '-')}.json"
+    path = job_file(job, root)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, job.to_json())
     return path
@@ -106,10 +107,15 @@ class _Runner:
         self.parallel = max(1, min(parallel, cores()))  # more workers than cores would oversubscribe them
         self.threads = max(1, cores() // self.parallel)
 
-    def _env(self) -> dict[str, str]:
+    def threads_for(self, job: Job | None = None) -> int:
+        """Threads per process of ``job``'s worker: its share of the cores, split over its torchrun
+        processes (``cores // (parallel × nproc_per_node)``, at least 1)."""
+        return max(1, cores() // (self.parallel * (job.nproc_per_node if job is not None else 1)))
+
+    def _env(self, job: Job | None = None) -> dict[str, str]:
         env = dict(os.environ)
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = str(self.threads)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # torchrun passes them on to its processes
+            env[var] = str(self.threads_for(job))
         env.setdefault("HF_HUB_OFFLINE", "1")
         return env
 
@@ -122,9 +128,9 @@ class _Runner:
             return _Done(main([str(path)]))
         cmd = [sys.executable, "-m", "tunelab.study.worker", str(path)]
         if self.parallel == 1:
-            return subprocess.Popen(cmd, env=self._env())
+            return subprocess.Popen(cmd, env=self._env(job))
         log = open(self.root / job.dir / LOG_FILE, "w")
-        return subprocess.Popen(cmd, env=self._env(), stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, env=self._env(job), stdout=log, stderr=subprocess.STDOUT)
 
     def run(self, pending: list[Job], done_before: int, total: int) -> None:
         started = time.perf_counter()
@@ -252,6 +258,10 @@ def run_study(cfg: StudyConfig, run_dir: RunDir | None = None, *, console: Conso
     if cfg.jobs > 1:
         capped = f" (--jobs {cfg.jobs} capped at the {cores()} cores)" if runner.parallel < cfg.jobs else ""
         console.print(f"{runner.parallel} arms at once, {runner.threads} threads each{capped}")
+    for arm in arms:
+        if arm.nproc_per_node > 1:
+            console.print(f"{arm.name}: trained under torchrun in {arm.nproc_per_node} processes (--fsdp, batch "
+                          f"{cfg.batch_size // arm.nproc_per_node} each), measured in one")
     runner.run(pending, skipped, len(jobs))
     runs = collect(cfg, jobs, root)
     names = [BASE_ARM, *(a.name for a in arms)]
@@ -266,7 +276,8 @@ def run_study(cfg: StudyConfig, run_dir: RunDir | None = None, *, console: Conso
         seeds=list(cfg.seeds), reference=cfg.reference,
         canaries=_canaries(footing.canaries),
         arms=[{"name": BASE_ARM, "train": None, "epsilon": None, "private": False},
-              *({"name": a.name, "train": a.train, "epsilon": a.epsilon, "private": a.epsilon is not None}
+              *({"name": a.name, "train": a.train, "epsilon": a.epsilon, "private": a.epsilon is not None,
+                 **({"nproc_per_node": a.nproc_per_node} if a.nproc_per_node > 1 else {})}
                 for a in arms)],
         runs=runs, summary=summary, paired=paired, wall_time_s=time.perf_counter() - started,
         config={k: v for k, v in asdict(cfg).items() if k != "config_file"})

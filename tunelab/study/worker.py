@@ -5,6 +5,11 @@ library's own evaluations, each written as an ordinary ``metrics.json`` under ``
 finished one is reused), and writes its :class:`~tunelab.study.results.RunRecord` to
 ``study-arm.json`` last. Its own process gives each arm a clean peak RSS, keeps a crash in one arm
 from taking the study down, and lets ``--jobs N`` run arms side by side.
+
+An arm with ``nproc_per_node: N > 1`` is trained by torch's own launcher in N processes (FSDP2,
+each with ``batch_size / N`` of the study's batch): the worker runs :func:`train_command`, whose
+processes are this module with ``--train-only``, then measures the saved run in its own process
+as for any arm. Peak RSS is then the largest training process's.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from tunelab.study.results import Measure, RunRecord, prefill_metric
 from tunelab.train.record import TrainRecord
 
 PRIVACY_EVAL = "privacy"  # the canary plug-in's audit: RUN/eval/privacy/metrics.json
+TRAIN_ONLY = "--train-only"  # one of an arm's torchrun processes: train, measure nothing
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak RSS of this process or of the largest one it waited for (an arm's training processes)."""
+    return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
 
 
 def _interval(hits: float, n: int) -> list[float]:
@@ -43,8 +50,24 @@ def _rate(value: float | None, n: int | None, ci: Any = None) -> Measure:
     return Measure(float(value), [float(ci[0]), float(ci[1])], int(n))
 
 
-def train_arm(job: Job, out: Path) -> Path:
-    """Train the job's arm into ``out`` (resuming a checkpoint, reusing a finished run)."""
+def _clear_for_training(out: Path) -> None:
+    """Empty ``out`` for a fresh run, keeping its study hash (without it the next study run would
+    take a checkpoint written from here on for another arm's and throw it away)."""
+    import shutil
+
+    if not out.is_dir():
+        return
+    for child in out.iterdir():
+        if child.name != HASH_FILE:
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def train_arm(job: Job, out: Path, *, clear: bool = True) -> Path:
+    """Train the job's arm into ``out`` (resuming a checkpoint, reusing a finished run).
+
+    ``clear=False``: one of several training processes, whose output dir the worker made ready
+    (they must not empty it at once).
+    """
     from tunelab.finetune import TrainConfig, recipe
     from tunelab.train import fit
     from tunelab.train.checkpoint import find_checkpoint
@@ -54,7 +77,9 @@ def train_arm(job: Job, out: Path) -> Path:
     assert job.train is not None
     settings = dict(job.train)
     resume = out.is_dir() and find_checkpoint(out) is not None
-    settings.update(resume=resume, overwrite=not resume and out.is_dir())
+    if not resume and clear:
+        _clear_for_training(out)
+    settings.update(resume=resume, overwrite=False)
     cfg = TrainConfig(**settings)
     cfg, plugins, rule = recipe(cfg)
     if job.canaries:
@@ -65,6 +90,47 @@ def train_arm(job: Job, out: Path) -> Path:
         plugins = [CanaryPlugin(shared, insert_seed=0) if isinstance(p, CanaryPlugin) else p for p in plugins]
     fit(cfg, plugins, rule)
     return out
+
+
+def train_command(job_path: Path, processes: int) -> list[str]:
+    """What trains a job in ``processes`` processes: torch's launcher (``torchrun``) on this module."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+            "-m", "tunelab.study.worker", str(job_path), TRAIN_ONLY]
+
+
+def train_env(environ: dict[str, str] | None = None, *, cuda: bool | None = None) -> dict[str, str]:
+    """The launcher's environment: on a machine without CUDA, accelerate's gloo CPU mode."""
+    import os
+
+    env = dict(os.environ if environ is None else environ)
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if not cuda:
+        env["ACCELERATE_USE_CPU"] = "true"  # torchrun + accelerate on CPUs: gloo (accelerate's own wants mpirun)
+    return env
+
+
+def train_distributed(job: Job, root: Path) -> None:
+    """Train the job's arm under torchrun in ``job.nproc_per_node`` processes (resuming, or fresh)."""
+    import subprocess
+
+    from tunelab.study.plan import job_file
+    from tunelab.train.checkpoint import find_checkpoint
+
+    out = root / job.dir
+    if (out / RUN_FILE).is_file():
+        return
+    if find_checkpoint(out) is None:
+        _clear_for_training(out)  # here, once: the processes must not each empty it
+    path = job_file(job, root)
+    if not path.is_file():
+        raise TunelabError(f"{path}: the job file the training processes read is missing")
+    code = subprocess.run(train_command(path, job.nproc_per_node), env=train_env()).returncode
+    if code != 0 or not (out / RUN_FILE).is_file():
+        raise TunelabError(f"arm '{job.arm}' seed {job.seed}: training under torchrun ({job.nproc_per_node} processes) "
+                           f"exited with code {code}; its processes' output says why")
 
 
 def _evaluate(model: Any, tokenizer: Any, job: Job, adapter: str | None, out: Path, name: str,
@@ -184,7 +250,10 @@ def run_job(job: Job, root: Path) -> RunRecord:
 
     atomic_write_text(out / HASH_FILE, job.config_hash)  # a worker started by hand resumes as the study's would
     if job.train is not None:
-        train_arm(job, out)
+        if job.nproc_per_node > 1:
+            train_distributed(job, root)
+        else:
+            train_arm(job, out)
         peak = _rss_mb()
         run = TrainRecord.read(out)
         adapter: str | None = str(out)
@@ -221,7 +290,18 @@ def read_record(path: Path) -> RunRecord:
     return RunRecord.of(read_json_object(path, "study arm record"))
 
 
+def _train_only(job: Job, root: Path) -> int:
+    """One of the arm's torchrun processes: train (the worker that launched it measures)."""
+    try:
+        train_arm(job, root / job.dir, clear=False)
+    except TunelabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m tunelab.study.worker STUDY/jobs/NAME.json [--train-only]``."""
     args = sys.argv[1:] if argv is None else argv
     job_file = Path(args[0])
     job = Job.read(job_file)
@@ -229,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     from tunelab.cli.common import quiet_libraries
 
     quiet_libraries()
+    if TRAIN_ONLY in args[1:]:
+        return _train_only(job, root)
     try:
         run_job(job, root)
     except TunelabError as exc:

@@ -33,6 +33,7 @@ class TrainRecord:
     tokens_per_s: float | None = None
     wall_time_s: float | None = None
     bf16: bool | None = None
+    processes: int | None = None                   # training ranks (None: a run from before it was recorded)
     config: dict[str, Any] = field(default_factory=dict)
     privacy: dict[str, Any] | None = None          # the canary plug-in's audit headline
     dp: dict[str, Any] | None = None               # a DP update rule's ledger

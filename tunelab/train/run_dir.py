@@ -164,6 +164,7 @@ def write_finished_run(run: Run, progress: dict[str, Any], dropped: int, plugins
         "tokens_per_s": progress["tokens"] / seconds if seconds else None,
         "wall_time_s": seconds,
         "bf16": cfg.bf16,
+        "processes": run.accelerator.num_processes,  # ranks that trained it (torchrun / accelerate launch)
         "versions": versions(),
         "config": cfg.to_dict(),
         **(extra or {}),
