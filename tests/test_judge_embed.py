@@ -281,5 +281,5 @@ def test_eval_accepts_the_registered_embedding_judge() -> None:
     from tunelab.evaluate.config import EvalConfig
 
     EvalConfig(suite="safety", judge="embedding").validate()  # a registered name, not a model dir
-    with pytest.raises(TunelabError, match="use 'keyword' or 'embedding' or a local HF model directory"):
+    with pytest.raises(TunelabError, match="use a registered judge, keyword or embedding, a judge directory"):
         EvalConfig(suite="safety", judge="/no/such/judge").validate()

@@ -102,8 +102,8 @@ class EvalConfig:
         if self.judge not in JUDGES and not any((Path(self.judge) / f).is_file() for f in ("config.json", JUDGE_CARD)):
             if "/" in self.judge or Path(self.judge).exists():  # meant as a model directory
                 raise TunelabError(f"judge model not found: {self.judge} (use a registered judge, {JUDGES.help()}, "
-                                   "or a local HF model directory)")
-            raise TunelabError(f"{JUDGES.unknown_message(self.judge)}; or a local judge model directory")
+                                   "a judge directory from 'tunelab judge train' or a local HF model directory)")
+            raise TunelabError(f"{JUDGES.unknown_message(self.judge)}; or a judge directory or local judge model")
         for name in ("harmful_split", "benign_split"):
             if getattr(self, name) not in SPLITS:
                 raise TunelabError(f"{name} must be one of {', '.join(SPLITS)}, got '{getattr(self, name)}'")
