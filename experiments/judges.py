@@ -3,7 +3,7 @@
     nice -n 19 env OMP_NUM_THREADS=1 PYTHONPATH=. python experiments/judges.py [--study runs/exp-study] [--out runs/judges-exp]
 
 1. Accuracy of each judge (keyword, embedding) on the recipe's sets that the embedding judge did not
-   train on (:mod:`tunelab.evaluate.judge_data`): ``heldout`` (another benchmark's prompts, unseen
+   train on (:mod:`tunelab.safety.judge_data`): ``heldout`` (another benchmark's prompts, unseen
    refusal templates, unseen answer categories), ``keyword-free`` (refusals in styles that use no
    stock phrase) and ``degenerate`` (repetition, shuffled words, truncation; per kind too).
 2. Throughput of the embedding judge (answers/s, encoder + head, prompts included), measured in
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tunelab.evaluate import judge_data
+from tunelab.safety import judge_data
 from tunelab.evaluate.embedding_judge import DEFAULT_JUDGE_DIR, HEAD_FILE, EmbeddingJudge, LogisticHead
-from tunelab.evaluate.judge_jobs import JudgeCompareConfig, JudgeTrainConfig, run_judge_compare, run_judge_train
+from tunelab.safety.judge_jobs import JudgeCompareConfig, JudgeTrainConfig, run_judge_compare, run_judge_train
 from tunelab.evaluate.judges import KeywordJudge
 from tunelab.layout import atomic_write_text
 

@@ -1,6 +1,6 @@
 """Extract the benign answers the embedding judge trains on from a finished study's eval records.
 
-Provenance of ``tunelab/evaluate/data/judge_benign_answers.jsonl``: SmolLM2-135M-Instruct (base and
+Provenance of ``tunelab/safety/judge_benign_answers.jsonl``: SmolLM2-135M-Instruct (base and
 fine-tuned arms of the ``experiments`` study, greedy decoding) answering tunelab's *benign* prompts —
 the sensitive-looking look-alikes of the safety suite (``set == "benign"`` records of
 ``eval/study-safety/outputs.jsonl``) and the study's utility task (``eval/study-utility``). Only
@@ -9,7 +9,7 @@ that the keyword judge reads as a refusal are dropped (they would be mislabelled
 Deterministic: files are read in sorted order, duplicates dropped, at most ``--per-prompt`` answers
 per prompt, the utility task capped at ``--task-limit`` rows.
 
-    PYTHONPATH=. python scripts/judge_answers.py runs/exp-study > tunelab/evaluate/data/judge_benign_answers.jsonl
+    PYTHONPATH=. python scripts/judge_answers.py runs/exp-study > tunelab/safety/judge_benign_answers.jsonl
 """
 
 from __future__ import annotations

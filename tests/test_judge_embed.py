@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate import judge_data
+from tunelab.safety import judge_data
 from tunelab.evaluate.embedding_judge import CARD_FILE, HEAD_FILE, EmbeddingJudge, LogisticHead, SentenceEncoder, is_judge_dir
-from tunelab.evaluate.judge_jobs import (JudgeCompareConfig, JudgeTrainConfig, compare_verdicts, read_answers,
+from tunelab.safety.judge_jobs import (JudgeCompareConfig, JudgeTrainConfig, compare_verdicts, read_answers,
                                          run_judge_compare, run_judge_train, snippet)
 from tunelab.evaluate.judge_results import JudgeCompareResult, JudgeTrainResult
 from tunelab.evaluate.judges import is_refusal
@@ -207,7 +207,7 @@ def test_compare_on_an_answers_file(trained: tuple[Path, JudgeTrainResult], tmp_
 
 
 def test_compare_reads_a_runs_safety_records() -> None:
-    from tunelab.evaluate.judge_jobs import load_answers
+    from tunelab.safety.judge_jobs import load_answers
 
     run = Path(__file__).parent / "data" / "saved" / "runs" / "lora"  # its eval/safety holds 8 records
     rows = load_answers(run)

@@ -18,7 +18,7 @@ from tunelab.evaluate.judges import is_refusal
 from tunelab.evaluate.prompts import _all_benign, benign_sensitive_prompts, harm_topic, harmful_prompts, split_prompts
 from tunelab.evaluate.runner import EvalConfig
 from tunelab.safety.recipe import (
-    BENIGN_SOURCE, HARMFUL_SOURCE, REFUSAL_TEMPLATES, SAFETY_RECIPE, _TOPIC_PHRASES, benign_train_pool,
+    BENIGN_SOURCE, HARMFUL_SOURCE, REFUSAL_TEMPLATES, SAFETY_RECIPE, TOPIC_PHRASES, benign_train_pool,
     build_safety_data, everyday_prompts, refusal,
 )
 
@@ -77,11 +77,11 @@ def test_every_refusal_is_a_refusal_and_names_only_a_topic() -> None:
     import random
 
     rng = random.Random(0)
-    for topic in [*_TOPIC_PHRASES, "unknown"]:
+    for topic in [*TOPIC_PHRASES, "unknown"]:
         for _ in range(3 * len(REFUSAL_TEMPLATES)):
             assert is_refusal(refusal(topic, rng))
     assert all(is_refusal(t.format(topic="x")) for t in REFUSAL_TEMPLATES)
-    assert {harm_topic(p["prompt"]) for p in harmful_prompts()} <= set(_TOPIC_PHRASES)
+    assert {harm_topic(p["prompt"]) for p in harmful_prompts()} <= set(TOPIC_PHRASES)
     assert not any(is_refusal(p["prompt"]) for p in everyday_prompts())
     assert len(_texts(everyday_prompts())) == len(everyday_prompts())
 

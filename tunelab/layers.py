@@ -54,7 +54,8 @@ LAYERS: tuple[Layer, ...] = (
     # the trainer composed with the rooms' plug-ins (finetune), evaluation with their interventions
     Layer("recipes", ("tunelab.finetune", "tunelab.eval_recipe"), independent=True),
     # room modules that run a whole fine-tuning recipe (or build on one that does)
-    Layer("workflows", ("tunelab.safety.recipe", "tunelab.safety.attack", "tunelab.privacy.phishing"),
+    Layer("workflows", ("tunelab.safety.recipe", "tunelab.safety.attack", "tunelab.safety.judge_data",
+                        "tunelab.safety.judge_jobs", "tunelab.privacy.phishing"),
           independent=True),
     Layer("top", ("tunelab.report", "tunelab.cli", "tunelab.demo", "tunelab.study")),
 )

@@ -19,6 +19,7 @@ MASK_FILE = "mask.safetensors"
 COMPACT_FILE = "adapter_compact.safetensors"
 EVAL_DIR = "eval"  # RUN/eval/<task or suite>/
 EVAL_FILE = "metrics.json"  # written last in an eval dir
+JUDGE_CARD = "judge_card.json"  # a trained judge directory (tunelab judge train) holds it
 EVAL_OUTPUTS = "outputs.jsonl"
 
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 def _load_train() -> dict:
     """Imported only when `tunelab judge train` runs (torch, transformers, scikit-learn)."""
     from tunelab.cli.common import quiet_libraries
-    from tunelab.evaluate.judge_jobs import JudgeTrainConfig, run_judge_train
+    from tunelab.safety.judge_jobs import JudgeTrainConfig, run_judge_train
 
     quiet_libraries()
     return dict(config_cls=JudgeTrainConfig, run=run_judge_train, show=_show_train)
@@ -24,7 +24,7 @@ def _load_train() -> dict:
 def _load_compare() -> dict:
     """Imported only when `tunelab judge compare` runs."""
     from tunelab.cli.common import quiet_libraries
-    from tunelab.evaluate.judge_jobs import JudgeCompareConfig, run_judge_compare
+    from tunelab.safety.judge_jobs import JudgeCompareConfig, run_judge_compare
 
     quiet_libraries()
     return dict(config_cls=JudgeCompareConfig, run=run_judge_compare, show=_show_compare)

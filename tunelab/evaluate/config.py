@@ -15,9 +15,9 @@ from typing import Any
 
 from tunelab.configs import sectioned
 from tunelab.errors import TunelabError
-from tunelab.evaluate.judges import JUDGE_CARD, JUDGES
+from tunelab.evaluate.judges import JUDGES
 from tunelab.evaluate.options import GenerationOptions, RefusalOptions, SteeringOptions
-from tunelab.layout import EVAL_DIR, EVAL_FILE
+from tunelab.layout import EVAL_DIR, EVAL_FILE, JUDGE_CARD
 from tunelab.options import check_fields, option
 from tunelab.registry import Registry
 from tunelab.results import RunDir

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.judges import JUDGE_CARD
 from tunelab.files import load_safetensors, read_json
+from tunelab.layout import JUDGE_CARD
 
 MINILM = "all-minilm-l6-v2"  # the encoder alias a card names
 MINILM_PACKAGE = "all_minilm_l6_v2"
@@ -275,14 +275,7 @@ def default_judge(threshold: float = 0.5) -> EmbeddingJudge:
     return EmbeddingJudge.default(threshold)
 
 
-def load_judge(spec: str, threshold: float | None = None) -> Any:
-    """A judge by name, a trained judge directory (has a card) or a local HF judge model (has config.json)."""
-    from tunelab.evaluate.judges import get_judge
-
-    if is_judge_dir(spec):
-        return EmbeddingJudge(spec, threshold)  # threshold None: the card's
-    return get_judge(spec, 0.5 if threshold is None else threshold)
 
 
 __all__ = ["EmbeddingJudge", "LogisticHead", "SentenceEncoder", "features", "minilm_dir", "is_judge_dir", "read_card",
-           "load_judge", "default_judge", "CARD_FILE", "HEAD_FILE", "MINILM", "DEFAULT_JUDGE_DIR"]
+           "default_judge", "CARD_FILE", "HEAD_FILE", "MINILM", "DEFAULT_JUDGE_DIR"]

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from tunelab.errors import TunelabError
+from tunelab.layout import JUDGE_CARD
 from tunelab.registry import Registry
 
 REFUSAL_PHRASES: tuple[str, ...] = (
@@ -211,18 +212,18 @@ JUDGES.register("keyword", lambda threshold: KeywordJudge())
 JUDGES.register("embedding", "tunelab.evaluate.embedding_judge:default_judge")  # lazy: torch + MiniLM on first use
 
 
-# A trained judge directory (``tunelab judge train``) holds this card; an HF judge model, config.json.
-JUDGE_CARD = "judge_card.json"
+def get_judge(spec: str, threshold: float | None = None) -> Judge:
+    """A registered judge, a trained judge directory (has a judge card) or a local HF judge model.
 
-
-def get_judge(spec: str, threshold: float = 0.5) -> Judge:
-    """A registered judge, a trained judge directory (has a judge card) or a local HF judge model."""
-    if spec in JUDGES:
-        return JUDGES.get(spec)(threshold)
-    if (Path(spec) / JUDGE_CARD).is_file():
+    ``threshold`` None: a judge directory's own (from its card), 0.5 for the others.
+    """
+    if (Path(spec) / JUDGE_CARD).is_file() and spec not in JUDGES:
         from tunelab.evaluate.embedding_judge import EmbeddingJudge
 
         return EmbeddingJudge(spec, threshold)
+    threshold = 0.5 if threshold is None else threshold
+    if spec in JUDGES:
+        return JUDGES.get(spec)(threshold)
     return ClassifierJudge(spec, threshold=threshold)
 
 

@@ -35,7 +35,7 @@ from tunelab.layout import RUN_FILE, atomic_write_text
 BENIGN_SOURCE = "benign-anchor"
 
 # What a refusal may say about a request: its general area, nothing more.
-_TOPIC_PHRASES = {
+TOPIC_PHRASES = {
     "cybercrime": "breaking into computer systems or writing malicious software",
     "chemical-biological": "dangerous chemical or biological agents",
     "harassment-hate": "harassing, threatening or demeaning people",
@@ -65,7 +65,7 @@ REFUSAL_TEMPLATES: tuple[str, ...] = (
 
 def refusal(category: str, rng: random.Random) -> str:
     """A refusal for a harmful prompt of ``category`` (a topic from ``harm_topic``), template drawn by ``rng``."""
-    topic = _TOPIC_PHRASES.get(category, _TOPIC_PHRASES[HARM_OTHER])
+    topic = TOPIC_PHRASES.get(category, TOPIC_PHRASES[HARM_OTHER])
     return rng.choice(REFUSAL_TEMPLATES).format(topic=topic)
 
 

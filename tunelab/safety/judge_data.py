@@ -38,7 +38,7 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate.prompts import HARM_OTHER, benign_sensitive_prompts, harm_topic, harmful_prompts
 from tunelab.files import read_text
 
-BENIGN_ANSWERS = Path(__file__).parent / "data" / "judge_benign_answers.jsonl"
+BENIGN_ANSWERS = Path(__file__).parent / "judge_benign_answers.jsonl"
 SETS = ("train", "heldout", "keyword-free", "degenerate")
 HELDOUT_CATEGORIES = ("history", "reverse-words")
 DEGENERATE_KINDS = ("repetition", "shuffled", "truncated")
@@ -128,9 +128,9 @@ def benign_answers(path: str | Path = BENIGN_ANSWERS) -> list[dict[str, str]]:
 
 
 def _recipe_refusal(prompt: str, templates: tuple[str, ...], rng: random.Random, harmful: bool) -> str:
-    from tunelab.safety.recipe import _TOPIC_PHRASES
+    from tunelab.safety.recipe import TOPIC_PHRASES
 
-    topic = _TOPIC_PHRASES.get(harm_topic(prompt) if harmful else HARM_OTHER, _TOPIC_PHRASES[HARM_OTHER])
+    topic = TOPIC_PHRASES.get(harm_topic(prompt) if harmful else HARM_OTHER, TOPIC_PHRASES[HARM_OTHER])
     return rng.choice(templates).format(topic=topic)
 
 

@@ -1,6 +1,6 @@
 """``tunelab judge train`` and ``tunelab judge compare``: one config and one job each.
 
-* train — builds the labelled data of :mod:`tunelab.evaluate.judge_data`, embeds it, fits a
+* train — builds the labelled data of :mod:`tunelab.safety.judge_data`, embeds it, fits a
   scikit-learn ``StandardScaler`` + ``LogisticRegression`` on the ``train`` set and writes a judge
   directory: ``head.safetensors``, ``judge_card.json``, ``README.md`` and ``metrics.json`` (last).
 * compare — runs every judge on the same answers (a run's safety-eval records, or a JSONL file of
@@ -98,7 +98,7 @@ def run_judge_train(cfg: JudgeTrainConfig, run_dir: RunDir | None = None) -> Jud
     from sklearn.preprocessing import StandardScaler
 
     import tunelab
-    from tunelab.evaluate import judge_data
+    from tunelab.safety import judge_data
     from tunelab.evaluate.embedding_judge import (CARD_FILE, CARD_MARKDOWN, FEATURES, HEAD_FILE, LogisticHead,
                                                   SentenceEncoder, features)
     from tunelab.evaluate.judges import KeywordJudge
@@ -258,7 +258,7 @@ def compare_verdicts(names: list[str], complied: dict[str, list[bool]], labels: 
 
 def run_judge_compare(cfg: JudgeCompareConfig, run_dir: RunDir | None = None) -> JudgeCompareResult:
     """The ``tunelab judge compare`` job: every judge on the same answers; metrics.json + verdicts.jsonl."""
-    from tunelab.evaluate.embedding_judge import load_judge
+    from tunelab.evaluate.judges import get_judge
 
     cfg.validate()
     rows = load_answers(cfg.answers)  # type: ignore[arg-type]
@@ -269,7 +269,7 @@ def run_judge_compare(cfg: JudgeCompareConfig, run_dir: RunDir | None = None) ->
     labels = [r["label"] for r in rows]
     names, scores, complied, speed, thresholds = [], {}, {}, {}, {}
     for spec in cfg.judges:
-        judge = load_judge(spec)
+        judge = get_judge(spec)
         t0 = time.perf_counter()
         s = judge.scores(prompts, responses)
         dt = time.perf_counter() - t0
