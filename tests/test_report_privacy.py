@@ -169,5 +169,5 @@ def test_privacy_malformed_files_do_not_break_the_report(tmp_path: Path):
 
 def test_privacy_section_is_registered_once():
     keys = [s.key for s in SECTIONS]
-    assert keys.count("privacy") == 1 and keys.index("privacy") == keys.index("safety") + 1
+    assert keys.count("privacy") == 1 and keys.index("privacy") == keys.index("judges") + 1 == keys.index("safety") + 2
     assert [s.kinds for s in SECTIONS if s.key == "privacy"] == [("privacy-audit",)]

@@ -25,7 +25,7 @@ RESULT_MODULES = ("tunelab.evaluate.results", "tunelab.safety.results", "tunelab
 # "kind" values that are not a command's metrics.json: the head sweep's own heads.json.
 NOT_RESULTS = {"head_sweep"}
 # Kinds born typed: written by constructing their dataclass (nested typed fields), never from a dict.
-BORN_TYPED = {"study"}
+BORN_TYPED = {"study", "judge-train", "judge-compare"}  # written as Result objects from the start
 
 for _name in RESULT_MODULES:
     importlib.import_module(_name)
