@@ -36,23 +36,13 @@ from hypothesis import strategies as st
 from tunelab.inspect.multiturn import (
     NO_TRANSITIONS, MultiTurnConfig, chain_metrics, markov_fit, multiturn_task, question_of, run_multiturn,
 )
+from tests.test_multiturn import simulate
 from tunelab.results import RunDir
 
 # SmolLM's chat template (tiny-random's tokenizer): the markers the hook parses the rendered conversation by.
 USER, ASSISTANT, END = "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"
 Z = 5.0  # tolerance in standard errors: a deterministic test must not sit near its edge
 BIG = 30.0  # logit of each planted option token (the rest 0): the planted option's log-likelihood ≈ 0
-
-
-def simulate(n: int, turns: int, a1: float, p_tf: float, p_ft: float, seed: int) -> np.ndarray:
-    """``[n × turns]`` correctness: correct at turn 1 with probability a1, then the chain."""
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, turns), dtype=bool)
-    out[:, 0] = rng.random(n) < a1
-    for t in range(1, turns):
-        u = rng.random(n)
-        out[:, t] = np.where(out[:, t - 1], u >= p_tf, u < p_ft)
-    return out
 
 
 def binomial_se(p: float, visits: int) -> float:

@@ -8,6 +8,9 @@ naming the file (and the line, where there is one) instead of a library tracebac
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -153,3 +156,23 @@ def load_safetensors(path: str | Path, what: str = "safetensors file") -> tuple[
     """Metadata and all tensors of a user's safetensors file."""
     with open_safetensors(path, what) as fh:
         return dict(fh.metadata() or {}), {k: fh.get_tensor(k) for k in fh.keys()}
+
+
+@contextmanager
+def publish_dir(target: Path) -> Iterator[Path]:
+    """Fill a temporary sibling of ``target``, then move it into place in one rename.
+
+    Readers never see half a directory; if another process published ``target`` first, its copy
+    wins and ours is dropped; an error leaves nothing behind.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process published it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -28,9 +28,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +37,7 @@ import numpy as np
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.files import load_safetensors, read_json
+from tunelab.files import load_safetensors, publish_dir, read_json
 from tunelab.layout import JUDGE_CARD
 
 MINILM = "all-minilm-l6-v2"  # the encoder alias a card names
@@ -66,18 +63,8 @@ def minilm_dir() -> Path:
     archive = Path(list(spec.submodule_search_locations)[0]) / "model.zip"
     if not archive.is_file():
         raise TunelabError(f"all-minilm-l6-v2 is installed but {archive} is missing; reinstall it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process extracted it first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with publish_dir(target) as tmp, zipfile.ZipFile(archive) as zf:
+        zf.extractall(tmp)
     return target
 
 
