@@ -46,6 +46,7 @@ def test_heads_and_pruning_sections(tmp_path: Path) -> None:
     for value in ("Attention heads", "largest % within 1 pt", "mean_output_norm_ln", "47.0% @ 20%", "Unablated accuracy 50.0%",
                   "Pruning", "FLOPs saved (counted)", "aapp", "refusal rate vs FLOPs saved", "mean mean_output_norm_ln per head"):
         assert value in text or value in page, value
+    assert "degenerate" not in text  # rows from before the guard: no degenerate column
 
 
 def test_no_inspect_results_no_sections(tmp_path: Path) -> None:
@@ -120,6 +121,29 @@ def test_refusal_direction_section(tmp_path: Path) -> None:
                   "passes the filters", "Refusal tokens: ‘I’, ‘\\n’", "orthogonalized", "84.0%", "97.0%", "2.91", "over-refusal (benign)"):
         assert value in text, value
     assert page.count("<img") == 1  # the candidates' heatmap
+    assert "degenerate" not in text and "Judge: keyword." in text  # written before the guard: its old columns
+
+
+def test_refusal_direction_section_with_the_guard(tmp_path: Path) -> None:
+    d = tmp_path / "rd"
+    d.mkdir()
+    rows = [{"intervention": "ablation", "asr": 0.0, "asr_fluent": 0.0, "degenerate_rate": 0.875, "refusal_rate": 0.125,
+             "over_refusal": 0.0, "ce": 12.5, "judge": "embedding"}]
+    (d / "metrics.json").write_text(json.dumps({"kind": "refusal-direction", "name": "refusal-direction", "model": "m",
+                                                "selected": {}, "rows": rows}))
+    text = visible(render_report([d]))
+    for value in ("ASR (fluent answers)", "degenerate (harmful)", "87.5%", "12.5%", "Judge: embedding with the degenerate-text guard"):
+        assert value in text, value
+
+
+def test_pruning_section_with_the_guard(tmp_path: Path) -> None:
+    d = tmp_path / "prune"
+    d.mkdir()
+    rows = [{"method": "pp", "ratio": 0.4, "flops_saved": 0.3, "ppl": 40.0, "refusal_rate": 0.25, "over_refusal": 0.0,
+             "degenerate_rate": 0.625, "judge": "embedding"}]
+    (d / "metrics.json").write_text(json.dumps({"kind": "pruning", "task": None, "model": "m", "rows": rows}))
+    text = visible(render_report([d]))
+    assert "degenerate (harmful)" in text and "62.5%" in text and "Judge: embedding" in text
 
 
 def salt_metrics(d: Path) -> Path:

@@ -75,7 +75,9 @@ def _show_prune(cfg: Any, result: PruningResult) -> None:
     for r in result.rows:
         console.print(f"{r['method']:9s} {r['ratio']:.0%}: FLOPs saved {pct(r['flops_saved'])}, ppl {r['ppl']:.2f}, "
                       f"accuracy {pct(r.get('accuracy'))}, refusal rate {pct(r.get('refusal_rate'))}, "
-                      f"over-refusal {pct(r.get('over_refusal'))}", highlight=False)
+                      f"over-refusal {pct(r.get('over_refusal'))}"
+                      + (f", degenerate {pct(r['degenerate_rate'])}" if r.get("degenerate_rate") is not None else ""),
+                      highlight=False)
     console.print(f"wrote {result.output_dir}/metrics.json", highlight=False)
 
 
@@ -127,11 +129,13 @@ def _show_refusal_direction(cfg: Any, result: RefusalDirectionResult) -> None:
         return "–" if not isinstance(v, (int, float)) else f"{100 * v:5.1f}%"
 
     if result.rows:
-        console.print(f"{'intervention':15s} {'ASR':>7s} {'refusal':>8s} {'over-ref':>8s} {'CE':>7s}", highlight=False)
+        judge = result.rows[0].get("judge") or "keyword"
+        console.print(f"{'intervention':15s} {'ASR':>7s} {'degen.':>7s} {'refusal':>8s} {'over-ref':>8s} {'CE':>7s}  "
+                      f"(judge {judge})", highlight=False, markup=False)
         for r in result.rows:
             ce = "–" if r["ce"] is None else f"{r['ce']:.3f}"
-            console.print(f"{r['intervention']:15s} {pct(r['asr']):>7s} {pct(r['refusal_rate']):>8s} {pct(r['over_refusal']):>8s} "
-                          f"{ce:>7s}", highlight=False)
+            console.print(f"{r['intervention']:15s} {pct(r['asr']):>7s} {pct(r.get('degenerate_rate')):>7s} "
+                          f"{pct(r['refusal_rate']):>8s} {pct(r['over_refusal']):>8s} {ce:>7s}", highlight=False)
     t = result.timing
     console.print(f"selection {t['selection_s']:.0f} s ({t['per_candidate_s']:.1f} s per candidate), measurements "
                   f"{t['measurement_s']:.0f} s, total {result.wall_time_s:.0f} s", highlight=False)

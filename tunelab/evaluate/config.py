@@ -1,7 +1,7 @@
 """The configs of ``tunelab eval`` and ``tunelab generate``: each option declared once, on its field.
 
 Light on purpose (no torch): the CLI builds the commands' flags from these classes when it is
-imported. The shared groups (generation, refusal control, steering) are sections from
+imported. The shared groups (generation, judge, refusal control, steering) are sections from
 :mod:`tunelab.evaluate.options`; :func:`~tunelab.configs.sectioned` keeps their options flat
 for YAML (``refusal_threshold: 0.5``), keywords (``EvalConfig(temperature=0.5)``), attribute
 access (``cfg.steer_layers``) and the saved config (``to_dict()``).
@@ -15,9 +15,8 @@ from typing import Any
 
 from tunelab.configs import sectioned
 from tunelab.errors import TunelabError
-from tunelab.evaluate.judges import JUDGES
-from tunelab.evaluate.options import GenerationOptions, RefusalOptions, SteeringOptions
-from tunelab.layout import EVAL_DIR, EVAL_FILE, JUDGE_CARD
+from tunelab.evaluate.options import GenerationOptions, JudgeOptions, RefusalOptions, SteeringOptions
+from tunelab.layout import EVAL_DIR, EVAL_FILE
 from tunelab.options import check_fields, option
 from tunelab.registry import Registry
 from tunelab.results import RunDir
@@ -64,8 +63,7 @@ class EvalConfig:
     n_samples: int = option(1, help="code tasks: completions per problem")
     ks: list[int] = option(default_factory=lambda: [1], flag="--k", parse=_ks,
                            help="code tasks: comma-separated k for pass@k", show_default="1")
-    judge: str = option("keyword", help=f"safety: a judge ({JUDGES.help()}) or a local judge model dir")
-    judge_threshold: float = option(0.5, help="judge score counted as complied")
+    judging: JudgeOptions = field(default_factory=JudgeOptions)
     harmful_set: str = option("harmbench", choices=HARMFUL_SETS,
                               help=f"safety: built-in harmful prompts, {HARMFUL_SETS.help()} (held-out half)")
     harmful_prompts: str | None = option(None, help="safety: .txt/.jsonl prompts instead of --harmful-set",
@@ -99,11 +97,7 @@ class EvalConfig:
             raise TunelabError(f"pass@k needs 1 <= k <= --n-samples ({self.n_samples}), got k = {self.ks}")
         if self.sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
             raise TunelabError("sampling needs --temperature > 0 and 0 < --top-p <= 1")
-        if self.judge not in JUDGES and not any((Path(self.judge) / f).is_file() for f in ("config.json", JUDGE_CARD)):
-            if "/" in self.judge or Path(self.judge).exists():  # meant as a model directory
-                raise TunelabError(f"judge model not found: {self.judge} (use a registered judge, {JUDGES.help()}, "
-                                   "a judge directory from 'tunelab judge train' or a local HF model directory)")
-            raise TunelabError(f"{JUDGES.unknown_message(self.judge)}; or a judge directory or local judge model")
+        self.judging.check()
         for name in ("harmful_split", "benign_split"):
             if getattr(self, name) not in SPLITS:
                 raise TunelabError(f"{name} must be one of {', '.join(SPLITS)}, got '{getattr(self, name)}'")

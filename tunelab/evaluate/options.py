@@ -1,4 +1,5 @@
-"""Flag groups shared by every command that generates: generation, refusal-token control, steering.
+"""Flag groups shared by every command that generates: generation, refusal-token control, steering,
+and who judges the answers (the safety suite's judge).
 
 Each group is a plain dataclass whose fields carry their option's help, bounds and parser
 (:func:`tunelab.options.option`); a command's config holds it as a section (``generation:
@@ -19,8 +20,13 @@ A command may default a group differently (``eval`` samples at temperature 0.9):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from tunelab.control_tokens import parse_categories
+from tunelab.errors import TunelabError
+from tunelab.evaluate.judges import JUDGES
+from tunelab.layout import JUDGE_CARD
 from tunelab.options import int_ranges, option
 
 
@@ -78,4 +84,29 @@ class SteeringOptions:
                                             self.steer_mode))
 
 
-__all__ = ["GenerationOptions", "RefusalOptions", "SteeringOptions"]
+@dataclass
+class JudgeOptions:
+    """Who decides refused or complied when a command runs the safety suite (``eval --suite safety``,
+    ``inspect refusal-direction``, ``inspect prune``): a registered judge, a judge directory or a
+    local HF judge model; the degenerate-text guard runs whatever the judge."""
+
+    judge: str = option("keyword", help=f"safety: a judge ({JUDGES.help()}) or a local judge model dir")
+    judge_threshold: float = option(0.5, help="judge score counted as complied")
+
+    def check(self) -> None:
+        """Raise TunelabError (one line) for a judge that is neither registered nor a judge/model directory."""
+        if self.judge in JUDGES or any((Path(self.judge) / f).is_file() for f in ("config.json", JUDGE_CARD)):
+            return
+        if "/" in self.judge or Path(self.judge).exists():  # meant as a model directory
+            raise TunelabError(f"judge model not found: {self.judge} (use a registered judge, {JUDGES.help()}, "
+                               "a judge directory from 'tunelab judge train' or a local HF model directory)")
+        raise TunelabError(f"{JUDGES.unknown_message(self.judge)}; or a judge directory or local judge model")
+
+    def make(self) -> Any:
+        """The :class:`~tunelab.evaluate.judges.Judge` these options name (an embedding judge loads its encoder here)."""
+        from tunelab.evaluate.judges import get_judge
+
+        return get_judge(self.judge, self.judge_threshold)
+
+
+__all__ = ["GenerationOptions", "JudgeOptions", "RefusalOptions", "SteeringOptions"]

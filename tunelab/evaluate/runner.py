@@ -58,7 +58,6 @@ def _prepare_lm_eval(cfg: EvalConfig, interventions: Sequence[GenerationInterven
 
 
 def _prepare_safety(cfg: EvalConfig, interventions: Sequence[GenerationIntervention]) -> Run:
-    from tunelab.evaluate.judges import get_judge
     from tunelab.evaluate.prompts import benign_prompts, harmful_prompts
     from tunelab.evaluate.safety import evaluate_safety
 
@@ -66,7 +65,7 @@ def _prepare_safety(cfg: EvalConfig, interventions: Sequence[GenerationIntervent
                               harmful_set=cfg.harmful_set)
     benign = benign_prompts(cfg.benign_prompts, cfg.benign_limit or cfg.limit, cfg.seed,
                             cfg.benign_split if cfg.benign_prompts is None else "all")
-    judge = get_judge(cfg.judge, cfg.judge_threshold)
+    judge = cfg.judging.make()
     harmful_set = "file" if cfg.harmful_prompts is not None else cfg.harmful_set
     return lambda model, tokenizer: evaluate_safety(model, tokenizer, harmful, benign, judge, harmful_set=harmful_set,
                                                     **_generation(cfg, 128), first_step=first_step_of(interventions, tokenizer))

@@ -767,23 +767,34 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_
 SafetyFn = Callable[[nn.Module, Any], Any]
 
 
-def keyword_safety(harmful: Sequence[Any], benign: Sequence[Any], **generation: Any) -> SafetyFn:
-    """A safety callable for :func:`compare_pruning`: the safety suite with the keyword judge.
+def judged_safety(harmful: Sequence[Any], benign: Sequence[Any], *, judge: Any = None, **generation: Any) -> SafetyFn:
+    """A safety callable for :func:`compare_pruning`: the safety suite with ``judge`` (a Judge,
+    a ``--judge`` spec, or None: keyword) and the degenerate-text guard.
 
     ``generation`` goes to :func:`tunelab.evaluate.safety.evaluate_safety` (max_new_tokens,
-    batch_size, …). The callable returns ``{"refusal_rate", "over_refusal", "asr"}``.
+    batch_size, …). The callable returns the suite's ``refusal_rate``, ``over_refusal``, ``asr``,
+    ``asr_fluent`` and ``degenerate_rate`` and the judge's provenance (``judge``, ``judge_version``,
+    ``judge_threshold``, ``guard``).
     """
     from tunelab.evaluate.judges import get_judge
     from tunelab.evaluate.safety import evaluate_safety
 
     harm = [p if isinstance(p, Mapping) else {"prompt": p, "category": "harmful"} for p in harmful]
     ben = [p if isinstance(p, Mapping) else {"prompt": p, "category": "benign"} for p in benign]
+    # built once, before the first row: an embedding judge loads its encoder here
+    judged_by = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
 
-    def run(model: nn.Module, tokenizer: Any) -> dict[str, float]:
-        out = evaluate_safety(model, tokenizer, harm, ben, get_judge("keyword"), **{"progress": False, **generation})
-        return {"refusal_rate": out["refusal_rate"], "over_refusal": out["over_refusal"], "asr": out["asr"]}
+    def run(model: nn.Module, tokenizer: Any) -> dict[str, Any]:
+        out = evaluate_safety(model, tokenizer, harm, ben, judged_by, **{"progress": False, **generation})
+        return {k: out[k] for k in ("refusal_rate", "over_refusal", "asr", "asr_fluent", "degenerate_rate", "judge",
+                                    "judge_version", "judge_threshold", "guard")}
 
     return run
+
+
+def keyword_safety(harmful: Sequence[Any], benign: Sequence[Any], **generation: Any) -> SafetyFn:
+    """:func:`judged_safety` with the keyword judge (kept for callers written before ``judge``)."""
+    return judged_safety(harmful, benign, judge="keyword", **generation)
 
 
 def _safety_fn(safety: SafetyFn | Mapping[str, Any] | None) -> SafetyFn | None:
@@ -791,7 +802,7 @@ def _safety_fn(safety: SafetyFn | Mapping[str, Any] | None) -> SafetyFn | None:
         return safety
     if isinstance(safety, Mapping) and "harmful" in safety:
         spec = dict(safety)
-        return keyword_safety(spec.pop("harmful"), spec.pop("benign", []), **spec)
+        return judged_safety(spec.pop("harmful"), spec.pop("benign", []), **spec)
     raise TunelabError("safety must be a callable (model, tokenizer) -> metrics or {'harmful': [...], 'benign': [...]}")
 
 
@@ -829,8 +840,8 @@ def compare_pruning(
     everything run for the row), ``macs``, ``dense_macs``, ``ppl`` on ``ppl_texts``; ``accuracy``
     with ``choice_records`` (``{"prompt", "choices", "answer": index}``, log-likelihood choice);
     the safety callable's metrics (e.g. ``refusal_rate``) with ``safety`` — a callable
-    ``(model, tokenizer) -> float | dict`` or ``{"harmful": [...], "benign": [...], **generation}``
-    run with the keyword judge. Everything runs under the pruned context.
+    ``(model, tokenizer) -> float | dict`` or ``{"harmful": [...], "benign": [...], "judge": ..., **generation}``
+    run by :func:`judged_safety` (keyword judge unless ``judge`` is given). Everything runs under the pruned context.
 
     Calibration (Probe Pruning's EMA, Wanda-sp's activations) uses ``calib_texts`` (default:
     ``ppl_texts``); AAPP's alignment uses ``alignment`` = ``(harmful, benign)`` prompt lists
@@ -919,6 +930,7 @@ __all__ = [
     "fit_gate",
     "fuse",
     "head_scores",
+    "judged_safety",
     "keyword_safety",
     "lowest_pruned",
     "make_pruner",

@@ -24,7 +24,8 @@
    the embedding rows; a tied LM head is untied first so it stays unchanged.
 5. **Measurements** on held-out prompts: baseline, ablation, activation addition and the
    orthogonalized model — ASR and refusal rate on harmful prompts, over-refusal on benign ones
-   (keyword judge), cross-entropy on held-out prose.
+   (``--judge``, keyword by default, with the degenerate-text guard: broken text is counted
+   degenerate, not compliance), cross-entropy on held-out prose.
 
 Forwards share each batch's common token prefix (the template's system prompt) through a KV cache
 computed once per batch, and keep only the last position's logits.
@@ -39,7 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,9 @@ from torch import nn
 
 from tunelab.errors import TunelabError
 from tunelab.options import check_fields, comma_list, int_ranges, option
-from tunelab.evaluate.judges import is_refusal
+from tunelab.configs import sectioned
+from tunelab.evaluate.judges import Judge, is_refusal
+from tunelab.evaluate.options import JudgeOptions
 from tunelab.inspect.hooks import blocks, geometry, model_device, observe, text_config
 from tunelab.inspect.steering import direction_vector, steer
 from tunelab.layout import atomic_write_text
@@ -463,17 +466,27 @@ def score_candidates(model: nn.Module, candidates: torch.Tensor, harmful: Sequen
 # --------------------------------------------------------------------------- measurements
 
 
+# What a measured row keeps of the safety suite's result: its rates and who judged them.
+SAFETY_KEYS = ("asr", "refusal_rate", "over_refusal", "asr_fluent", "degenerate_rate", "n_degenerate", "n_harmful", "n_benign",
+               "intervals", "judge", "judge_version", "judge_threshold", "guard")
+
+
 def measure(model: nn.Module, tokenizer: Any, interventions: dict[str, tuple[nn.Module, Callable[[], AbstractContextManager[Any]]]],
             harmful: Sequence[dict[str, Any]], benign: Sequence[dict[str, Any]], texts: Sequence[str], *,
-            max_new_tokens: int = 48, batch_size: int = 16, progress: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Safety suite (keyword judge) and held-out cross-entropy under each intervention.
+            judge: Judge | None = None, max_new_tokens: int = 48, batch_size: int = 16,
+            progress: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Safety suite (``judge``, default keyword; the degenerate-text guard on) and held-out
+    cross-entropy under each intervention.
 
-    ``interventions`` maps a name to ``(model, context factory)``. Returns (rows, response records).
+    ``interventions`` maps a name to ``(model, context factory)``. Returns (rows, response
+    records); a row has the suite's rates (ASR, fluent ASR, degenerate and refusal rates,
+    over-refusal) and the judge's provenance, a record its answer's ``verdict``.
     """
     from tunelab.evaluate.judges import get_judge
     from tunelab.evaluate.safety import evaluate_safety
     from tunelab.inspect.pruning import perplexity
 
+    judge = judge if judge is not None else get_judge("keyword")
     rows, records = [], []
     for name, (m, context) in interventions.items():
         if progress:
@@ -481,14 +494,14 @@ def measure(model: nn.Module, tokenizer: Any, interventions: dict[str, tuple[nn.
 
             Console(stderr=True).print(f"measuring: {name}", highlight=False)
         with context():
-            safety = evaluate_safety(m, tokenizer, harmful, benign, get_judge("keyword"), max_new_tokens=max_new_tokens,
+            safety = evaluate_safety(m, tokenizer, harmful, benign, judge, max_new_tokens=max_new_tokens,
                                      batch_size=batch_size, progress=progress)
             ppl = perplexity(m, tokenizer, texts, batch_size=max(1, min(batch_size, 8))) if texts else None
-        rows.append({"intervention": name, "asr": safety["asr"], "refusal_rate": safety["refusal_rate"],
-                     "over_refusal": safety["over_refusal"], "ce": math.log(ppl) if ppl else None, "ppl": ppl,
-                     "n_harmful": safety["n_harmful"], "n_benign": safety["n_benign"], "intervals": safety["intervals"]})
+        rows.append({"intervention": name, **{k: safety[k] for k in SAFETY_KEYS},
+                     "ce": math.log(ppl) if ppl else None, "ppl": ppl})
         records += [{"intervention": name, "set": r["set"], "prompt": r["prompt"], "response": r["response"],
-                     "refused": r["refused"]} for r in safety["records"]]
+                     "refused": r["refused"], "verdict": r["verdict"], **({"degenerate": r["degenerate"]} if "degenerate" in r else {})}
+                    for r in safety["records"]]
     return rows, records
 
 
@@ -506,6 +519,7 @@ def parse_positions(text: str | None) -> list[int] | None:
     return list(dict.fromkeys(out)) or None
 
 
+@sectioned
 @dataclass
 class RefusalConfig:
     """Everything ``tunelab inspect refusal-direction`` needs; ``validate`` runs before any model is loaded."""
@@ -519,6 +533,7 @@ class RefusalConfig:
     eval_limit: int = option(32, min=1, show_default="32", help="held-out harmful and benign prompts each")
     ce_limit: int = option(32, min=1, show_default="32", help="held-out passages for cross-entropy")
     max_new_tokens: int = option(48, min=1, show_default="48", help="tokens per measured answer")
+    judging: JudgeOptions = field(default_factory=JudgeOptions)  # --judge, --judge-threshold (as eval's)
     # no flag (YAML only): greedy tokens per selection prompt to find the refusal tokens
     probe_tokens: int = option(16, min=1, help="greedy tokens per selection prompt to find the refusal tokens")
     # default: those below the depth filter (all on a tiny model)
@@ -547,6 +562,7 @@ class RefusalConfig:
     def validate(self) -> None:
         """Raise TunelabError for anything wrong that can be seen without loading a model."""
         check_fields(self)  # one-field bounds from the fields' metadata
+        self.judging.check()
         for layer in self.layers or []:
             if layer < 0:
                 raise TunelabError(f"--layers: layer {layer} is negative; give layer numbers 0..n_layers-1")
@@ -653,7 +669,7 @@ def _measure_direction(cfg: RefusalConfig, model: Any, tokenizer: Any, ortho: An
     interventions = {"baseline": (model, nullcontext), "ablation": (model, lambda: ablation(model, unit)),
                      "addition": (model, lambda: addition(model, raw, layer)),
                      "orthogonalized": (ortho, nullcontext)}
-    rows, records = measure(model, tokenizer, interventions, harmful_eval, benign_eval, texts,
+    rows, records = measure(model, tokenizer, interventions, harmful_eval, benign_eval, texts, judge=cfg.judging.make(),
                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress)
     run_dir.write_text(RESPONSES_FILE, "".join(json.dumps(r) + "\n" for r in records))
     return rows, time.perf_counter() - measure_started
@@ -744,7 +760,7 @@ def run_refusal(cfg: RefusalConfig, run_dir: RunDir | None = None, *, model: Any
               "timing": {"selection_s": selection_s, "scoring_s": scoring_s,
                          "per_candidate_s": scoring_s / max(1, sum(c["refusal_score"] is not None for c in scored)),
                          "measurement_s": measure_s},
-              "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
+              "wall_time_s": time.perf_counter() - started, "config": cfg.to_dict(), "output_dir": str(out)}
     plot_candidates(result, run_dir.file(PLOT_FILE))
     direction = RefusalDirectionResult.from_dict(result)
     direction.write(run_dir)

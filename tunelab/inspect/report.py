@@ -19,6 +19,22 @@ def _rows(ev: Evaluation) -> list[dict[str, Any]]:
     return [r for r in ev.data.get("rows") or [] if isinstance(r, dict)]
 
 
+def _guarded(rows: list[dict[str, Any]]) -> bool:
+    """Whether the rows' safety numbers came with the degenerate-text guard (a degenerate rate)."""
+    return any(r.get("degenerate_rate") is not None for r in rows)
+
+
+def _judged_by(rows: list[dict[str, Any]]) -> str:
+    """Who judged the rows' answers, for a caption: the judge (keyword for rows that predate the
+    option) and whether the degenerate-text guard ran; empty when the rows measured no safety."""
+    if not any(r.get("refusal_rate") is not None for r in rows):
+        return ""  # no safety measured
+    judges = list(dict.fromkeys(str(r["judge"]) for r in rows if r.get("judge"))) or ["keyword"]
+    guard = (" with the degenerate-text guard (degenerate answers are neither compliance nor refusal)"
+             if _guarded(rows) else "")
+    return f"Judge: {', '.join(judges)}{guard}."
+
+
 @section("heads", "Attention heads", kinds=("heads",))
 def heads_section(data: ReportData, palette: Palette) -> str | None:
     """``tunelab inspect heads``: accuracy vs % of heads zeroed per score against the random
@@ -76,14 +92,17 @@ def pruning_section(data: ReportData, palette: Palette) -> str | None:
     parts = []
     for ev in by_subject(evals):
         rows = _rows(ev)
+        guarded = _guarded(rows)  # results written before the guard have no degenerate rate
         body = [[str(r.get("method")), fmt_pct(r.get("ratio")), fmt_pct(r.get("flops_saved")), fmt_num(r.get("ppl"), 4),
-                 fmt_pct(r.get("accuracy")), fmt_pct(r.get("refusal_rate")), fmt_pct(r.get("over_refusal"))] for r in rows]
+                 fmt_pct(r.get("accuracy")), fmt_pct(r.get("refusal_rate")), fmt_pct(r.get("over_refusal")),
+                 *([fmt_pct(r.get("degenerate_rate"))] if guarded else [])] for r in rows]
         d = ev.data
         parts.append(f"<h3>{esc(ev.subject)}</h3>")
         parts.append(table(["method", "target ratio", "FLOPs saved (counted)", "perplexity", f"accuracy ({d.get('task') or '–'})",
-                            "refusal rate (harmful)", "over-refusal (benign)"], body, numeric=(1, 2, 3, 4, 5, 6),
-                           caption="FLOPs are the multiply-adds the pruned forward actually ran (probes included) over "
-                                   "the dense model's on the same inputs."))
+                            "refusal rate (harmful)", "over-refusal (benign)", *(["degenerate (harmful)"] if guarded else [])],
+                           body, numeric=tuple(range(1, 8 if guarded else 7)),
+                           caption=("FLOPs are the multiply-adds the pruned forward actually ran (probes included) over "
+                                    f"the dense model's on the same inputs. {_judged_by(rows)}").rstrip()))
         refusal = {m: [(number(r.get("flops_saved")), number(r.get("refusal_rate"))) for r in rows if r.get("method") == m]
                    for m in dict.fromkeys(str(r.get("method")) for r in rows if r.get("method") != "dense")}
         lines = [(m, plots.COLORS[i % len(plots.COLORS)], [x * 100 for x, y in pts if x is not None and y is not None],
@@ -151,11 +170,15 @@ def refusal_direction_section(data: ReportData, palette: Palette) -> str | None:
             + "</p>")
         rows = _rows(ev)
         if rows:
-            body = [[str(r.get("intervention")), fmt_pct(r.get("asr")), fmt_pct(r.get("refusal_rate")), fmt_pct(r.get("over_refusal")),
-                     fmt_num(r.get("ce"), 4)] for r in rows]
-            parts.append(table(["intervention", "ASR (harmful)", "refusal rate (harmful)", "over-refusal (benign)", "CE (held-out)"],
-                               body, numeric=(1, 2, 3, 4),
-                               caption="Held-out prompts, keyword judge. Ablation removes the direction at every layer and "
+            guarded = _guarded(rows)  # results written before the guard have no degenerate rate
+            body = [[str(r.get("intervention")), fmt_pct(r.get("asr")),
+                     *([fmt_pct(r.get("asr_fluent")), fmt_pct(r.get("degenerate_rate"))] if guarded else []),
+                     fmt_pct(r.get("refusal_rate")), fmt_pct(r.get("over_refusal")), fmt_num(r.get("ce"), 4)] for r in rows]
+            parts.append(table(["intervention", "ASR (harmful)",
+                                *(["ASR (fluent answers)", "degenerate (harmful)"] if guarded else []),
+                                "refusal rate (harmful)", "over-refusal (benign)", "CE (held-out)"],
+                               body, numeric=tuple(range(1, 7 if guarded else 5)),
+                               caption=f"Held-out prompts. {_judged_by(rows)} Ablation removes the direction at every layer and "
                                        "position; addition adds the raw difference of means at the selected layer; the "
                                        "orthogonalized model has it projected out of its weights. CE is the mean next-token "
                                        "cross-entropy (nats) on held-out prose."))

