@@ -216,3 +216,91 @@ def test_cli_writes_the_data(tmp_path: Path, monkeypatch, capsys) -> None:
     assert exit_info.value.code == 0
     sources = [json.loads(line)["source"] for line in out.read_text().splitlines()]
     assert sources.count(HARMFUL_SOURCE) == 5 and "wrote" in capsys.readouterr().out
+
+
+# --- breadth: held out by category -----------------------------------------------------------
+
+# sha256 of the default data (seeds 0 and 1) with the stub answers below, computed with the
+# builder of main before the breadth options existed: the defaults must keep it byte for byte.
+DEFAULT_DATA_SHA256 = {0: "c65c5e81da8c1316989707b8e33bee7c90cb796384920c70586646c39b6e7323",
+                       1: "f4d358175b662c286233e4aa894c3bff30a92c584c85a70464d5fb7abf14a074"}
+
+
+@pytest.fixture
+def stub_answers(monkeypatch) -> None:
+    """Anchors answered without a model (the builder imports ``generate`` at call time)."""
+    import tunelab.evaluate.generation as generation
+
+    monkeypatch.setattr(generation, "generate", lambda model, tok, prompts, **kw: [f"An answer to: {p}" for p in prompts])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_breadth_defaults_keep_the_data_byte_identical(stub_answers, tmp_path: Path, seed: int) -> None:
+    import hashlib
+
+    plain, explicit = tmp_path / "plain.jsonl", tmp_path / "explicit.jsonl"
+    build_safety_data(None, None, plain, seed=seed, progress=False)
+    build_safety_data(None, None, explicit, seed=seed, progress=False, holdout_categories=(), donotanswer=0,
+                      generic_refusals=0.0, wrapped=0.0)
+    assert hashlib.sha256(plain.read_bytes()).hexdigest() == DEFAULT_DATA_SHA256[seed]
+    assert explicit.read_bytes() == plain.read_bytes()
+
+
+def test_holdout_removes_exactly_those_categories(stub_answers, tmp_path: Path) -> None:
+    from tunelab.safety.recipe import GENERIC_REFUSALS, PROMPT_WRAPPERS, donotanswer_harmful
+
+    held = ("cybercrime", "misinformation")
+    out = tmp_path / "broad.jsonl"
+    summary = build_safety_data(None, None, out, progress=False, holdout_categories=held, donotanswer=140,
+                                generic_refusals=0.5, wrapped=0.5)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    harm = [r for r in rows if r["source"] == HARMFUL_SOURCE]
+    assert summary["holdout_categories"] == sorted(held) and len(harm) == 196
+    assert not {r["category"] for r in harm} & set(held)
+    # No prompt of a held-out topic, from either benchmark or split, wrapped or not.
+    banned = [p["prompt"] for p in harmful_prompts() + donotanswer_harmful() if p["category"] in held]
+    assert banned and not any(b in r["prompt"] for r in rows for b in banned)
+    # Every other topic of the train split is still there, and DoNotAnswer prompts were added.
+    kept = [p for p in harmful_prompts(split="train") if p["category"] not in held]
+    used = _texts(harm)
+    assert all(any(p["prompt"] in u for u in used) for p in kept) and len(used) > len(kept)
+    # Both breadth ingredients on both sides: topic-free refusals, wrappers around harmful and benign prompts.
+    assert all(is_refusal(r["response"]) for r in harm)
+    assert 0.3 < sum(r["response"] in GENERIC_REFUSALS for r in harm) / len(harm) < 0.7
+    prefixes = tuple(w.split("{prompt}")[0] for w in PROMPT_WRAPPERS if not w.startswith("{prompt}"))
+    for side in (HARMFUL_SOURCE, BENIGN_SOURCE):
+        assert any(r["prompt"].startswith(prefixes) for r in rows if r["source"] == side)
+
+
+def test_wrappers_and_generic_refusals_are_neutral() -> None:
+    from tunelab.safety.recipe import GENERIC_REFUSALS, PROMPT_WRAPPERS
+
+    for w in PROMPT_WRAPPERS:  # framing only: no topic word, no refusal, one slot for the prompt
+        text = w.replace("{prompt}", "")
+        assert w.count("{prompt}") == 1 and harm_topic(text) == "other-harm" and not is_refusal(text)
+    assert all(is_refusal(t) and not any(phrase in t for phrase in TOPIC_PHRASES.values()) for t in GENERIC_REFUSALS)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"holdout_categories": ("cybercrim",)}, "holdout_categories: unknown harm category 'cybercrim'; choose from: cybercrime, "),
+    ({"holdout_categories": tuple(TOPIC_PHRASES)}, "holdout_categories: holds out every harm category"),
+    ({"donotanswer": 100000}, "donotanswer must be <="),
+    ({"wrapped": 1.5}, "wrapped must be in [0, 1]"),
+])
+def test_breadth_bad_options(stub_answers, tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(TunelabError) as err:
+        build_safety_data(None, None, tmp_path / "x.jsonl", progress=False, **kwargs)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_bad_holdout_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    from tunelab.cli import main
+
+    monkeypatch.setattr("sys.argv", ["tunelab", "data", "safety-recipe", "--model", "tiny-random", "--output",
+                                     str(tmp_path / "ok.jsonl"), "--holdout-categories", "cybercrime,phishing"])
+    monkeypatch.setenv("COLUMNS", "300")
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "holdout_categories: unknown harm category 'phishing'" in lines[0] and "misinformation" in lines[0]

