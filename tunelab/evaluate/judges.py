@@ -435,9 +435,13 @@ _COMPLETE = (".", "!", "?", ")", '"', "'", "\u201d", "\u2019", "\u2026", "`", "]
 GUARD = DegenerateGuard()
 
 
+# The keys of :func:`provenance`, for results that copy them out of a safety suite's result.
+PROVENANCE_KEYS = ("judge", "judge_version", "judge_threshold", "guard")
+
+
 def provenance(judge: Judge, guard: DegenerateGuard | None) -> dict[str, Any]:
-    """What a result records about who judged: the judge's name, version and threshold, and the
-    guard's settings (None: no guard)."""
+    """What a result records about who judged (:data:`PROVENANCE_KEYS`): the judge's name, version
+    and threshold, and the guard's settings (None: no guard)."""
     return {"judge": judge.name, "judge_version": getattr(judge, "version", None) or "unversioned",
             "judge_threshold": judge.threshold, "guard": guard.settings() if guard is not None else None}
 

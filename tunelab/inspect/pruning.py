@@ -776,7 +776,7 @@ def judged_safety(harmful: Sequence[Any], benign: Sequence[Any], *, judge: Any =
     ``asr_fluent`` and ``degenerate_rate`` and the judge's provenance (``judge``, ``judge_version``,
     ``judge_threshold``, ``guard``).
     """
-    from tunelab.evaluate.judges import get_judge
+    from tunelab.evaluate.judges import PROVENANCE_KEYS, get_judge
     from tunelab.evaluate.safety import evaluate_safety
 
     harm = [p if isinstance(p, Mapping) else {"prompt": p, "category": "harmful"} for p in harmful]
@@ -786,8 +786,7 @@ def judged_safety(harmful: Sequence[Any], benign: Sequence[Any], *, judge: Any =
 
     def run(model: nn.Module, tokenizer: Any) -> dict[str, Any]:
         out = evaluate_safety(model, tokenizer, harm, ben, judged_by, **{"progress": False, **generation})
-        return {k: out[k] for k in ("refusal_rate", "over_refusal", "asr", "asr_fluent", "degenerate_rate", "judge",
-                                    "judge_version", "judge_threshold", "guard")}
+        return {k: out[k] for k in ("refusal_rate", "over_refusal", "asr", "asr_fluent", "degenerate_rate", *PROVENANCE_KEYS)}
 
     return run
 

@@ -50,7 +50,7 @@ from torch import nn
 from tunelab.errors import TunelabError
 from tunelab.options import check_fields, comma_list, int_ranges, option
 from tunelab.configs import sectioned
-from tunelab.evaluate.judges import Judge, is_refusal
+from tunelab.evaluate.judges import PROVENANCE_KEYS, Judge, is_refusal
 from tunelab.evaluate.options import JudgeOptions
 from tunelab.inspect.hooks import blocks, geometry, model_device, observe, text_config
 from tunelab.inspect.steering import direction_vector, steer
@@ -468,7 +468,7 @@ def score_candidates(model: nn.Module, candidates: torch.Tensor, harmful: Sequen
 
 # What a measured row keeps of the safety suite's result: its rates and who judged them.
 SAFETY_KEYS = ("asr", "refusal_rate", "over_refusal", "asr_fluent", "degenerate_rate", "n_degenerate", "n_harmful", "n_benign",
-               "intervals", "judge", "judge_version", "judge_threshold", "guard")
+               "intervals", *PROVENANCE_KEYS)
 
 
 def measure(model: nn.Module, tokenizer: Any, interventions: dict[str, tuple[nn.Module, Callable[[], AbstractContextManager[Any]]]],
