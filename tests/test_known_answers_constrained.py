@@ -41,7 +41,6 @@ from tunelab.finetune import recipe, train
 from tunelab.safety.attack import ATTACK_OPENINGS
 from tunelab.train import AdamW, fit
 from tunelab.train.objectives import constrained_weights, reference_logprobs
-from tunelab.train.update_rules import lr_scheduler, trainable_masks
 
 SHARPNESS = 10.0  # final-norm gain of the synthetic model
 TARGET = ATTACK_OPENINGS[1]  # "Sure, here is how to do that.": 9 text tokens
@@ -88,13 +87,8 @@ class PlainSGD(AdamW):
     lr × the gradient, so a token's weight w scales its share of the step exactly. It keeps the name
     "adamw" (``fit`` checks the rule against ``cfg.optimizer``), as the update-rules docstring's example."""
 
-    def setup(self, run: Any, params: dict[str, torch.nn.Parameter], total_steps: int) -> None:
-        cfg, accelerator = run.cfg, run.accelerator
-        self.run, self.params = run, params
-        self.masks = trainable_masks(run, params)
-        optimizer = torch.optim.SGD(list(params.values()), lr=cfg.lr)
-        scheduler = lr_scheduler(cfg, optimizer, total_steps, accelerator.num_processes)
-        self.optimizer, self.scheduler = accelerator.prepare(optimizer, scheduler)
+    def make_optimizer(self, params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=cfg.lr)
 
 
 @pytest.fixture(scope="module")

@@ -159,9 +159,13 @@ class AdamW(UpdateRule):
         self.run = run
         self.params = params
         self.masks = trainable_masks(run, params)
-        optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = self.make_optimizer(list(params.values()), cfg)
         scheduler = lr_scheduler(cfg, optimizer, total_steps, accelerator.num_processes)
         self.optimizer, self.scheduler = accelerator.prepare(optimizer, scheduler)
+
+    def make_optimizer(self, params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
+        """The torch optimizer :meth:`setup` schedules and prepares; a subclass swaps it here (e.g. plain SGD)."""
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def micro_step(self, loss_fn: LossFn, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         loss = loss_fn(batch)
