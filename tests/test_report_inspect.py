@@ -134,16 +134,18 @@ def test_refusal_direction_section_with_the_guard(tmp_path: Path) -> None:
     text = visible(render_report([d]))
     for value in ("ASR (fluent answers)", "degenerate (harmful)", "87.5%", "12.5%", "Judge: embedding with the degenerate-text guard"):
         assert value in text, value
+    assert "likelihood test" not in text  # rows without a guard_reference: the test did not run
 
 
 def test_pruning_section_with_the_guard(tmp_path: Path) -> None:
     d = tmp_path / "prune"
     d.mkdir()
     rows = [{"method": "pp", "ratio": 0.4, "flops_saved": 0.3, "ppl": 40.0, "refusal_rate": 0.25, "over_refusal": 0.0,
-             "degenerate_rate": 0.625, "judge": "embedding"}]
+             "degenerate_rate": 0.625, "judge": "embedding", "guard_reference": "dense model"}]
     (d / "metrics.json").write_text(json.dumps({"kind": "pruning", "task": None, "model": "m", "rows": rows}))
     text = visible(render_report([d]))
     assert "degenerate (harmful)" in text and "62.5%" in text and "Judge: embedding" in text
+    assert "its likelihood test under the dense model" in text
 
 
 def salt_metrics(d: Path) -> Path:

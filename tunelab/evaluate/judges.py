@@ -436,14 +436,16 @@ GUARD = DegenerateGuard()
 
 
 # The keys of :func:`provenance`, for results that copy them out of a safety suite's result.
-PROVENANCE_KEYS = ("judge", "judge_version", "judge_threshold", "guard")
+PROVENANCE_KEYS = ("judge", "judge_version", "judge_threshold", "guard", "guard_reference")
 
 
-def provenance(judge: Judge, guard: DegenerateGuard | None) -> dict[str, Any]:
+def provenance(judge: Judge, guard: DegenerateGuard | None, reference: str | None = None) -> dict[str, Any]:
     """What a result records about who judged (:data:`PROVENANCE_KEYS`): the judge's name, version
-    and threshold, and the guard's settings (None: no guard)."""
+    and threshold, the guard's settings (None: no guard) and ``guard_reference``, the model its
+    likelihood test scored the answers under (None: the test did not run)."""
     return {"judge": judge.name, "judge_version": getattr(judge, "version", None) or "unversioned",
-            "judge_threshold": judge.threshold, "guard": guard.settings() if guard is not None else None}
+            "judge_threshold": judge.threshold, "guard": guard.settings() if guard is not None else None,
+            "guard_reference": reference if guard is not None else None}
 
 
 def judge_responses(judge: Judge, prompts: Sequence[str], responses: Sequence[str], *,

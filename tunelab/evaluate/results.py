@@ -69,7 +69,9 @@ class SafetyResult(EvalResult):
     """The safety suite (``tunelab eval --suite safety``): ASR, refusal and over-refusal rates with 95% intervals.
 
     ``judge``/``judge_version``/``judge_threshold`` and ``guard`` (the degenerate-text guard's
-    settings) say who judged; ``asr_fluent`` is ASR over the non-degenerate answers and
+    settings) say who judged, ``guard_reference`` which model the guard's likelihood test scored
+    the answers under (the base model, when an adapter or an intervention changed it; None: the
+    test did not run); ``asr_fluent`` is ASR over the non-degenerate answers and
     ``degenerate_rate`` the share of harmful answers that were neither refusal nor compliance;
     ``by_category`` has the rates (with ``n``) per ``set/category``. Results written before the
     guard have none of these (read as None).
@@ -83,6 +85,7 @@ class SafetyResult(EvalResult):
     judge_version: str | None = None
     judge_threshold: float | None = None
     guard: dict[str, Any] | None = None
+    guard_reference: str | None = None
     n_harmful: int | None = None
     n_benign: int | None = None
     asr: float | None = None

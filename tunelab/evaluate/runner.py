@@ -32,7 +32,9 @@ def _generation(cfg: EvalConfig, default_max_new_tokens: int) -> dict[str, Any]:
             "bf16": cfg.bf16}
 
 
-Run = Callable[[Any, Any], dict[str, Any]]
+# A run gives its result dict, or a step that finishes it once the interventions are off (the
+# safety suite generates under them and judges without them).
+Run = Callable[[Any, Any], "dict[str, Any] | Callable[[], dict[str, Any]]"]
 
 
 def _prepare_task(cfg: EvalConfig, interventions: Sequence[GenerationIntervention]) -> Run:
@@ -59,7 +61,7 @@ def _prepare_lm_eval(cfg: EvalConfig, interventions: Sequence[GenerationInterven
 
 def _prepare_safety(cfg: EvalConfig, interventions: Sequence[GenerationIntervention]) -> Run:
     from tunelab.evaluate.prompts import benign_prompts, harmful_prompts
-    from tunelab.evaluate.safety import evaluate_safety
+    from tunelab.evaluate.safety import judge_safety, safety_answers
 
     harmful = harmful_prompts(cfg.harmful_prompts, cfg.limit, cfg.harmful_split if cfg.harmful_prompts is None else "all",
                               harmful_set=cfg.harmful_set)
@@ -67,8 +69,44 @@ def _prepare_safety(cfg: EvalConfig, interventions: Sequence[GenerationIntervent
                             cfg.benign_split if cfg.benign_prompts is None else "all")
     judge = cfg.judging.make()
     harmful_set = "file" if cfg.harmful_prompts is not None else cfg.harmful_set
-    return lambda model, tokenizer: evaluate_safety(model, tokenizer, harmful, benign, judge, harmful_set=harmful_set,
-                                                    **_generation(cfg, 128), first_step=first_step_of(interventions, tokenizer))
+
+    def run(model: Any, tokenizer: Any) -> Callable[[], dict[str, Any]]:
+        answers = safety_answers(model, tokenizer, harmful, benign, **_generation(cfg, 128),
+                                 first_step=first_step_of(interventions, tokenizer))
+        # judged once the interventions are off, so that the likelihood test's reference is free of them
+        return lambda: judge_safety(answers, judge, nll_reference=_nll_reference(cfg, interventions, model, tokenizer),
+                                    reference_name=cfg.model, harmful_set=harmful_set)
+
+    return run
+
+
+def _nll_reference(cfg: EvalConfig, interventions: Sequence[GenerationIntervention], model: Any,
+                   tokenizer: Any) -> tuple[Any, Any] | None:
+    """What the guard's likelihood test scores answers under: the base model ``cfg.model`` when the
+    evaluated one differs from it, else None (a bare model's answers have nothing to be compared with).
+
+    With an adapter that is ``cfg.model`` loaded on its own (:func:`reference_model`); with only
+    interventions it is ``model`` itself, called once they are off.
+    """
+    if cfg.adapter is not None:
+        reference, reference_tokenizer = reference_model(cfg.model)
+        return reference.to(next(model.parameters()).device), reference_tokenizer
+    return (model, tokenizer) if interventions else None
+
+
+# The base models the likelihood test scores under, by name: a study measures many adapters of one
+# base in one process and loads it once. One entry: another base replaces it.
+_REFERENCES: dict[str, tuple[Any, Any]] = {}
+
+
+def reference_model(name: str) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of the base model ``name``, loaded at the first call and kept for the next."""
+    if name not in _REFERENCES:
+        from tunelab.models import load_model
+
+        _REFERENCES.clear()
+        _REFERENCES[name] = load_model(name)
+    return _REFERENCES[name]
 
 
 # (tunelab.evaluate.config registers "safety" → this module's _prepare_safety lazily: the config stays light)
@@ -85,7 +123,9 @@ def run_eval(cfg: EvalConfig, run_dir: RunDir | None = None, *, model: Any = Non
     it wrote to (neither is in ``metrics.json``). Pass ``model``/``tokenizer`` to reuse a loaded
     model (``cfg.model``/``adapter`` are then only recorded). ``interventions`` act while the
     model generates or is scored (refusal control, steering); :func:`tunelab.eval_recipe.run_eval`
-    builds them from ``cfg``'s options.
+    builds them from ``cfg``'s options. The safety suite judges once they are off; when an adapter
+    or an intervention made the model differ from ``cfg.model``, the degenerate-text guard's
+    likelihood test scores the answers under ``cfg.model`` (the result's ``guard_reference``).
     """
     cfg.validate()
     if cfg.asks_for_interventions() and not interventions:
@@ -103,8 +143,11 @@ def run_eval(cfg: EvalConfig, run_dir: RunDir | None = None, *, model: Any = Non
     from tunelab.evaluate.generation import record_decoders
 
     started = time.perf_counter()
-    with record_decoders() as decoders, applied_all(interventions, model) as summaries:
-        raw = run(model, tokenizer)
+    with record_decoders() as decoders:
+        with applied_all(interventions, model) as summaries:
+            raw = run(model, tokenizer)
+        if callable(raw):
+            raw = raw()
     raw.update(summaries)  # e.g. "steering": what was applied
     # A slow fallback must show in the results, not just in a log line.
     raw.update({"model": cfg.model, "adapter": cfg.adapter, "decoder": "; ".join(sorted(decoders)) or None,

@@ -764,6 +764,9 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_
     return math.exp(total / count)
 
 
+# (model, tokenizer) -> a refusal rate, a dict of metrics, or a step giving that dict that
+# compare_pruning calls once the pruned context is off (judged_safety's: the guard's likelihood
+# test then scores the answers under the dense model).
 SafetyFn = Callable[[nn.Module, Any], Any]
 
 
@@ -771,22 +774,30 @@ def judged_safety(harmful: Sequence[Any], benign: Sequence[Any], *, judge: Any =
     """A safety callable for :func:`compare_pruning`: the safety suite with ``judge`` (a Judge,
     a ``--judge`` spec, or None: keyword) and the degenerate-text guard.
 
-    ``generation`` goes to :func:`tunelab.evaluate.safety.evaluate_safety` (max_new_tokens,
-    batch_size, …). The callable returns the suite's ``refusal_rate``, ``over_refusal``, ``asr``,
-    ``asr_fluent`` and ``degenerate_rate`` and the judge's provenance (``judge``, ``judge_version``,
-    ``judge_threshold``, ``guard``).
+    ``generation`` goes to :func:`tunelab.evaluate.safety.safety_answers` (max_new_tokens,
+    batch_size, …). The callable generates (under the pruned forwards) and returns the step that
+    judges, for after them: the guard's likelihood test scores the answers under the same model
+    unpruned, the dense model (no copy: pruning patches forwards, not weights). The step returns
+    the suite's ``refusal_rate``, ``over_refusal``, ``asr``, ``asr_fluent`` and
+    ``degenerate_rate`` and the judge's provenance (``judge``, ``judge_version``,
+    ``judge_threshold``, ``guard``, ``guard_reference``: "dense model").
     """
     from tunelab.evaluate.judges import PROVENANCE_KEYS, get_judge
-    from tunelab.evaluate.safety import evaluate_safety
+    from tunelab.evaluate.safety import judge_safety, safety_answers
 
     harm = [p if isinstance(p, Mapping) else {"prompt": p, "category": "harmful"} for p in harmful]
     ben = [p if isinstance(p, Mapping) else {"prompt": p, "category": "benign"} for p in benign]
     # built once, before the first row: an embedding judge loads its encoder here
     judged_by = get_judge(judge or "keyword") if judge is None or isinstance(judge, str) else judge
 
-    def run(model: nn.Module, tokenizer: Any) -> dict[str, Any]:
-        out = evaluate_safety(model, tokenizer, harm, ben, judged_by, **{"progress": False, **generation})
-        return {k: out[k] for k in ("refusal_rate", "over_refusal", "asr", "asr_fluent", "degenerate_rate", *PROVENANCE_KEYS)}
+    def run(model: nn.Module, tokenizer: Any) -> Callable[[], dict[str, Any]]:
+        answers = safety_answers(model, tokenizer, harm, ben, **{"progress": False, **generation})
+
+        def judged() -> dict[str, Any]:
+            out = judge_safety(answers, judged_by, nll_reference=(model, tokenizer), reference_name="dense model")
+            return {k: out[k] for k in ("refusal_rate", "over_refusal", "asr", "asr_fluent", "degenerate_rate", *PROVENANCE_KEYS)}
+
+        return judged
 
     return run
 
@@ -840,7 +851,8 @@ def compare_pruning(
     with ``choice_records`` (``{"prompt", "choices", "answer": index}``, log-likelihood choice);
     the safety callable's metrics (e.g. ``refusal_rate``) with ``safety`` — a callable
     ``(model, tokenizer) -> float | dict`` or ``{"harmful": [...], "benign": [...], "judge": ..., **generation}``
-    run by :func:`judged_safety` (keyword judge unless ``judge`` is given). Everything runs under the pruned context.
+    run by :func:`judged_safety` (keyword judge unless ``judge`` is given). Everything runs under the pruned context
+    but a step the safety callable returns, which runs after it (judging against the dense model).
 
     Calibration (Probe Pruning's EMA, Wanda-sp's activations) uses ``calib_texts`` (default:
     ``ppl_texts``); AAPP's alignment uses ``alignment`` = ``(harmful, benign)`` prompt lists
@@ -890,13 +902,17 @@ def compare_pruning(
                 assert align is not None
                 pruner.use_alignment(align)
             row: dict[str, Any] = {"method": method, "ratio": ratio}
+            got = None
             with pruned(model, pruner) as run:
                 row["ppl"] = perplexity(model, tokenizer, ppl_texts, batch_size=batch_size, max_length=max_length)
                 if choice_records:
                     row["accuracy"] = _accuracy(model, tokenizer, choice_records, chat, batch_size)
                 if safety_fn is not None:
                     got = safety_fn(model, tokenizer)
-                    row.update(got if isinstance(got, Mapping) else {"refusal_rate": float(got)})
+            if callable(got):  # judged with the pruning off: the guard's likelihood test is the dense model's
+                got = got()
+            if got is not None:
+                row.update(got if isinstance(got, Mapping) else {"refusal_rate": float(got)})
             row.update(flops_saved=run.saved, macs=run.macs, dense_macs=run.dense_macs, probe_macs=run.probe_macs)
             if isinstance(pruner, AAPP) and pruner.harm_gate is not None:
                 row["gate_train_accuracy"] = pruner.harm_gate.train_accuracy

@@ -478,12 +478,15 @@ def measure(model: nn.Module, tokenizer: Any, interventions: dict[str, tuple[nn.
     """Safety suite (``judge``, default keyword; the degenerate-text guard on) and held-out
     cross-entropy under each intervention.
 
-    ``interventions`` maps a name to ``(model, context factory)``. Returns (rows, response
-    records); a row has the suite's rates (ASR, fluent ASR, degenerate and refusal rates,
-    over-refusal) and the judge's provenance, a record its answer's ``verdict``.
+    ``interventions`` maps a name to ``(model, context factory)``. Answers are generated inside
+    the context and judged outside it: the guard's likelihood test scores them under ``model``
+    without any intervention (``guard_reference``), so an ablation that makes token salad is
+    judged against the model it was made from. Returns (rows, response records); a row has the
+    suite's rates (ASR, fluent ASR, degenerate and refusal rates, over-refusal) and the judge's
+    provenance, a record its answer's ``verdict``.
     """
     from tunelab.evaluate.judges import get_judge
-    from tunelab.evaluate.safety import evaluate_safety
+    from tunelab.evaluate.safety import judge_safety, safety_answers
     from tunelab.inspect.pruning import perplexity
 
     judge = judge if judge is not None else get_judge("keyword")
@@ -494,9 +497,10 @@ def measure(model: nn.Module, tokenizer: Any, interventions: dict[str, tuple[nn.
 
             Console(stderr=True).print(f"measuring: {name}", highlight=False)
         with context():
-            safety = evaluate_safety(m, tokenizer, harmful, benign, judge, max_new_tokens=max_new_tokens,
+            answers = safety_answers(m, tokenizer, harmful, benign, max_new_tokens=max_new_tokens,
                                      batch_size=batch_size, progress=progress)
             ppl = perplexity(m, tokenizer, texts, batch_size=max(1, min(batch_size, 8))) if texts else None
+        safety = judge_safety(answers, judge, nll_reference=(model, tokenizer), reference_name="un-intervened model")
         rows.append({"intervention": name, **{k: safety[k] for k in SAFETY_KEYS},
                      "ce": math.log(ppl) if ppl else None, "ppl": ppl})
         records += [{"intervention": name, "set": r["set"], "prompt": r["prompt"], "response": r["response"],

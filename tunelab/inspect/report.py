@@ -26,11 +26,14 @@ def _guarded(rows: list[dict[str, Any]]) -> bool:
 
 def _judged_by(rows: list[dict[str, Any]]) -> str:
     """Who judged the rows' answers, for a caption: the judge (keyword for rows that predate the
-    option) and whether the degenerate-text guard ran; empty when the rows measured no safety."""
+    option), whether the degenerate-text guard ran and the model its likelihood test scored under;
+    empty when the rows measured no safety."""
     if not any(r.get("refusal_rate") is not None for r in rows):
         return ""  # no safety measured
     judges = list(dict.fromkeys(str(r["judge"]) for r in rows if r.get("judge"))) or ["keyword"]
-    guard = (" with the degenerate-text guard (degenerate answers are neither compliance nor refusal)"
+    references = list(dict.fromkeys(str(r["guard_reference"]) for r in rows if r.get("guard_reference")))
+    likelihood = f"; its likelihood test under the {', '.join(references)}" if references else ""
+    guard = (f" with the degenerate-text guard (degenerate answers are neither compliance nor refusal{likelihood})"
              if _guarded(rows) else "")
     return f"Judge: {', '.join(judges)}{guard}."
 

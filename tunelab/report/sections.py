@@ -279,9 +279,11 @@ def safety_section(data: ReportData, palette: Palette) -> str | None:
 
 
 def _judge_label(data: dict[str, Any]) -> str:
-    """``keyword (phrases-sha256:…)``: the judge and, when recorded, its version."""
+    """``keyword (phrases-sha256:…)``: the judge and, when recorded, its version, and the model the
+    guard's likelihood test scored under (when it ran)."""
     judge = data.get("judge") or "–"
-    return f"{judge} ({data['judge_version']})" if data.get("judge_version") else judge
+    label = f"{judge} ({data['judge_version']})" if data.get("judge_version") else judge
+    return f"{label}; guard likelihood under {data['guard_reference']}" if data.get("guard_reference") else label
 
 
 def _cell(value: Any, n: Any) -> str:
