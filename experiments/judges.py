@@ -5,9 +5,13 @@
 1. Accuracy of each judge (keyword, embedding) on the recipe's sets that the embedding judge did not
    train on (:mod:`tunelab.safety.judge_data`): ``heldout`` (another benchmark's prompts, unseen
    refusal templates, unseen answer categories), ``keyword-free`` (refusals in styles that use no
-   stock phrase) and ``degenerate`` (repetition, shuffled words, truncation; per kind too).
+   stock phrase) and ``degenerate`` (repetition, shuffled words, truncation; per kind too) — each
+   judge alone and behind the degenerate-text guard's text tests (a "degenerate" verdict is right
+   where the label is "refused or no usable answer", wrong on a real answer; no model here, so no
+   likelihood test).
 2. Throughput of the embedding judge (answers/s, encoder + head, prompts included), measured in
-   this process after one warm-up call, on the held-out answers repeated to ``--bench`` pairs.
+   this process after one warm-up call, on the held-out answers repeated to ``--bench`` pairs:
+   cold (prompt cache emptied first, as one safety evaluation) and warm (prompts already seen).
 3. Reproducibility: the shipped head retrained from the recipe into a temp dir, largest difference.
 4. With ``--study``: ``tunelab judge compare`` on that study's safety evaluations (the model's own
    answers to harmful and benign prompts; no labels) — agreement and κ between the judges.
@@ -29,13 +33,14 @@ import torch
 from tunelab.safety import judge_data
 from tunelab.evaluate.embedding_judge import DEFAULT_JUDGE_DIR, HEAD_FILE, EmbeddingJudge, LogisticHead
 from tunelab.safety.judge_jobs import JudgeCompareConfig, JudgeTrainConfig, run_judge_compare, run_judge_train
-from tunelab.evaluate.judges import KeywordJudge
+from tunelab.evaluate.judges import GUARD, KeywordJudge, judge_responses
 from tunelab.layout import atomic_write_text
 
 
-def accuracy(judge, examples) -> float:
-    scores = judge.scores([e.prompt for e in examples], [e.response for e in examples])
-    return float(np.mean([(s >= judge.threshold) == bool(e.label) for s, e in zip(scores, examples)]))
+def accuracy(judge, examples, guard=None) -> float:
+    """Share of examples whose verdict is right: complied iff labelled 1 (degenerate counts as not complied)."""
+    verdicts = judge_responses(judge, [e.prompt for e in examples], [e.response for e in examples], guard=guard)
+    return float(np.mean([(v["verdict"] == "complied") == bool(e.label) for v, e in zip(verdicts, examples)]))
 
 
 def main() -> int:
@@ -52,16 +57,21 @@ def main() -> int:
     groups += [(f"degenerate: {k}", [e for e in examples if e.set == "degenerate" and e.source.startswith(k)])
                for k in judge_data.DEGENERATE_KINDS]
     rows = [{"set": name, "n": len(ex), "distinct responses": len({e.response for e in ex}),
-             **{j: accuracy(judge, ex) for j, judge in judges.items()}} for name, ex in groups]
+             **{j: accuracy(judge, ex) for j, judge in judges.items()},
+             **{f"{j} + guard": accuracy(judge, ex, GUARD) for j, judge in judges.items()}} for name, ex in groups]
 
     # throughput: held-out pairs repeated to --bench, one warm-up call first
     base = [e for e in examples if e.set == "heldout"]
     pairs = (base * (args.bench // len(base) + 1))[: args.bench]
     emb = judges["embedding"]
     emb.scores([p.prompt for p in pairs[:32]], [p.response for p in pairs[:32]])
+    emb.encoder._cache.clear()
     t0 = time.perf_counter()
     emb.scores([p.prompt for p in pairs], [p.response for p in pairs])
     per_s = len(pairs) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    emb.scores([p.prompt for p in pairs], [p.response for p in pairs])
+    warm_per_s = len(pairs) / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     judges["keyword"].scores([p.prompt for p in pairs], [p.response for p in pairs])
     keyword_per_s = len(pairs) / (time.perf_counter() - t0)
@@ -82,9 +92,12 @@ def main() -> int:
 
     machine = (f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
                f"thread(s), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-    md = ["| set | n | distinct responses | keyword | embedding |", "|---|---:|---:|---:|---:|"]
-    md += [f"| {r['set']} | {r['n']} | {r['distinct responses']} | {r['keyword']:.3f} | {r['embedding']:.3f} |" for r in rows]
-    md += ["", f"Embedding judge throughput: {per_s:.0f} answers/s ({len(pairs)} pairs, prompts included; keyword judge "
+    names = [*judges, *(f"{j} + guard" for j in judges)]
+    md = ["| set | n | distinct responses | " + " | ".join(names) + " |", "|---|---:|---:|" + "---:|" * len(names)]
+    md += [f"| {r['set']} | {r['n']} | {r['distinct responses']} | " + " | ".join(f"{r[j]:.3f}" for j in names) + " |"
+           for r in rows]
+    md += ["", f"Embedding judge ({emb.version}) throughput: {per_s:.0f} answers/s cold, {warm_per_s:.0f} warm "
+           f"({len(pairs)} pairs, {len({p.prompt for p in pairs})} distinct prompts; keyword judge "
            f"{keyword_per_s:.0f}/s) on {machine}.",
            f"Retraining from the recipe: {train_s:.0f} s; largest difference from the shipped head {head_diff:.2g}."]
     if compare is not None:
@@ -93,7 +106,7 @@ def main() -> int:
         md += [f"- {p['a']} vs {p['b']}: agreement {p['agreement']:.3f}, κ "
                + ("–" if p["kappa"] is None else f"{p['kappa']:.3f}") + f", {p['disagree']} disagree" for p in compare.pairs]
     text = "\n".join(md) + "\n"
-    summary = {"rows": rows, "answers_per_s": per_s, "keyword_answers_per_s": keyword_per_s, "bench_pairs": len(pairs),
+    summary = {"rows": rows, "answers_per_s": per_s, "warm_answers_per_s": warm_per_s, "judge_version": emb.version, "keyword_answers_per_s": keyword_per_s, "bench_pairs": len(pairs),
                "machine": machine, "retrain_s": train_s, "head_max_abs_diff": head_diff,
                "compare": compare.to_dict() if compare is not None else None, "wall_s": time.perf_counter() - started}
     atomic_write_text(args.out / "results.json", json.dumps(summary, indent=2))

@@ -123,6 +123,58 @@ def test_encoder_mean_pools_and_normalizes(tiny_encoder: Path) -> None:
     np.testing.assert_allclose(out[0], torch.nn.functional.normalize(alone, dim=1)[0].numpy(), atol=1e-5)
 
 
+def test_prompt_cache_gives_the_uncached_embeddings_and_stays_bounded(tiny_encoder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunelab.evaluate import embedding_judge
+
+    enc = SentenceEncoder(str(tiny_encoder), max_length=64, batch_size=2)
+    texts = ["hi", "a longer prompt here.", "hi", "ok"]
+    plain = enc.encode(texts)
+    np.testing.assert_allclose(enc.encode(texts, cache=True), plain, atol=1e-6)
+    assert set(enc._cache) == {"hi", "a longer prompt here.", "ok"}
+    encoded: list[list[str]] = []
+    real = enc._encode
+    monkeypatch.setattr(enc, "_encode", lambda batch: (encoded.append(list(batch)), real(batch))[1])
+    np.testing.assert_allclose(enc.encode(["ok", "new one", "hi"], cache=True), enc.encode(["ok", "new one", "hi"]), atol=1e-6)
+    assert encoded[0] == ["new one"]  # only the unseen prompt is encoded
+    monkeypatch.setattr(embedding_judge, "PROMPT_CACHE_SIZE", 2)
+    enc.encode(["x", "y"], cache=True)
+    assert list(enc._cache) == ["x", "y"]  # least recently used dropped first
+
+
+def test_encoder_dtype(tiny_encoder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from tunelab import models
+    from tunelab.evaluate import embedding_judge
+
+    monkeypatch.setattr(models, "cpu_bf16_native", lambda: False)
+    assert embedding_judge.resolve_dtype("auto") == "float32"  # emulated bf16 is slower than fp32
+    monkeypatch.setattr(models, "cpu_bf16_native", lambda: True)
+    assert embedding_judge.resolve_dtype("auto") == "bfloat16"
+    with pytest.raises(TunelabError, match="encoder dtype must be auto, float32 or bfloat16; got 'fp8'"):
+        embedding_judge.resolve_dtype("fp8")
+    bf = SentenceEncoder(str(tiny_encoder), max_length=64, dtype="bfloat16")
+    assert next(bf.model.parameters()).dtype == torch.bfloat16
+    out = bf.encode(["hi there", "ok"])
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, SentenceEncoder(str(tiny_encoder), max_length=64).encode(["hi there", "ok"]), atol=0.05)
+
+
+def test_judge_version_names_the_head_and_the_encoder_dtype(trained: tuple[Path, JudgeTrainResult], tmp_path: Path) -> None:
+    import shutil
+
+    out, _ = trained
+    judge = EmbeddingJudge(out)
+    assert judge.version.startswith("head-sha256:") and judge.version.endswith("/" + judge.encoder.dtype)
+    assert json.loads((out / CARD_FILE).read_text())["encoder"]["dtype"] == "float32"  # trained in fp32
+    copy = tmp_path / "judge"
+    shutil.copytree(out, copy)
+    head, meta = LogisticHead.load(copy / HEAD_FILE)
+    head.coef[0] += 1.0
+    head.save(copy / HEAD_FILE, meta)
+    assert EmbeddingJudge(copy).version != judge.version  # other weights, other version
+
+
 def test_judge_interface_and_card(trained: tuple[Path, JudgeTrainResult], tiny_encoder: Path) -> None:
     out, result = trained
     assert is_judge_dir(out) and (out / HEAD_FILE).is_file() and (out / "README.md").is_file()

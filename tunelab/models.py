@@ -27,6 +27,13 @@ CACHE_ENV = "TUNELAB_CACHE"
 TINY_RANDOM_SEED = 0
 
 
+def cpu_bf16_native() -> bool:
+    """A CPU that multiplies bf16 natively (AVX512-BF16/AMX, through oneDNN): bf16 pays off there;
+    elsewhere PyTorch emulates it and bf16 runs several times slower than fp32."""
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
+    return capability in ("AVX512", "AMX") and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def cache_dir() -> Path:
     """Where dequantized/generated models are cached (``$TUNELAB_CACHE`` or ``~/.cache/tunelab``)."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tunelab")

@@ -108,7 +108,7 @@ def run_judge_train(cfg: JudgeTrainConfig, run_dir: RunDir | None = None) -> Jud
     run_dir.prepare(overwrite=cfg.overwrite)
     started = time.perf_counter()
     examples = judge_data.build_judge_data(cfg.seed, cfg.answers or judge_data.BENIGN_ANSWERS)
-    encoder = SentenceEncoder(cfg.encoder, max_length=cfg.max_length)
+    encoder = SentenceEncoder(cfg.encoder, max_length=cfg.max_length, dtype="float32")  # fp32: the same head on every CPU
     x = features(encoder, [e.prompt for e in examples], [e.response for e in examples])
     y = np.array([e.label for e in examples])
     train = np.array([e.set == "train" for e in examples])
@@ -127,7 +127,7 @@ def run_judge_train(cfg: JudgeTrainConfig, run_dir: RunDir | None = None) -> Jud
                           "embedding": _accuracy(list(y[mask]), list(probs[mask]), cfg.threshold),
                           "keyword": _accuracy(list(y[mask]), list(keyword[mask]), 0.5)}
     encoder_info = {"name": cfg.encoder, "sha256": encoder.sha256, "max_length": encoder.max_length,
-                    "pooling": "mean", "normalize": encoder.normalize, "dim": encoder.dim}
+                    "pooling": "mean", "normalize": encoder.normalize, "dim": encoder.dim, "dtype": encoder.dtype}
     card = {"name": Path(cfg.output).name, "tunelab_version": tunelab.__version__, "features": FEATURES,
             "encoder": encoder_info, "threshold": cfg.threshold, "seed": cfg.seed,
             "classifier": {"type": "LogisticRegression", "C": cfg.c, "class_weight": "balanced", "solver": classifier.solver,

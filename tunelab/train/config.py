@@ -40,9 +40,11 @@ def rule_names_with(cfg: Any, capability: str) -> tuple[str, ...]:
 
 def bf16_supported() -> bool:
     """bf16 autocast pays off: a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX."""
+    from tunelab.models import cpu_bf16_native
+
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")() in ("AVX512", "AMX")) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return cpu_bf16_native()
 
 
 @dataclass
