@@ -10,10 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tunelab.errors import TunelabError
 from tunelab.safety import judge_data
-from tunelab.evaluate.embedding_judge import CARD_FILE, HEAD_FILE, EmbeddingJudge, LogisticHead, SentenceEncoder, is_judge_dir
+from tunelab.evaluate.embedding_judge import (CARD_FILE, HEAD_FILE, EmbeddingJudge, LogisticHead, SentenceEncoder, is_judge_dir,
+                                              token_batches)
 from tunelab.safety.judge_jobs import (JudgeCompareConfig, JudgeTrainConfig, compare_verdicts, read_answers,
                                          run_judge_compare, run_judge_train, snippet)
 from tunelab.evaluate.judge_results import JudgeCompareResult, JudgeTrainResult
@@ -112,8 +115,10 @@ def test_a_broken_head_is_one_line(tmp_path: Path) -> None:
 def test_encoder_mean_pools_and_normalizes(tiny_encoder: Path) -> None:
     import torch
 
-    enc = SentenceEncoder(str(tiny_encoder), max_length=64, batch_size=2)
-    texts = ["hi", "a much longer sentence here.", "ok"]
+    enc = SentenceEncoder(str(tiny_encoder), max_length=64, max_tokens=16)
+    texts = ["hi", "a much longer sentence here.", "okay"]
+    ids = enc.tokenizer(texts)["input_ids"]
+    assert [0, 2] in token_batches([len(t) for t in ids], 16)  # "hi" is padded to "okay"'s length
     out = enc.encode(texts)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     # padding in a batch must not change an embedding: each text alone gives the same vector
@@ -123,10 +128,21 @@ def test_encoder_mean_pools_and_normalizes(tiny_encoder: Path) -> None:
     np.testing.assert_allclose(out[0], torch.nn.functional.normalize(alone, dim=1)[0].numpy(), atol=1e-5)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 300), max_size=40), st.integers(1, 600))
+def test_token_batches_cover_every_text_once_within_the_budget(lengths: list[int], budget: int) -> None:
+    batches = token_batches(lengths, budget)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat)  # shortest first: batches of similar length
+
+
 def test_prompt_cache_gives_the_uncached_embeddings_and_stays_bounded(tiny_encoder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tunelab.evaluate import embedding_judge
 
-    enc = SentenceEncoder(str(tiny_encoder), max_length=64, batch_size=2)
+    enc = SentenceEncoder(str(tiny_encoder), max_length=64, max_tokens=40)
     texts = ["hi", "a longer prompt here.", "hi", "ok"]
     plain = enc.encode(texts)
     np.testing.assert_allclose(enc.encode(texts, cache=True), plain, atol=1e-6)

@@ -110,10 +110,27 @@ def weights_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices of texts with token ``lengths`` grouped into batches, shortest first, each holding at
+    most ``max_tokens`` once padded to its longest (a text longer than that goes alone).
+
+    Sorting by tokens, not characters, leaves almost no padding, and ~1024 tokens per forward was
+    the fastest budget on 2 cores (1.7x the earlier 16 texts per batch sorted by characters).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 class SentenceEncoder:
     """A BERT-like encoder with sentence-transformers' mean pooling and L2 normalisation."""
 
-    def __init__(self, name: str = MINILM, max_length: int = 256, batch_size: int = 16, dtype: str = "float32") -> None:
+    def __init__(self, name: str = MINILM, max_length: int = 256, max_tokens: int = 1024, dtype: str = "float32") -> None:
         from transformers import AutoModel, AutoTokenizer
 
         from tunelab.models import check_model_dir
@@ -135,7 +152,7 @@ class SentenceEncoder:
         if st_config.is_file():
             max_length = min(max_length, int(read_json(st_config, "sentence_bert_config.json").get("max_seq_length", max_length)))
         self.max_length = max_length
-        self.batch_size = batch_size
+        self.max_tokens = max_tokens  # padded tokens per forward (see token_batches)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.dtype = resolve_dtype(dtype)
         self.model = AutoModel.from_pretrained(self.path, dtype=DTYPES[self.dtype]).eval()
@@ -174,13 +191,9 @@ class SentenceEncoder:
     @torch.inference_mode()
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        # Batches of similar length waste little on padding (the order is restored below); small
-        # batches were fastest on 2 cores (16 ≈ 32 > 64 > 128).
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt")
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"] if texts else []
+        for idx in token_batches([len(t) for t in ids], self.max_tokens):
+            enc = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
             hidden = self.model(**enc).last_hidden_state
             hidden = hidden.float()  # pool and normalise in float32 whatever the encoder's dtype
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -323,4 +336,4 @@ def default_judge(threshold: float = 0.5) -> EmbeddingJudge:
 
 
 __all__ = ["EmbeddingJudge", "LogisticHead", "SentenceEncoder", "features", "minilm_dir", "is_judge_dir", "read_card",
-           "default_judge", "resolve_dtype", "shared_encoder", "CARD_FILE", "HEAD_FILE", "MINILM", "DEFAULT_JUDGE_DIR"]
+           "default_judge", "resolve_dtype", "token_batches", "shared_encoder", "CARD_FILE", "HEAD_FILE", "MINILM", "DEFAULT_JUDGE_DIR"]
