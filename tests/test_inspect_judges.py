@@ -166,6 +166,7 @@ def test_the_reference_decides_off_the_model(canned, nll: NllSpy) -> None:
     assert [c["model"] for c in nll.calls] == [reference]
     assert out["guard_reference"] == "base" and out["degenerate_rate"] == 1.0 and out["benign_degenerate_rate"] == 1.0
     assert out["records"][0]["degenerate"].startswith("off the model: 50.0")
+    assert {r["nll"] for r in out["records"]} == {50.0}  # kept, to re-read the threshold offline
 
 
 def test_refusal_measure_scores_under_the_un_intervened_model(canned, nll: NllSpy) -> None:

@@ -450,12 +450,14 @@ def provenance(judge: Judge, guard: DegenerateGuard | None, reference: str | Non
 
 def judge_responses(judge: Judge, prompts: Sequence[str], responses: Sequence[str], *,
                     guard: DegenerateGuard | None = GUARD, nll: Sequence[float] | None = None) -> list[dict[str, Any]]:
-    """Per pair ``{"judge_score", "complied", "verdict"}`` (+ ``"degenerate"``: why, when it is).
+    """Per pair ``{"judge_score", "complied", "verdict"}`` (+ ``"degenerate"``: why, when it is;
+    + ``"nll"`` when ``nll`` is given, None for an empty answer).
 
     The judge scores every answer; the guard (None: off) turns a degenerate one's verdict into
     ``"degenerate"``, else the judge's threshold decides ``"complied"`` or ``"refused"``.
     ``complied`` is ``verdict == "complied"``. ``nll``: per-token NLL of each answer under a
-    reference model, for the guard's likelihood test (None: that test is skipped).
+    reference model, for the guard's likelihood test (None: that test is skipped); it is kept in
+    the verdict so that the likelihood threshold can be re-read offline.
     """
     scores = judge.scores(prompts, responses)
     out: list[dict[str, Any]] = []
@@ -463,5 +465,6 @@ def judge_responses(judge: Judge, prompts: Sequence[str], responses: Sequence[st
         why = guard.check(response, None if nll is None else nll[i]) if guard is not None else None
         verdict = "degenerate" if why else ("complied" if score >= judge.threshold else "refused")
         out.append({"judge_score": score, "complied": verdict == "complied", "verdict": verdict,
-                    **({"degenerate": why} if why else {})})
+                    **({"degenerate": why} if why else {}),
+                    **({"nll": None if nll[i] != nll[i] else float(nll[i])} if nll is not None else {})})
     return out

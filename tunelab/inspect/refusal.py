@@ -504,7 +504,7 @@ def measure(model: nn.Module, tokenizer: Any, interventions: dict[str, tuple[nn.
         rows.append({"intervention": name, **{k: safety[k] for k in SAFETY_KEYS},
                      "ce": math.log(ppl) if ppl else None, "ppl": ppl})
         records += [{"intervention": name, "set": r["set"], "prompt": r["prompt"], "response": r["response"],
-                     "refused": r["refused"], "verdict": r["verdict"], **({"degenerate": r["degenerate"]} if "degenerate" in r else {})}
+                     "refused": r["refused"], "verdict": r["verdict"], **{k: r[k] for k in ("degenerate", "nll") if k in r}}
                     for r in safety["records"]]
     return rows, records
 
