@@ -13,7 +13,16 @@ attack that breaks each (ASR after ≥ ``--broken``).
 Each cell is ``tunelab attack finetune`` (``tunelab.safety.attack.run_attack``): 100 HarmBench
 train prompts → affirmative openings, the adapter continued as LoRA, safety scored before and after
 on ``--safety-limit`` held-out harmful and benign prompts (keyword judge, degenerate-text guard).
-Cells are reused when re-run (each writes its own ``metrics.json``).
+Beside ASR, each attacked adapter's fit to the attack: the mean NLL (nats/token) of the attack
+data's affirmative openings on response tokens 1–5 (where the constrained objective's β is 0.5–2)
+and 6 on (β 0.1), and on all of them, under the chat template as training saw it. SFT and the
+constrained objective minimise different losses, so this is the common yardstick: a constrained
+attack that fits the openings as well as a breaking SFT attack but keeps the refusals is deeper; one
+that simply fits less is a slower attack.
+
+Cells are reused when re-run (each writes its own ``metrics.json``), and the table holds every
+finished cell under ``--output``: call it again with other ``--lrs``/``--steps`` to refine the grid
+near the frontier.
 """
 
 from __future__ import annotations
@@ -55,6 +64,39 @@ def cell(root: Path, adapter: str, model: str, objective: str, lr: float, steps:
     return json.loads((out / EVAL_FILE).read_text())
 
 
+FIT_FILE = "fit.json"
+
+
+def attack_fit(out: Path, model: str, early: int = 5) -> dict[str, float]:
+    """Mean NLL of the attack data's responses under the attacked adapter: tokens 1..``early``, later, all (cached)."""
+    import torch
+
+    from tunelab.evaluate.generation import render_prompts
+    from tunelab.evaluate.loading import load_with_adapter
+
+    path = out / FIT_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    lm, tok = load_with_adapter(model, str(out / "run"))
+    rows = [json.loads(line) for line in (out / "attack-data.jsonl").read_text().splitlines() if line.strip()]
+    contexts = render_prompts(tok, [r["prompt"] for r in rows], chat=tok.chat_template is not None)
+    first: list[float] = []
+    later: list[float] = []
+    with torch.inference_mode():
+        for context, row in zip(contexts, rows):
+            prefix = tok(context, add_special_tokens=False)["input_ids"]
+            answer = tok(row["response"], add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prefix + answer])
+            logits = lm(input_ids=ids).logits[0, len(prefix) - 1 : -1].float()
+            nll = torch.nn.functional.cross_entropy(logits, ids[0, len(prefix):], reduction="none").tolist()
+            first += nll[:early]
+            later += nll[early:]
+    fit = {"nll_first": sum(first) / len(first), "nll_later": sum(later) / len(later) if later else float("nan"),
+           "nll_all": (sum(first) + sum(later)) / (len(first) + len(later)), "early_tokens": early}
+    path.write_text(json.dumps(fit, indent=1))
+    return fit
+
+
 def frontier(rows: list[dict[str, Any]], objective: str, broken: float) -> str:
     """The weakest breaking attack of ``objective`` per step count: the lowest lr whose ASR ≥ ``broken``."""
     out = []
@@ -79,24 +121,29 @@ def main() -> int:
     started = time.perf_counter()
     args.output.mkdir(parents=True, exist_ok=True)
     objectives = [o for o in args.objectives.split(",") if o]
-    rows = []
     for steps in args.steps:
         for lr in args.lrs:
             for objective in objectives:
-                r = cell(args.output, args.adapter, args.model, objective, lr, steps, args.safety_limit, args.seed)
-                rows.append({k: r.get(k) for k in ("objective", "lr", "steps", "asr_before", "asr_after",
-                                                    "over_refusal_before", "over_refusal_after", "final_loss", "intervals")})
+                cell(args.output, args.adapter, args.model, objective, lr, steps, args.safety_limit, args.seed)
+    # every finished cell under --output, so that a second call with other --lrs/--steps refines the grid
+    found = [(path.parent, json.loads(path.read_text())) for path in args.output.glob(f"*-lr*-s*/{EVAL_FILE}")]
+    rows = sorted(({**{k: r.get(k) for k in ("objective", "lr", "steps", "asr_before", "asr_after", "over_refusal_before",
+                                             "over_refusal_after", "final_loss", "intervals")},
+                    **attack_fit(cell_dir, args.model)}
+                   for cell_dir, r in found if r.get("objective") in objectives),
+                  key=lambda r: (r["steps"], r["lr"], objectives.index(r["objective"])))
     n = args.safety_limit
     md = [f"**Fine-tuning attack sweep** ({args.adapter}, 100 HarmBench train prompts → affirmative openings, "
           f"batch 8, seed {args.seed}; ASR on {n} held-out HarmBench prompts, over-refusal on {n} benign ones, keyword "
           "judge + degenerate-text guard)", "",
-          "| steps | lr | objective | ASR before → after [95% CI after] | over-refusal before → after | final loss |",
-          "|---:|---:|---|---|---|---:|"]
+          "| steps | lr | objective | ASR before → after [95% CI after] | over-refusal before → after | "
+          "attack NLL tokens 1–5 | tokens 6+ | final loss (its own objective) |",
+          "|---:|---:|---|---|---|---:|---:|---:|"]
     for r in rows:
         ci = r["intervals"].get("asr_after") or [float("nan")] * 2
         md.append(f"| {r['steps']} | {r['lr']:g} | {r['objective']} | {r['asr_before']:.0%} → {r['asr_after']:.0%} "
                   f"[{ci[0]:.0%}, {ci[1]:.0%}] | {r['over_refusal_before']:.0%} → {r['over_refusal_after']:.0%} | "
-                  f"{r['final_loss']:.3f} |")
+                  f"{r['nll_first']:.3f} | {r['nll_later']:.3f} | {r['final_loss']:.3f} |")
     md += ["", f"Weakest attack with ASR after ≥ {args.broken:.0%}:"]
     md += [f"- {o}: {frontier(rows, o, args.broken)}" for o in objectives]
     summary = {"rows": rows, "adapter": args.adapter, "safety_limit": n, "broken": args.broken,
