@@ -74,7 +74,7 @@ def main() -> None:
     base_p: np.ndarray | None = None
     for dtype, judge in judges.items():
         for mode in ("cold", "warm"):
-            clear = judge.encoder._cache.clear if mode == "cold" else (lambda: None)
+            clear = judge.encoder.clear_cache if mode == "cold" else (lambda: None)
             seconds, p = best_seconds(lambda: judge.scores(prompts, responses), args.repeats, before=clear)
             base_s = base_s or seconds
             base_p = p if base_p is None else base_p

@@ -65,7 +65,7 @@ def main() -> int:
     pairs = (base * (args.bench // len(base) + 1))[: args.bench]
     emb = judges["embedding"]
     emb.scores([p.prompt for p in pairs[:32]], [p.response for p in pairs[:32]])
-    emb.encoder._cache.clear()
+    emb.encoder.clear_cache()
     t0 = time.perf_counter()
     emb.scores([p.prompt for p in pairs], [p.response for p in pairs])
     per_s = len(pairs) / (time.perf_counter() - t0)

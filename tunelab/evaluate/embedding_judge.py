@@ -188,6 +188,10 @@ class SentenceEncoder:
             self._cache.popitem(last=False)
         return out
 
+    def clear_cache(self) -> None:
+        """Forget the cached prompt embeddings (a benchmark's "cold" start)."""
+        self._cache.clear()
+
     @torch.inference_mode()
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
