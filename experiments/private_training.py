@@ -183,8 +183,11 @@ def tables(results: dict[str, Any], plan: Plan, seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict[str, Any], plan: Plan, path: Path) -> Path:
-    """Accuracy and held-out loss vs ε per rule (ε = ∞ drawn at the right edge)."""
+def plot(results: dict[str, Any], plan: Plan, path: Path) -> Path | None:
+    """Accuracy and held-out loss vs ε per rule (ε = ∞ drawn at the right edge); None when no
+    default-lr random-canary arm ran (e.g. ``--arms`` naming only a long arm)."""
+    if not any(a["family"] == "random" and a["lr"] is None for a in results["arms"]):
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:  # an audit above the guarantee is a bug in the implementation, not a finding
         console.print(f"[red]ε_LB above the ε spent in {', '.join(bad)}: a bug to find[/]")
     figure = plot(results, plan, root / "private_training.png")
-    code = finish(root, {**results, "epsilon_lb_above_spent": bad}, tables(results, plan, args.seed), [figure],
+    code = finish(root, {**results, "epsilon_lb_above_spent": bad}, tables(results, plan, args.seed), [figure] if figure else [],
                   "tunelab private training", started, console)
     return 1 if bad else code
 
