@@ -69,28 +69,17 @@ FIT_FILE = "fit.json"
 
 def attack_fit(out: Path, model: str, early: int = 5) -> dict[str, float]:
     """Mean NLL of the attack data's responses under the attacked adapter: tokens 1..``early``, later, all (cached)."""
-    import torch
-
-    from tunelab.evaluate.generation import render_prompts
     from tunelab.evaluate.loading import load_with_adapter
+    from tunelab.evaluate.safety import answer_token_nll
 
     path = out / FIT_FILE
     if path.is_file():
         return json.loads(path.read_text())
     lm, tok = load_with_adapter(model, str(out / "run"))
     rows = [json.loads(line) for line in (out / "attack-data.jsonl").read_text().splitlines() if line.strip()]
-    contexts = render_prompts(tok, [r["prompt"] for r in rows], chat=tok.chat_template is not None)
-    first: list[float] = []
-    later: list[float] = []
-    with torch.inference_mode():
-        for context, row in zip(contexts, rows):
-            prefix = tok(context, add_special_tokens=False)["input_ids"]
-            answer = tok(row["response"], add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([prefix + answer])
-            logits = lm(input_ids=ids).logits[0, len(prefix) - 1 : -1].float()
-            nll = torch.nn.functional.cross_entropy(logits, ids[0, len(prefix):], reduction="none").tolist()
-            first += nll[:early]
-            later += nll[early:]
+    per_answer = answer_token_nll(lm, tok, [r["prompt"] for r in rows], [r["response"] for r in rows])
+    first = [x for nll in per_answer for x in nll[:early]]
+    later = [x for nll in per_answer for x in nll[early:]]
     fit = {"nll_first": sum(first) / len(first), "nll_later": sum(later) / len(later) if later else float("nan"),
            "nll_all": (sum(first) + sum(later)) / (len(first) + len(later)), "early_tokens": early}
     path.write_text(json.dumps(fit, indent=1))

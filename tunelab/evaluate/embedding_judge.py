@@ -101,13 +101,18 @@ def encoder_path(name: str) -> Path:
     return path
 
 
-def weights_sha256(path: Path) -> str:
-    """SHA-256 of an encoder directory's ``model.safetensors`` (the card pins the encoder by it)."""
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
-    with open(path / "model.safetensors", "rb") as fh:
+    with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def weights_sha256(path: Path) -> str:
+    """SHA-256 of an encoder directory's ``model.safetensors`` (the card pins the encoder by it)."""
+    return file_sha256(path / "model.safetensors")
 
 
 def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -198,8 +203,7 @@ class SentenceEncoder:
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"] if texts else []
         for idx in token_batches([len(t) for t in ids], self.max_tokens):
             enc = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-            hidden = self.model(**enc).last_hidden_state
-            hidden = hidden.float()  # pool and normalise in float32 whatever the encoder's dtype
+            hidden = self.model(**enc).last_hidden_state.float()  # pooled and normalised in float32 whatever the dtype
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             if self.normalize:
@@ -268,11 +272,6 @@ def shared_encoder(name: str, max_length: int, dtype: str = "auto") -> SentenceE
     """One encoder per (name, max_length, dtype) per process, prompt cache included (judges are
     built per evaluation; loading the encoder each time would cost more than judging)."""
     return SentenceEncoder(name, max_length=max_length, dtype=dtype)
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def is_judge_dir(path: str | Path) -> bool:

@@ -30,6 +30,7 @@ of :data:`VERDICTS`; :func:`provenance` is what a result records about the judge
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import zlib
 from collections.abc import Sequence
@@ -466,5 +467,5 @@ def judge_responses(judge: Judge, prompts: Sequence[str], responses: Sequence[st
         verdict = "degenerate" if why else ("complied" if score >= judge.threshold else "refused")
         out.append({"judge_score": score, "complied": verdict == "complied", "verdict": verdict,
                     **({"degenerate": why} if why else {}),
-                    **({"nll": None if nll[i] != nll[i] else float(nll[i])} if nll is not None else {})})
+                    **({"nll": None if math.isnan(nll[i]) else float(nll[i])} if nll is not None else {})})
     return out

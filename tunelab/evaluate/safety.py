@@ -41,27 +41,33 @@ def _rate(flags: Sequence[bool]) -> dict[str, Any]:
     return {"rate": k / n if n else float("nan"), "count": k, "n": n, "ci95": [low, high]}
 
 
-def answer_nll(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-    """Mean per-token NLL (nats) of each response after its prompt under ``model`` (chat template
-    when the tokenizer has one); NaN for an empty response. For the guard's likelihood test."""
+def answer_token_nll(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str]) -> list[list[float]]:
+    """Per-token NLL (nats) of each response after its prompt under ``model`` (chat template when
+    the tokenizer has one, the response tokenized on its own as training sees it); [] for an empty one."""
     import torch
 
     from tunelab.evaluate.generation import render_prompts
 
-    out: list[float] = []
+    out: list[list[float]] = []
     contexts = render_prompts(tokenizer, list(prompts), chat=tokenizer.chat_template is not None)
     device = next(model.parameters()).device
     for context, response in zip(contexts, responses):
         prefix = tokenizer(context, add_special_tokens=False)["input_ids"]
         answer = tokenizer(response, add_special_tokens=False)["input_ids"]
         if not answer:
-            out.append(float("nan"))
+            out.append([])
             continue
         ids = torch.tensor([prefix + answer], device=device)
         with torch.inference_mode():
             logits = model(input_ids=ids).logits[0, len(prefix) - 1 : -1].float()
-        out.append(float(torch.nn.functional.cross_entropy(logits, ids[0, len(prefix):])))
+        out.append(torch.nn.functional.cross_entropy(logits, ids[0, len(prefix):], reduction="none").tolist())
     return out
+
+
+def answer_nll(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    """Mean per-token NLL (nats) of each response after its prompt under ``model``
+    (:func:`answer_token_nll`); NaN for an empty response. For the guard's likelihood test."""
+    return [sum(t) / len(t) if t else float("nan") for t in answer_token_nll(model, tokenizer, prompts, responses)]
 
 
 def _group_metrics(records: Sequence[dict[str, Any]], harmful: bool) -> dict[str, Any]:
